@@ -1,0 +1,37 @@
+/**
+ * Errors a user can cause (bad input, ENOSPC, a missing adapter, a lost device) are HmmlabErrors:
+ * an errno-like code and a message that names what was wrong. The CLI prints them without a
+ * stack trace; anything else is a bug and keeps its stack.
+ */
+export type Errno =
+  | 'EINVAL' // bad argument: negative/non-integer offset, misaligned direct I/O, bad option
+  | 'ENOSPC' // block budget exhausted (write, page_mkwrite)
+  | 'EFBIG' // past the file-size limit
+  | 'EBADF' // closed file
+  | 'ENOENT' // no such file
+  | 'EROFS' // read-only filesystem or mapping
+  | 'EFAULT' // a device access that page_mkwrite refused (SIGBUS-like)
+  | 'EIO' // data lost: device lost while holding dirty pages, backing-file I/O error
+  | 'ENODEV' // no WebGPU adapter, or the named adapter does not exist
+  | 'ELIMIT' // a request over the adapter's limits
+  | 'ESHADER' // WGSL compile error
+  | 'EGPU' // GPU validation/out-of-memory error, device lost
+  | 'ETIMEDOUT' // a wait on the GPU that did not finish in time
+  | 'EOPLOG'; // malformed op log
+
+export class HmmlabError extends Error {
+  readonly code: Errno;
+  constructor(code: Errno, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'HmmlabError';
+    this.code = code;
+  }
+}
+
+export function isHmmlabError(e: unknown): e is HmmlabError {
+  return e instanceof HmmlabError;
+}
+
+export function errorMessage(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -1,0 +1,133 @@
+/**
+ * Adapter choice and device creation.
+ *
+ * A hardware adapter is preferred; the software one (Mesa's lavapipe) is the fallback. The user
+ * may name an adapter (a substring of its name, as Dawn matches it) or a backend, by option or
+ * by the environment (HMMLAB_ADAPTER, HMMLAB_BACKEND). The device is requested with the limits the
+ * lab needs raised to what the adapter allows.
+ */
+import { create } from 'webgpu';
+import { HmmlabError, errorMessage } from '../errors.ts';
+
+export interface GpuOptions {
+  /** Substring of the adapter name, as Dawn's `adapter=` option matches it. */
+  adapter?: string;
+  /** Dawn backend: vulkan, metal, d3d12, opengl, opengles, null. */
+  backend?: string;
+  /** Prefer the software adapter even where hardware exists. */
+  software?: boolean;
+  /** Limits to request below the adapter's maximum (tests use this to provoke ELIMIT). */
+  requiredLimits?: Record<string, number>;
+}
+
+export interface AdapterInfo {
+  vendor: string;
+  architecture: string;
+  device: string;
+  description: string;
+  backend: string;
+  software: boolean;
+}
+
+/** The limits the lab raises to the adapter's maximum. */
+export const RAISED_LIMITS = [
+  'maxBufferSize',
+  'maxStorageBufferBindingSize',
+  'maxComputeWorkgroupsPerDimension',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupStorageSize',
+  'maxStorageBuffersPerShaderStage',
+] as const;
+
+export const INSTALL_HINT =
+  'hmmlab needs a WebGPU adapter (Vulkan on Linux). Run `bash scripts/setup.sh` as root on Debian/Ubuntu ' +
+  'to install the software GPU (Mesa lavapipe: libvulkan1 and mesa-vulkan-drivers, from bookworm-backports ' +
+  'on Debian 12), or install your GPU vendor’s Vulkan driver.';
+
+export function gpuOptionsFromEnv(opts: GpuOptions = {}): GpuOptions {
+  return {
+    ...opts,
+    adapter: opts.adapter ?? (process.env.HMMLAB_ADAPTER || undefined),
+    backend: opts.backend ?? (process.env.HMMLAB_BACKEND || undefined),
+  };
+}
+
+export interface OpenedAdapter {
+  /** The Dawn instance: must stay reachable as long as the adapter and device live (webgpu-notes.md). */
+  gpu: GPU;
+  adapter: GPUAdapter;
+  info: AdapterInfo;
+}
+
+export async function requestAdapter(options: GpuOptions = {}): Promise<OpenedAdapter> {
+  if (!process.env.XDG_RUNTIME_DIR) process.env.XDG_RUNTIME_DIR = '/tmp'; // quiets Mesa
+  const flags: string[] = [];
+  if (options.adapter) flags.push(`adapter=${options.adapter}`);
+  if (options.backend) flags.push(`backend=${options.backend}`);
+  let gpu: GPU;
+  let adapter: GPUAdapter | null;
+  try {
+    gpu = create(flags);
+    adapter = await gpu.requestAdapter({
+      powerPreference: 'high-performance',
+      forceFallbackAdapter: options.software === true,
+    });
+  } catch (e) {
+    const msg = errorMessage(e);
+    const what = options.adapter
+      ? `no WebGPU adapter named "${options.adapter}"`
+      : options.backend
+        ? `no WebGPU adapter on backend "${options.backend}"`
+        : 'no WebGPU adapter';
+    // Dawn lists the adapters it does have; pass that list on.
+    const list = msg.includes('Available adapters') ? `\n${msg.slice(msg.indexOf('Available adapters'))}` : '';
+    throw new HmmlabError('ENODEV', `${what}${list}\n${INSTALL_HINT}`, { cause: e });
+  }
+  if (!adapter) {
+    throw new HmmlabError('ENODEV', `no WebGPU adapter found. ${INSTALL_HINT}`);
+  }
+  return { gpu, adapter, info: describeAdapter(adapter) };
+}
+
+export function describeAdapter(adapter: GPUAdapter): AdapterInfo {
+  const i = adapter.info as GPUAdapterInfo & { backendType?: string; isFallbackAdapter?: boolean };
+  const fallback =
+    i.isFallbackAdapter === true || (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true;
+  const description = i.description ?? '';
+  const software = fallback || /llvmpipe|lavapipe|swiftshader|software/i.test(`${description} ${i.architecture}`);
+  return {
+    vendor: i.vendor ?? '',
+    architecture: i.architecture ?? '',
+    device: i.device ?? '',
+    description,
+    backend: i.backendType ?? guessBackend(),
+    software,
+  };
+}
+
+function guessBackend(): string {
+  if (process.env.HMMLAB_BACKEND) return process.env.HMMLAB_BACKEND;
+  if (process.platform === 'darwin') return 'metal';
+  if (process.platform === 'win32') return 'd3d12';
+  return 'vulkan';
+}
+
+/** The limits to ask for: each raised limit at the adapter's maximum, unless the caller asks otherwise. */
+export function limitsToRequest(adapter: GPUAdapter, extra: Record<string, number> = {}): Record<string, number> {
+  const limits: Record<string, number> = {};
+  const supported = adapter.limits as unknown as Record<string, number>;
+  for (const name of RAISED_LIMITS) limits[name] = supported[name];
+  for (const [name, value] of Object.entries(extra)) {
+    const max = supported[name];
+    if (max === undefined) throw new HmmlabError('ELIMIT', `unknown WebGPU limit "${name}"`);
+    if (value > max) {
+      throw new HmmlabError(
+        'ELIMIT',
+        `requested ${name} = ${value}, but the adapter allows at most ${max}`,
+      );
+    }
+    limits[name] = value;
+  }
+  return limits;
+}

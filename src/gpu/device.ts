@@ -1,0 +1,186 @@
+/**
+ * The lab's handle on one WebGPU device: creation with raised limits, error scopes that turn
+ * validation and out-of-memory errors into HmmlabErrors, device loss, waits with a wall-clock
+ * timeout (Dawn waits on llvmpipe have been seen to hang), and the buffer helpers every layer uses.
+ *
+ * The Dawn instance (`gpu`) is held here for as long as the device lives: if it is collected the
+ * process crashes at the next submit (webgpu-notes.md).
+ */
+import { HmmlabError, errorMessage } from '../errors.ts';
+import { type AdapterInfo, type GpuOptions, gpuOptionsFromEnv, limitsToRequest, requestAdapter } from './adapter.ts';
+
+export const DEFAULT_GPU_TIMEOUT_MS = 60_000;
+
+/** Reject with ETIMEDOUT if `p` has not settled after `ms`. */
+export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new HmmlabError('ETIMEDOUT', `${what}: no answer from the GPU in ${ms} ms`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+export class GpuDevice {
+  readonly device: GPUDevice;
+  readonly info: AdapterInfo;
+  readonly limits: GPUSupportedLimits;
+  /** Why the device was lost, once it has been. */
+  lostReason: string | undefined;
+  /** Uncaptured errors seen since the last check (also printed by Dawn; we keep them to throw). */
+  private uncaptured: string[] = [];
+  private readonly lostListeners = new Set<(reason: string) => void>();
+  timeoutMs = DEFAULT_GPU_TIMEOUT_MS;
+
+  private constructor(
+    private readonly gpu: GPU,
+    readonly adapter: GPUAdapter,
+    device: GPUDevice,
+    info: AdapterInfo,
+  ) {
+    this.device = device;
+    this.info = info;
+    this.limits = device.limits;
+    device.addEventListener('uncapturederror', (ev) => {
+      this.uncaptured.push((ev as GPUUncapturedErrorEvent).error.message);
+    });
+    void device.lost.then((lost) => {
+      this.lostReason = lost.message || lost.reason || 'device lost';
+      for (const fn of this.lostListeners) fn(this.lostReason);
+    });
+  }
+
+  static async open(options: GpuOptions = {}): Promise<GpuDevice> {
+    const opts = gpuOptionsFromEnv(options);
+    const { gpu, adapter, info } = await requestAdapter(opts);
+    const requiredLimits = limitsToRequest(adapter, opts.requiredLimits);
+    let device: GPUDevice;
+    try {
+      device = await adapter.requestDevice({ requiredLimits, label: 'hmmlab' });
+    } catch (e) {
+      throw new HmmlabError('EGPU', `requestDevice failed on ${info.description || info.device}: ${errorMessage(e)}`, {
+        cause: e,
+      });
+    }
+    return new GpuDevice(gpu, adapter, device, info);
+  }
+
+  get lost(): boolean {
+    return this.lostReason !== undefined;
+  }
+
+  onLost(fn: (reason: string) => void): () => void {
+    this.lostListeners.add(fn);
+    return () => this.lostListeners.delete(fn);
+  }
+
+  /** Throw EGPU if the device is gone. Every path that touches the GPU calls this first. */
+  checkAlive(what: string): void {
+    if (this.lostReason !== undefined) throw new HmmlabError('EGPU', `${what}: GPU device lost (${this.lostReason})`);
+  }
+
+  /**
+   * Run `fn` inside validation and out-of-memory error scopes; a GPU error becomes an EGPU
+   * HmmlabError naming `what`, instead of a line Dawn prints on stdout.
+   */
+  async scoped<T>(what: string, fn: () => T | Promise<T>): Promise<T> {
+    this.checkAlive(what);
+    const d = this.device;
+    d.pushErrorScope('out-of-memory');
+    d.pushErrorScope('validation');
+    let result: T;
+    try {
+      result = await fn();
+    } finally {
+      const validation = await d.popErrorScope();
+      const oom = await d.popErrorScope();
+      const err = validation ?? oom;
+      if (err) throw new HmmlabError('EGPU', `${what}: ${err.message}`);
+    }
+    const pending = this.uncaptured.splice(0);
+    if (pending.length) throw new HmmlabError('EGPU', `${what}: ${pending.join('; ')}`);
+    return result;
+  }
+
+  /** Create a buffer, with a clear ELIMIT error when the size is over the device's limits. */
+  createBuffer(label: string, size: number, usage: GPUBufferUsageFlags, mappedAtCreation = false): GPUBuffer {
+    this.checkAlive(`createBuffer ${label}`);
+    if (!Number.isSafeInteger(size) || size <= 0) {
+      throw new HmmlabError('EINVAL', `buffer ${label}: size ${size} is not a positive integer`);
+    }
+    if (size > this.limits.maxBufferSize) {
+      throw new HmmlabError(
+        'ELIMIT',
+        `buffer ${label}: ${size} bytes is over the device's maxBufferSize of ${this.limits.maxBufferSize}`,
+      );
+    }
+    const padded = mappedAtCreation ? align(size, 4) : size;
+    return this.device.createBuffer({ label, size: padded, usage, mappedAtCreation });
+  }
+
+  /** Wait until the queue has drained, with a timeout. */
+  async drain(what = 'queue.onSubmittedWorkDone'): Promise<void> {
+    this.checkAlive(what);
+    await withTimeout(this.device.queue.onSubmittedWorkDone(), this.timeoutMs, what);
+    this.checkAlive(what);
+  }
+
+  /** mapAsync with a timeout and a clear error when the device is lost meanwhile. */
+  async map(buffer: GPUBuffer, mode: GPUMapModeFlags, offset?: number, size?: number): Promise<void> {
+    const what = `mapAsync ${buffer.label}`;
+    this.checkAlive(what);
+    try {
+      await withTimeout(buffer.mapAsync(mode, offset, size), this.timeoutMs, what);
+    } catch (e) {
+      if (e instanceof HmmlabError) throw e;
+      this.checkAlive(what);
+      throw new HmmlabError('EGPU', `${what}: ${errorMessage(e)}`, { cause: e });
+    }
+  }
+
+  /**
+   * queue.writeBuffer that is safe for shared memory: Dawn crashes on a view of a
+   * SharedArrayBuffer (webgpu-notes.md), so such data is copied to a plain buffer first.
+   * Sizes not a multiple of 4 are padded with zeros (writeBuffer requires it).
+   */
+  writeBuffer(dst: GPUBuffer, dstOffset: number, data: Uint8Array): void {
+    this.checkAlive(`writeBuffer ${dst.label}`);
+    let src = data;
+    if (data.buffer instanceof SharedArrayBuffer || data.byteLength % 4 !== 0) {
+      src = new Uint8Array(align(data.byteLength, 4));
+      src.set(data);
+    }
+    this.device.queue.writeBuffer(dst, dstOffset, src.buffer as ArrayBuffer, src.byteOffset, src.byteLength);
+  }
+
+  /** Read `size` bytes of `src` at `offset` back to the host (copy into a MAP_READ buffer, map, copy out). */
+  async readBuffer(src: GPUBuffer, offset: number, size: number, into?: Uint8Array): Promise<Uint8Array> {
+    const padded = align(size, 4);
+    const staging = this.createBuffer(`${src.label}-readback`, padded, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    try {
+      const enc = this.device.createCommandEncoder({ label: 'readback' });
+      enc.copyBufferToBuffer(src, offset, staging, 0, padded);
+      this.device.queue.submit([enc.finish()]);
+      await this.map(staging, GPUMapMode.READ);
+      const out = into ?? new Uint8Array(size);
+      out.set(new Uint8Array(staging.getMappedRange(), 0, size));
+      staging.unmap();
+      return out;
+    } finally {
+      staging.destroy();
+    }
+  }
+
+  /** Destroy the device (what a hot-unplug or a test of device loss does). */
+  destroy(): void {
+    this.device.destroy();
+  }
+
+  /** The Dawn instance, for tests that need to prove it is held. */
+  get instance(): GPU {
+    return this.gpu;
+  }
+}
+
+export function align(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
+}

@@ -1,0 +1,89 @@
+/**
+ * The seam between the page cache (src/mm) and a coherence policy (src/policy/mirror.ts, later
+ * migrate). Every CPU path in src/mm calls these hooks at the point where Kara's and Glisse's
+ * schemes need to act, and never branches on the policy's name. The host-only policy
+ * (`hostOnlyPolicy`) makes every hook a no-op, which is what issue 3's page cache runs with.
+ *
+ * Vocabulary (DESIGN.md's state table): host page A (`Page`, in the address_space's xarray),
+ * device copy A' (a frame in GPU memory, owned by the policy), device entry E (an xarray entry
+ * that says "this index's data lives on the device": left when A is reclaimed while A' holds data).
+ */
+import type { AddressSpace, DeviceEntry, Page } from '../mm/types.ts';
+
+/** Why the CPU needs a page's data: counters and snapshots name the path. */
+export type CpuAccess =
+  | 'read' // read(2)
+  | 'readahead'
+  | 'fault' // mmap read fault
+  | 'fault-around'
+  | 'write-partial' // write(2) of part of a page: the rest of the page must be read first
+  | 'writeback' // writeback, fsync, dropcaches of a dirty page
+  | 'direct-io' // the write-back-and-invalidate pass before O_DIRECT
+  | 'truncate' // a partial page at the new EOF, punch edges
+  | 'unmount';
+
+export interface CoherencePolicy {
+  readonly name: string;
+
+  /**
+   * The CPU needs the current data of these pages of `mapping` (all resident host pages, locked by
+   * the caller). Where the device holds newer data (A not uptodate, A' rw), write-protect A' on the
+   * device, copy A' -> A, mark A uptodate and dirty. Batched: one call for a whole range.
+   */
+  cpuNeedsData(mapping: AddressSpace, pages: Page[], why: CpuAccess): Promise<void>;
+
+  /**
+   * readpage found a device entry at `entry.index` instead of a page (A reclaimed, data on the
+   * device): fill `page` (newly allocated, locked, not yet uptodate) from the device. After it,
+   * the page is uptodate; dirty when the device copy was dirty. Returns false if the device no
+   * longer holds the data (the caller then reads the disk).
+   */
+  readpageFromDevice(mapping: AddressSpace, entry: DeviceEntry, page: Page): Promise<boolean>;
+
+  /**
+   * The CPU is about to write these pages (write(2), an mmap write fault): remove the device's
+   * access to them, copying back first what the device wrote. Called after cpuNeedsData for the
+   * pages the write does not cover whole.
+   */
+  cpuWillWrite(mapping: AddressSpace, pages: Page[]): Promise<void>;
+
+  /**
+   * Writeback of a device entry (A reclaimed, the device holds dirty data): return the page's
+   * current bytes (through a bounce buffer) so writeback can write them to disk, and mark the device
+   * copy clean (write-protected). null when there is nothing to write.
+   */
+  writebackDeviceEntry(mapping: AddressSpace, entry: DeviceEntry): Promise<Uint8Array | null>;
+
+  /**
+   * Drop every device copy and device entry of pages [first, last] of `mapping` (truncate, punch,
+   * direct-I/O write, unmount, after the range has been written back). Device entries are removed
+   * from the xarray by the caller.
+   */
+  invalidateRange(mapping: AddressSpace, first: number, last: number): Promise<void>;
+
+  /**
+   * Host reclaim wants page `page` (clean, not locked, not mapped by the CPU, not under writeback).
+   * 'free': drop it (no device copy). 'device-entry': the device holds the data, replace A by a
+   * device entry and keep A'. 'keep': it cannot go now.
+   */
+  reclaimDecision(mapping: AddressSpace, page: Page): 'free' | 'device-entry' | 'keep';
+
+  /** Counters for --stats (device faults, copies, revocations, ...). */
+  stats(): Record<string, number>;
+}
+
+/** Issue 3's page cache: no device, every hook a no-op. */
+export const hostOnlyPolicy: CoherencePolicy = {
+  name: 'none',
+  async cpuNeedsData() {},
+  async readpageFromDevice() {
+    return false;
+  },
+  async cpuWillWrite() {},
+  async writebackDeviceEntry() {
+    return null;
+  },
+  async invalidateRange() {},
+  reclaimDecision: () => 'free',
+  stats: () => ({}),
+};

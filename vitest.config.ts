@@ -1,0 +1,15 @@
+import { defineConfig } from 'vitest/config';
+
+export default defineConfig({
+  test: {
+    include: ['test/**/*.test.ts'],
+    // Dawn is a native addon: forks isolate a crash to one file (webgpu-notes.md).
+    pool: 'forks',
+    // Two cores: more than two GPU-heavy files at once only slows each down on lavapipe.
+    maxWorkers: 2,
+    testTimeout: 120_000,
+    hookTimeout: 60_000,
+    env: { XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' },
+    benchmark: { include: ['bench/**/*.bench.ts'] },
+  },
+});
