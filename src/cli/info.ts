@@ -1,6 +1,6 @@
 import type { Command } from 'commander';
+import { type AdapterInfo, RAISED_LIMITS } from '../gpu/adapter.ts';
 import { GpuDevice } from '../gpu/device.ts';
-import { RAISED_LIMITS } from '../gpu/adapter.ts';
 
 /** The global --adapter/--backend options, for any subcommand. */
 export function gpuOptionsOf(cmd: Command): { adapter?: string; backend?: string } {
@@ -8,7 +8,40 @@ export function gpuOptionsOf(cmd: Command): { adapter?: string; backend?: string
   return { adapter: o.adapter, backend: o.backend };
 }
 
-export const INFO_LIMITS = [...RAISED_LIMITS, 'maxStorageBufferBindingSize', 'maxBindGroups', 'minStorageBufferOffsetAlignment'];
+export const INFO_LIMITS = [
+  ...RAISED_LIMITS,
+  'maxStorageBufferBindingSize',
+  'maxBindGroups',
+  'minStorageBufferOffsetAlignment',
+];
+
+export interface AdapterReport extends AdapterInfo {
+  limits: Record<string, number>;
+}
+
+/** What `hmmlab info` reports about an open device. */
+export function adapterReport(gpu: GpuDevice): AdapterReport {
+  const limits: Record<string, number> = {};
+  for (const name of new Set(INFO_LIMITS)) {
+    limits[name] = (gpu.limits as unknown as Record<string, number>)[name];
+  }
+  return { ...gpu.info, limits };
+}
+
+/** The report as aligned "name  value" lines. */
+export function formatAdapterReport(report: AdapterReport): string {
+  const rows: [string, string][] = [
+    ['vendor', report.vendor],
+    ['architecture', report.architecture],
+    ['device', report.device],
+    ['description', report.description],
+    ['backend', report.backend],
+    ['software adapter', report.software ? 'yes' : 'no'],
+    ...Object.entries(report.limits).map(([k, v]) => [k, String(v)] as [string, string]),
+  ];
+  const w = Math.max(...rows.map(([k]) => k.length));
+  return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join('');
+}
 
 export function registerInfo(program: Command): void {
   program
@@ -18,26 +51,8 @@ export function registerInfo(program: Command): void {
     .action(async (opts: { json?: boolean }, cmd: Command) => {
       const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
       try {
-        const limits: Record<string, number> = {};
-        for (const name of new Set(INFO_LIMITS)) {
-          limits[name] = (gpu.limits as unknown as Record<string, number>)[name];
-        }
-        const report = { ...gpu.info, limits };
-        if (opts.json) {
-          process.stdout.write(`${JSON.stringify(report)}\n`);
-        } else {
-          const rows: [string, string][] = [
-            ['vendor', report.vendor],
-            ['architecture', report.architecture],
-            ['device', report.device],
-            ['description', report.description],
-            ['backend', report.backend],
-            ['software adapter', report.software ? 'yes' : 'no'],
-            ...Object.entries(limits).map(([k, v]) => [k, String(v)] as [string, string]),
-          ];
-          const w = Math.max(...rows.map(([k]) => k.length));
-          for (const [k, v] of rows) process.stdout.write(`${k.padEnd(w)}  ${v}\n`);
-        }
+        const report = adapterReport(gpu);
+        process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatAdapterReport(report));
       } finally {
         gpu.destroy();
       }

@@ -5,16 +5,24 @@
  */
 import { Command, CommanderError } from 'commander';
 import { isHmmlabError } from '../errors.ts';
+import { registerBench } from './bench.ts';
+import { registerDemo } from './demo.ts';
 import { registerInfo } from './info.ts';
+import { registerReplay } from './replay.ts';
 
 export function buildProgram(): Command {
   const program = new Command('hmmlab')
-    .description('a lab where real GPU memory plays un-addressable device memory for page-cache pages of real files')
+    .description(
+      'a lab where real GPU memory plays un-addressable device memory for page-cache pages of real files',
+    )
     .option('--adapter <name>', 'WebGPU adapter to use (substring of its name; env HMMLAB_ADAPTER)')
     .option('--backend <name>', 'Dawn backend: vulkan, metal, d3d12, opengl, ... (env HMMLAB_BACKEND)')
     .showHelpAfterError()
     .exitOverride();
   registerInfo(program);
+  registerBench(program);
+  registerDemo(program);
+  registerReplay(program);
   return program;
 }
 

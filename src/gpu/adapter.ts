@@ -6,8 +6,11 @@
  * by the environment (HMMLAB_ADAPTER, HMMLAB_BACKEND). The device is requested with the limits the
  * lab needs raised to what the adapter allows.
  */
-import { create } from 'webgpu';
-import { HmmlabError, errorMessage } from '../errors.ts';
+import { create, globals } from 'webgpu';
+import { errorMessage, HmmlabError } from '../errors.ts';
+
+// GPUBufferUsage, GPUMapMode, GPUShaderStage... are globals in a browser; dawn.node exports them.
+Object.assign(globalThis, globals);
 
 export interface GpuOptions {
   /** Substring of the adapter name, as Dawn's `adapter=` option matches it. */
@@ -80,9 +83,10 @@ export async function requestAdapter(options: GpuOptions = {}): Promise<OpenedAd
       : options.backend
         ? `no WebGPU adapter on backend "${options.backend}"`
         : 'no WebGPU adapter';
-    // Dawn lists the adapters it does have; pass that list on.
-    const list = msg.includes('Available adapters') ? `\n${msg.slice(msg.indexOf('Available adapters'))}` : '';
-    throw new HmmlabError('ENODEV', `${what}${list}\n${INSTALL_HINT}`, { cause: e });
+    // Dawn lists the adapters it does have; pass that list on, on the same line (the CLI prints one).
+    const available = availableAdapters(msg);
+    const tail = available.length ? ` (available: ${available.join('; ')})` : `. ${INSTALL_HINT}`;
+    throw new HmmlabError('ENODEV', `${what}${tail}`, { cause: e });
   }
   if (!adapter) {
     throw new HmmlabError('ENODEV', `no WebGPU adapter found. ${INSTALL_HINT}`);
@@ -90,12 +94,21 @@ export async function requestAdapter(options: GpuOptions = {}): Promise<OpenedAd
   return { gpu, adapter, info: describeAdapter(adapter) };
 }
 
+/** "name [backend]" for each adapter that Dawn's error message lists (" * backend: 'vulkan', name: '...'"). */
+export function availableAdapters(dawnMessage: string): string[] {
+  const out: string[] = [];
+  for (const m of dawnMessage.matchAll(/backend:\s*'([^']*)',\s*name:\s*'([^']*)'/g))
+    out.push(`${m[2]} [${m[1]}]`);
+  return out;
+}
+
 export function describeAdapter(adapter: GPUAdapter): AdapterInfo {
   const i = adapter.info as GPUAdapterInfo & { backendType?: string; isFallbackAdapter?: boolean };
   const fallback =
     i.isFallbackAdapter === true || (adapter as { isFallbackAdapter?: boolean }).isFallbackAdapter === true;
   const description = i.description ?? '';
-  const software = fallback || /llvmpipe|lavapipe|swiftshader|software/i.test(`${description} ${i.architecture}`);
+  const software =
+    fallback || /llvmpipe|lavapipe|swiftshader|software/i.test(`${description} ${i.architecture}`);
   return {
     vendor: i.vendor ?? '',
     architecture: i.architecture ?? '',
@@ -114,7 +127,10 @@ function guessBackend(): string {
 }
 
 /** The limits to ask for: each raised limit at the adapter's maximum, unless the caller asks otherwise. */
-export function limitsToRequest(adapter: GPUAdapter, extra: Record<string, number> = {}): Record<string, number> {
+export function limitsToRequest(
+  adapter: GPUAdapter,
+  extra: Record<string, number> = {},
+): Record<string, number> {
   const limits: Record<string, number> = {};
   const supported = adapter.limits as unknown as Record<string, number>;
   for (const name of RAISED_LIMITS) limits[name] = supported[name];
@@ -122,10 +138,7 @@ export function limitsToRequest(adapter: GPUAdapter, extra: Record<string, numbe
     const max = supported[name];
     if (max === undefined) throw new HmmlabError('ELIMIT', `unknown WebGPU limit "${name}"`);
     if (value > max) {
-      throw new HmmlabError(
-        'ELIMIT',
-        `requested ${name} = ${value}, but the adapter allows at most ${max}`,
-      );
+      throw new HmmlabError('ELIMIT', `requested ${name} = ${value}, but the adapter allows at most ${max}`);
     }
     limits[name] = value;
   }

@@ -6,8 +6,14 @@
  * The Dawn instance (`gpu`) is held here for as long as the device lives: if it is collected the
  * process crashes at the next submit (webgpu-notes.md).
  */
-import { HmmlabError, errorMessage } from '../errors.ts';
-import { type AdapterInfo, type GpuOptions, gpuOptionsFromEnv, limitsToRequest, requestAdapter } from './adapter.ts';
+import { errorMessage, HmmlabError } from '../errors.ts';
+import {
+  type AdapterInfo,
+  type GpuOptions,
+  gpuOptionsFromEnv,
+  limitsToRequest,
+  requestAdapter,
+} from './adapter.ts';
 
 export const DEFAULT_GPU_TIMEOUT_MS = 60_000;
 
@@ -15,7 +21,10 @@ export const DEFAULT_GPU_TIMEOUT_MS = 60_000;
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new HmmlabError('ETIMEDOUT', `${what}: no answer from the GPU in ${ms} ms`)), ms);
+    timer = setTimeout(
+      () => reject(new HmmlabError('ETIMEDOUT', `${what}: no answer from the GPU in ${ms} ms`)),
+      ms,
+    );
   });
   return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
 }
@@ -57,9 +66,13 @@ export class GpuDevice {
     try {
       device = await adapter.requestDevice({ requiredLimits, label: 'hmmlab' });
     } catch (e) {
-      throw new HmmlabError('EGPU', `requestDevice failed on ${info.description || info.device}: ${errorMessage(e)}`, {
-        cause: e,
-      });
+      throw new HmmlabError(
+        'EGPU',
+        `requestDevice failed on ${info.description || info.device}: ${errorMessage(e)}`,
+        {
+          cause: e,
+        },
+      );
     }
     return new GpuDevice(gpu, adapter, device, info);
   }
@@ -75,7 +88,8 @@ export class GpuDevice {
 
   /** Throw EGPU if the device is gone. Every path that touches the GPU calls this first. */
   checkAlive(what: string): void {
-    if (this.lostReason !== undefined) throw new HmmlabError('EGPU', `${what}: GPU device lost (${this.lostReason})`);
+    if (this.lostReason !== undefined)
+      throw new HmmlabError('EGPU', `${what}: GPU device lost (${this.lostReason})`);
   }
 
   /**
@@ -87,18 +101,22 @@ export class GpuDevice {
     const d = this.device;
     d.pushErrorScope('out-of-memory');
     d.pushErrorScope('validation');
-    let result: T;
+    let result: T | undefined;
+    let failure: { error: unknown } | undefined;
     try {
       result = await fn();
-    } finally {
-      const validation = await d.popErrorScope();
-      const oom = await d.popErrorScope();
-      const err = validation ?? oom;
-      if (err) throw new HmmlabError('EGPU', `${what}: ${err.message}`);
+    } catch (error) {
+      failure = { error };
     }
+    // The scopes are popped whatever fn did; a GPU error explains a failure better than its symptom.
+    const validation = await d.popErrorScope();
+    const oom = await d.popErrorScope();
+    const err = validation ?? oom;
+    if (err) throw new HmmlabError('EGPU', `${what}: ${err.message}`);
+    if (failure) throw failure.error;
     const pending = this.uncaptured.splice(0);
     if (pending.length) throw new HmmlabError('EGPU', `${what}: ${pending.join('; ')}`);
-    return result;
+    return result as T;
   }
 
   /** Create a buffer, with a clear ELIMIT error when the size is over the device's limits. */
@@ -155,7 +173,11 @@ export class GpuDevice {
   /** Read `size` bytes of `src` at `offset` back to the host (copy into a MAP_READ buffer, map, copy out). */
   async readBuffer(src: GPUBuffer, offset: number, size: number, into?: Uint8Array): Promise<Uint8Array> {
     const padded = align(size, 4);
-    const staging = this.createBuffer(`${src.label}-readback`, padded, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+    const staging = this.createBuffer(
+      `${src.label}-readback`,
+      padded,
+      GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    );
     try {
       const enc = this.device.createCommandEncoder({ label: 'readback' });
       enc.copyBufferToBuffer(src, offset, staging, 0, padded);

@@ -50,7 +50,11 @@ export function preprocess(
 }
 
 /** Compile WGSL; throw ESHADER naming file:line:column and the message of each error. */
-export async function compileShader(gpu: GpuDevice, label: string, src: ShaderSource): Promise<GPUShaderModule> {
+export async function compileShader(
+  gpu: GpuDevice,
+  label: string,
+  src: ShaderSource,
+): Promise<GPUShaderModule> {
   const module = await gpu.scoped(`compile ${label}`, async () => {
     gpu.device.pushErrorScope('validation');
     const m = gpu.device.createShaderModule({ label, code: src.code });
@@ -73,7 +77,11 @@ export async function compileShader(gpu: GpuDevice, label: string, src: ShaderSo
 const cache = new WeakMap<GpuDevice, Map<string, GPUShaderModule>>();
 
 /** Load shaders/NAME (with includes) and compile it once per device. */
-export async function loadShader(gpu: GpuDevice, name: string, defines: Record<string, number> = {}): Promise<GPUShaderModule> {
+export async function loadShader(
+  gpu: GpuDevice,
+  name: string,
+  defines: Record<string, number> = {},
+): Promise<GPUShaderModule> {
   let perDevice = cache.get(gpu);
   if (!perDevice) {
     perDevice = new Map();

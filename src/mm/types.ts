@@ -50,3 +50,43 @@ export interface AddressSpace {
   /** i_size, in bytes. */
   size: number;
 }
+
+/**
+ * address_space_operations plus the filesystem's block hooks: how src/mm reaches the backing store.
+ * src/fs implements it over a real file; every call is real I/O (pread/pwrite/fdatasync).
+ */
+export interface AddressSpaceOps {
+  /** Read page `index` into `buf` (bytes past EOF are zero). Returns the bytes read from disk. */
+  readpage(index: number, buf: Uint8Array): Promise<number>;
+  /** Write the first `len` bytes of `buf` as page `index` (len: the part below i_size). */
+  writepage(index: number, buf: Uint8Array, len: number): Promise<void>;
+  /** The filesystem's page_mkwrite: make sure page `index` has a block (ENOSPC past the budget). */
+  page_mkwrite(index: number): Promise<void>;
+  /** Reserve blocks for every page in [first, last] or none (write(2) and mmap stores): ENOSPC. */
+  reserve_blocks(first: number, last: number): Promise<void>;
+  /** Free the blocks of pages [first, last] (truncate, punch of whole pages). */
+  free_blocks(first: number, last: number): void;
+  /** Set the backing file's size to i_size (ftruncate). */
+  set_size(size: number): Promise<void>;
+  /** Write zeros to the backing file over [off, off + len) (punch hole). */
+  zero_range(off: number, len: number): Promise<void>;
+  /** Direct I/O on the backing file: pread/pwrite bypassing the page cache. */
+  read_direct(off: number, buf: Uint8Array): Promise<number>;
+  write_direct(off: number, buf: Uint8Array): Promise<void>;
+  /** fdatasync(2). */
+  fsync(): Promise<void>;
+}
+
+/** A page's host state in DESIGN.md's table: absent, clean, dirty, stale (device newer), device entry. */
+export type HostState = '-' | 'C' | 'D' | 'S' | 'E';
+
+/** One row of a page-state snapshot (like test_hmm's SNAPSHOT); the device half adds its columns. */
+export interface PageSnapshot {
+  index: number;
+  host: HostState;
+  /** Flag letters: L locked, U uptodate, D dirty, W writeback, R referenced, A on the LRU. */
+  flags: string;
+  mapcount: number;
+  /** The widest CPU PTE permission over every VmArea mapping the page. */
+  cpu: '-' | 'ro' | 'rw';
+}

@@ -62,11 +62,19 @@ export interface CoherencePolicy {
   invalidateRange(mapping: AddressSpace, first: number, last: number): Promise<void>;
 
   /**
-   * Host reclaim wants page `page` (clean, not locked, not mapped by the CPU, not under writeback).
+   * Host reclaim (or dropcaches) wants page `page` (locked by the caller, unmapped from the CPU, not
+   * under writeback; clean, or S: dirty and not uptodate, the device holding its data).
    * 'free': drop it (no device copy). 'device-entry': the device holds the data, replace A by a
    * device entry and keep A'. 'keep': it cannot go now.
    */
   reclaimDecision(mapping: AddressSpace, page: Page): 'free' | 'device-entry' | 'keep';
+
+  /**
+   * reclaimDecision said 'device-entry': give the entry that replaces `page` (locked, unmapped; clean,
+   * or S: dirty and not uptodate, its data on the device) in the xarray. src/mm then frees the host
+   * page and stores the entry; the policy keeps A' (its dirty state included). Added in issue 3.
+   */
+  makeDeviceEntry(mapping: AddressSpace, page: Page): DeviceEntry;
 
   /** Counters for --stats (device faults, copies, revocations, ...). */
   stats(): Record<string, number>;
@@ -85,5 +93,8 @@ export const hostOnlyPolicy: CoherencePolicy = {
   },
   async invalidateRange() {},
   reclaimDecision: () => 'free',
+  makeDeviceEntry(_mapping, page) {
+    throw new Error(`host-only policy has no device to leave page ${page.index} on`);
+  },
   stats: () => ({}),
 };

@@ -1,0 +1,100 @@
+// The device MMU, shared by every device kernel (`//!include mmu.wgsl`): a kernel is only its body.
+//
+// Every device access goes through mmu_translate(page, write, thread). With permission it returns
+// the frame (setting the PTE's DIRTY bit on the first store). Without, it records a fault in the
+// fault buffer, as replayable-fault hardware does, and the logical thread (work item) must leave
+// its work undone and stop; the invocation goes on to its next work item of the grid-stride loop,
+// so one launch collects the faults of all the work. The host services the faults and replays the
+// unfinished work. A PTE whose FAIL bit is set
+// for the access means the host refused that access (EFAULT): the work is marked failed, not retried.
+//
+// Bindings (group 0) are the same for every kernel (one explicit layout, src/device/kernels.ts).
+
+struct Params {
+  first_word: u32, // file word (byte offset / 4) of work item 0
+  items: u32, // work items (words, or logical threads for the atomic kernel)
+  threads: u32, // invocations dispatched: work is grid-strided over them
+  page_words: u32, // words in a page (page size / 4)
+  frames_per_buf: u32, // frames in each frame buffer (frames.wgsl)
+  tag_mod: u32, // devwrite: (7 * tag) mod 251
+  k: u32, // atomic: increments per logical thread
+  nwords: u32, // atomic: words the increments cycle over
+  first_page: u32, // checksum: page of out[0..2]
+  counts_base: u32, // fault buffer: word where the per-page raw fault counts start
+  fault_cap: u32, // fault buffer: entries it holds
+  pages: u32, // page-table capacity, in pages
+  spread: u32, // atomic: logical thread i starts at word i * spread
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> pte: array<atomic<u32>>;
+@group(0) @binding(2) var<storage, read_write> faults: array<atomic<u32>>;
+@group(0) @binding(3) var<storage, read_write> progress: array<u32>;
+@group(0) @binding(4) var<storage, read_write> out: array<atomic<u32>>;
+
+// PTE bits: src/device/pte.ts.
+const PTE_READ: u32 = 0x80000000u;
+const PTE_WRITE: u32 = 0x40000000u;
+const PTE_DIRTY: u32 = 0x20000000u;
+const PTE_FAIL_READ: u32 = 0x10000000u;
+const PTE_FAIL_WRITE: u32 = 0x08000000u;
+const PTE_FRAME_MASK: u32 = 0x07ffffffu;
+
+// Fault buffer header: src/device/fault.ts.
+const F_UNIQUE: u32 = 0u;
+const F_RAW: u32 = 1u;
+const F_OVERFLOW: u32 = 2u;
+const F_ENTRIES: u32 = 4u;
+
+// Progress values of word-sized work items.
+const WORK_DONE: u32 = 1u;
+const WORK_FAILED: u32 = 0x80000000u;
+
+const T_OK: u32 = 0u;
+const T_FAULT: u32 = 1u;
+const T_FAIL: u32 = 2u;
+
+struct Translation {
+  status: u32,
+  frame: u32,
+}
+
+// Record a fault. The per-page, per-access raw counter doubles as the pending bit: only the first
+// thread to fault on (page, access) in this launch takes an entry, so ten thousand threads on one
+// page are one fault to service, and the counter keeps how many there were.
+fn mmu_record_fault(page: u32, write: bool, thread: u32) {
+  atomicAdd(&faults[F_RAW], 1u);
+  let slot_bit = page * 2u + select(0u, 1u, write);
+  let before = atomicAdd(&faults[p.counts_base + slot_bit], 1u);
+  if (before != 0u) {
+    return;
+  }
+  let slot = atomicAdd(&faults[F_UNIQUE], 1u);
+  if (slot >= p.fault_cap) {
+    atomicAdd(&faults[F_OVERFLOW], 1u);
+    return;
+  }
+  atomicStore(&faults[F_ENTRIES + slot * 2u], page | select(0u, 0x80000000u, write));
+  atomicStore(&faults[F_ENTRIES + slot * 2u + 1u], thread);
+}
+
+fn mmu_translate(page: u32, write: bool, thread: u32) -> Translation {
+  if (page >= p.pages) {
+    return Translation(T_FAIL, 0u); // the host sizes the table to the launch: never taken
+  }
+  let word = atomicLoad(&pte[page]);
+  let need = select(PTE_READ, PTE_WRITE, write);
+  if ((word & need) != 0u) {
+    if (write && (word & PTE_DIRTY) == 0u) {
+      atomicOr(&pte[page], PTE_DIRTY);
+    }
+    return Translation(T_OK, word & PTE_FRAME_MASK);
+  }
+  if ((word & select(PTE_FAIL_READ, PTE_FAIL_WRITE, write)) != 0u) {
+    return Translation(T_FAIL, 0u);
+  }
+  mmu_record_fault(page, write, thread);
+  return Translation(T_FAULT, 0u);
+}
+
+//!include frames.wgsl

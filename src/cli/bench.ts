@@ -1,0 +1,125 @@
+/**
+ * `hmmlab bench copy`: raw WebGPU copy bandwidth per path and size (src/bench/copy.ts). A progress
+ * bar on stderr while it runs; then a table, or with --json only a JSON array on stdout.
+ */
+import { writeFileSync } from 'node:fs';
+import { freemem } from 'node:os';
+import { SingleBar } from 'cli-progress';
+import type { Command } from 'commander';
+import {
+  benchCopy,
+  COPY_PATHS,
+  type CopyBenchRow,
+  type CopyPath,
+  checkCopySizes,
+  copyChartSpec,
+  copySizeCap,
+  defaultCopySizes,
+  formatCopyTable,
+} from '../bench/copy.ts';
+import { formatBytes, parseSizeList } from '../bench/units.ts';
+import { HmmlabError } from '../errors.ts';
+import { GpuDevice } from '../gpu/device.ts';
+import { renderSvg } from '../plot/svg.ts';
+import { gpuOptionsOf } from './info.ts';
+
+export interface BenchCopyOptions {
+  json?: boolean;
+  sizes?: string;
+  iters?: string;
+  paths?: string;
+  svg?: string;
+}
+
+function parseIters(text: string | undefined): number {
+  if (text === undefined) return 5;
+  const n = Number(text);
+  if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(n) || n < 1) {
+    throw new HmmlabError('EINVAL', `bad --iters "${text}": expected a positive integer`);
+  }
+  return n;
+}
+
+function parsePaths(text: string | undefined): CopyPath[] {
+  if (text === undefined) return [...COPY_PATHS];
+  return text.split(',').map((p) => {
+    const path = p.trim() as CopyPath;
+    if (!COPY_PATHS.includes(path)) {
+      throw new HmmlabError('EINVAL', `unknown copy path "${p}": expected one of ${COPY_PATHS.join(', ')}`);
+    }
+    return path;
+  });
+}
+
+/** Run the copy benchmark on an open device, with a progress bar on stderr when it is a terminal. */
+export async function runCopyBench(
+  gpu: GpuDevice,
+  opts: { sizes?: number[]; iters?: number; paths?: CopyPath[]; progress?: boolean },
+): Promise<CopyBenchRow[]> {
+  const cap = copySizeCap(gpu, freemem());
+  const sizes = opts.sizes ?? defaultCopySizes(cap);
+  checkCopySizes(sizes, cap, gpu);
+  const bar =
+    opts.progress !== false
+      ? new SingleBar({
+          stream: process.stderr,
+          format: 'bench copy [{bar}] {value}/{total} {what}',
+          hideCursor: true,
+          clearOnComplete: true,
+          barsize: 30,
+        })
+      : undefined;
+  const paths = opts.paths ?? [...COPY_PATHS];
+  bar?.start(sizes.length * paths.length, 0, { what: '' });
+  try {
+    return await benchCopy(gpu, {
+      sizes,
+      iters: opts.iters,
+      paths,
+      onProgress: (done, _total, path, bytes) =>
+        bar?.update(done, { what: path ? `${path} ${formatBytes(bytes)}` : '' }),
+    });
+  } finally {
+    bar?.stop();
+  }
+}
+
+export function registerBench(program: Command): void {
+  const bench = program.command('bench').description('benchmarks of the lab’s building blocks');
+  bench
+    .command('copy')
+    .description(
+      `copy bandwidth per path (${COPY_PATHS.join(', ')}) and size, as nvbandwidth measures it: ` +
+        'warm-up, several samples of several copies, the median; data checked after each path',
+    )
+    .option('--json', 'print only a JSON array of rows {path, bytes, gbps, min, max, samples, copies}')
+    .option(
+      '--sizes <list>',
+      'comma-separated sizes (4096, 64K, 16MiB...); default 4 KiB..256 MiB by powers of 4',
+    )
+    .option('--iters <n>', 'samples per path and size (default 5)')
+    .option('--paths <list>', `comma-separated subset of ${COPY_PATHS.join(',')}`)
+    .option('--svg <file>', 'also write a line chart of GB/s against size to FILE (SVG)')
+    .action(async (opts: BenchCopyOptions, cmd: Command) => {
+      // Parse everything before opening the device, so that bad input fails fast.
+      const sizes = opts.sizes === undefined ? undefined : parseSizeList(opts.sizes);
+      const iters = parseIters(opts.iters);
+      const paths = parsePaths(opts.paths);
+      const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
+      try {
+        const rows = await runCopyBench(gpu, { sizes, iters, paths });
+        if (opts.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
+        else {
+          process.stdout.write(`${gpu.info.description || gpu.info.device} (${gpu.info.backend})\n`);
+          process.stdout.write(formatCopyTable(rows));
+        }
+        if (opts.svg) {
+          const title = `hmmlab copy bandwidth: ${gpu.info.description || gpu.info.device}`;
+          writeFileSync(opts.svg, await renderSvg(copyChartSpec(rows, title)));
+          if (!opts.json) process.stdout.write(`chart written to ${opts.svg}\n`);
+        }
+      } finally {
+        gpu.destroy();
+      }
+    });
+}

@@ -1,0 +1,93 @@
+/**
+ * hmmlab's device: real GPU memory playing Linux's un-addressable device memory.
+ *
+ * What it is
+ *   - Device memory (frames.ts): `devicePages` frames of `pageSize` bytes in GPU storage buffers
+ *     (several where one binding cannot hold them all), an LRU of frames and device eviction through
+ *     the owner's hook: the victim's PTE is revoked (shootdown) first, then the hook copies a dirty
+ *     frame back (a clean one is dropped), then the frame is reused.
+ *   - Device page tables (pagetable.ts, pte.ts): one per device address space (keyed by the
+ *     AddressSpace id), a u32 PTE per page index in a GPU buffer: frame, READ, WRITE, and DIRTY,
+ *     which a kernel sets on its first store. Changes are ordered on the GPU queue by a small
+ *     kernel that keeps DIRTY and returns the old PTE; write-protect and revoke resolve only after
+ *     the queue drained (device TLB shootdown). Invalidations bump a per-space sequence number
+ *     (mm/hmm.c's mmu_interval pattern) that fault service checks before installing PTEs.
+ *   - The device MMU in WGSL (shaders/mmu.wgsl, included by every kernel): translate(page, write)
+ *     -> frame, or record a fault (coalesced in-kernel per page and access, raw count kept), leave
+ *     the thread's work undone and stop.
+ *   - Fault service and replay (replay.ts, fault.ts): launch, read the fault buffer back, coalesce,
+ *     hand the faults to the owner's servicer in batches of `batchSize` (256, as NVIDIA UVM), install
+ *     the PTEs it grants, replay the unfinished work until done. A refused access (EFAULT) fails its
+ *     work only, reported naming the page. Counters and a record per fault batch (stats.ts).
+ *   - Batched copies (copy.ts): runs of consecutive frames, one writeBuffer per run host->device,
+ *     one copyBufferToBuffer per run and one mapAsync per batch device->host.
+ *   - Kernels (kernels.ts, shaders/): devwrite, devread, atomic, checksum; at least 16,384 threads
+ *     where the work allows (grid-stride loops).
+ *   - Device loss: every wait has a timeout; a loss becomes EIO naming the pages whose
+ *     device-written data was lost (EGPU when none was).
+ *
+ * The owner (the mirror policy) supplies the fault service, as a driver does for NVIDIA UVM's
+ * replayable faults or lib/test_hmm.c's dmirror:
+ *
+ *   const dm = await DeviceMemory.create(gpu, { devicePages: 256, pageSize: 4096, batchSize: 256 });
+ *   dm.setEvictionHook(async (victims, dm) => {            // PTEs already revoked
+ *     const dirty = victims.filter((v) => v.dirty);
+ *     const pages = await dm.copyFromFrames(dirty.map((v) => v.frame));
+ *     dirty.forEach((v, i) => copyBackToHostPage(v.space, v.index, pages[i]));
+ *   });
+ *   const space = dm.space(mapping.id);
+ *   const servicer: FaultServicer = async (faults, ctx) => {
+ *     const fresh = faults.filter((f) => !ctx.lookup(f.index));
+ *     const frames = await ctx.allocFrames(fresh.map((f) => f.index));   // may evict
+ *     ... page_mkwrite for write faults (may refuse: { ok: false, code: 'EFAULT', message }) ...
+ *     ctx.memory.copyToFrames(fresh.map((f, i) => ({ frame: frames[i]!, data: hostPage(f.index) })));
+ *     return faults.map((f) => ({ ok: true, frame: ..., perm: f.write ? 'rw' : 'ro' }));
+ *   };
+ *   const r = await dm.runKernel('devwrite', space, { off, len, tag }, servicer);
+ *   r.counters, r.batches, r.failed, r.error, r.bytes (devread), r.checksums (checksum)
+ *   await dm.protect(space, indices, { cleanDirty: true })  // -> { index, frame, dirty }[]
+ *   await dm.revoke(space, indices); dm.freeFrames(frames)
+ *   await dm.snapshot(space, first, last)                   // frame, perm, dirty per page
+ *   await dm.detach()                                       // hot-unplug: every frame to the hook
+ */
+export { type FrameRun, type FrameWrite, frameRuns } from './copy.ts';
+export {
+  coalesceFaults,
+  type DeviceFault,
+  faultBatches,
+  faultLayout,
+  formatPages,
+  parseFaultEntries,
+} from './fault.ts';
+export { checkPageSize, type FrameOwner, FramePool, MAX_FRAME_BUFFERS } from './frames.ts';
+export {
+  dispatchThreads,
+  type KernelKind,
+  type KernelParams,
+  type KernelPlan,
+  MIN_THREADS,
+  patternByte,
+  patternBytes,
+  planKernel,
+  wordChecksum,
+} from './kernels.ts';
+export {
+  DEFAULT_BATCH_SIZE,
+  DeviceMemory,
+  type DeviceMemoryOptions,
+  type DevicePageState,
+  type EvictedFrame,
+  type EvictionHook,
+  type MapEntry,
+  type PteChange,
+} from './memory.ts';
+export { DevicePageTable, type InstalledPte } from './pagetable.ts';
+export { type DevicePerm, pteDecode, pteEncode } from './pte.ts';
+export {
+  type FailedAccess,
+  type FaultResolution,
+  type FaultServiceContext,
+  type FaultServicer,
+  type KernelResult,
+} from './replay.ts';
+export { type DeviceCounters, type FaultBatchRecord, zeroCounters } from './stats.ts';

@@ -1,0 +1,461 @@
+/**
+ * DeviceMemory: one GPU's memory as the coherence policy sees it. It owns the frame pool, the
+ * device address spaces (page tables) and the kernels, and offers the primitives a policy builds
+ * Kara's mirror scheme from: PTE changes with shootdown, batched copies, frame allocation with LRU
+ * eviction through the owner's hook, and kernel launches with fault service and replay (replay.ts).
+ *
+ * Order of work: everything a caller asks for is ordered on the one GPU queue (copies, PTE
+ * updates, launches), so a copy queued before a PTE install is visible to the launch after it.
+ * A permission is only taken away after the queue drained (shootdown).
+ */
+import { type Errno, HmmlabError, errorMessage } from '../errors.ts';
+import type { GpuDevice } from '../gpu/device.ts';
+import { copyFromFrames, copyToFrames, type FrameWrite } from './copy.ts';
+import { formatPages } from './fault.ts';
+import { FramePool } from './frames.ts';
+import { type KernelKind, type KernelParams, KernelPipelines } from './kernels.ts';
+import { applyPteOps, checkIndices, DevicePageTable, type InstalledPte, type PteOp } from './pagetable.ts';
+import {
+  type DevicePerm,
+  PTE_ALL,
+  PTE_DIRTY,
+  PTE_FAIL_READ,
+  PTE_FAIL_WRITE,
+  PTE_WRITE,
+  pteDecode,
+  pteDirty,
+  pteEncode,
+} from './pte.ts';
+import { type FaultServicer, type KernelResult, runKernel } from './replay.ts';
+import { type DeviceCounters, type FaultBatchRecord, zeroCounters } from './stats.ts';
+
+export interface DeviceMemoryOptions {
+  /** Frames in the pool. */
+  devicePages: number;
+  /** Bytes a page: a power of two from 4 KiB to 2 MiB; the page cache's page size. */
+  pageSize: number;
+  /** Unique faults handed to the servicer at once (NVIDIA UVM's default: 256). */
+  batchSize?: number;
+  /** Frames per frame buffer (default: as many as one binding holds). */
+  framesPerBuffer?: number;
+  /** Launches of one kernel run before it gives up (ELOOP-like EGPU error). */
+  maxLaunches?: number;
+}
+
+/** A frame leaving the device: its PTE is already revoked (and the TLB shot down). */
+export interface EvictedFrame {
+  space: number;
+  index: number;
+  frame: number;
+  /** The device wrote it since it was last cleaned: its data must be copied back. */
+  dirty: boolean;
+}
+
+/**
+ * The owner's (policy's) eviction hook: copy each dirty frame back (to its host page, or to disk
+ * where the host page is gone) before the frames are reused; clean frames are just dropped.
+ */
+export type EvictionHook = (victims: EvictedFrame[], memory: DeviceMemory) => Promise<void>;
+
+export interface PteChange {
+  index: number;
+  frame: number;
+  dirty: boolean;
+}
+
+export interface MapEntry {
+  index: number;
+  frame: number;
+  perm: Exclude<DevicePerm, 'none'>;
+}
+
+/** A device page's state, as test_hmm's SNAPSHOT reports it. */
+export interface DevicePageState {
+  index: number;
+  frame: number | null;
+  perm: DevicePerm;
+  dirty: boolean;
+  failRead: boolean;
+  failWrite: boolean;
+}
+
+export const DEFAULT_BATCH_SIZE = 256;
+const MAX_BATCH_RECORDS = 10_000;
+
+export class DeviceMemory {
+  readonly pool: FramePool;
+  readonly batchSize: number;
+  readonly maxLaunches: number;
+  readonly counters: DeviceCounters = zeroCounters();
+  /** The last MAX_BATCH_RECORDS fault batches. */
+  readonly batchLog: FaultBatchRecord[] = [];
+  private readonly spaces = new Map<number, DevicePageTable>();
+  private evictionHook: EvictionHook | null = null;
+  private lostReason: string | undefined;
+  private readonly unsubscribeLost: () => void;
+
+  private constructor(
+    readonly gpu: GpuDevice,
+    readonly kernels: KernelPipelines,
+    opts: DeviceMemoryOptions,
+  ) {
+    this.pool = new FramePool(gpu, opts);
+    const batch = opts.batchSize ?? DEFAULT_BATCH_SIZE;
+    if (!Number.isInteger(batch) || batch < 1) {
+      throw new HmmlabError('EINVAL', `fault batch size ${batch} is not a positive integer`);
+    }
+    this.batchSize = batch;
+    this.maxLaunches = opts.maxLaunches ?? 10_000;
+    this.unsubscribeLost = gpu.onLost((reason) => {
+      this.lostReason = reason;
+    });
+  }
+
+  static async create(gpu: GpuDevice, opts: DeviceMemoryOptions): Promise<DeviceMemory> {
+    const kernels = await KernelPipelines.create(gpu);
+    return new DeviceMemory(gpu, kernels, opts);
+  }
+
+  get pageSize(): number {
+    return this.pool.pageSize;
+  }
+
+  /** The device address space of AddressSpace `id` (created on first use). */
+  space(id: number): DevicePageTable {
+    let t = this.spaces.get(id);
+    if (!t) {
+      if (!Number.isInteger(id) || id < 0) throw new HmmlabError('EINVAL', `address space id ${id} is not valid`);
+      t = new DevicePageTable(this.gpu, id);
+      this.spaces.set(id, t);
+    }
+    return t;
+  }
+
+  setEvictionHook(fn: EvictionHook | null): void {
+    this.evictionHook = fn;
+  }
+
+  // ---- frames ----
+
+  /**
+   * Frames for pages `indices` of `space`, evicting least recently used frames as needed (through
+   * the eviction hook). A frame is not evictable until it is mapped. null where no frame could be
+   * had (every frame is pinned by the fault batch in service).
+   */
+  allocFrames(space: DevicePageTable, indices: number[]): Promise<(number | null)[]> {
+    return this.guard('allocate device frames', async () => {
+      const owners = indices.map((index) => ({ space: space.id, index }));
+      const got = this.pool.takeFree(owners);
+      if (got.length < owners.length) {
+        const victims = this.pool.victims(owners.length - got.length);
+        if (victims.length) await this.evictFrames(victims);
+        got.push(...this.pool.takeFree(owners.slice(got.length)));
+      }
+      return indices.map((_, i) => got[i] ?? null);
+    });
+  }
+
+  /** Return frames to the pool (their PTEs must be revoked already). */
+  freeFrames(frames: number[]): void {
+    for (const f of frames) {
+      const owner = this.pool.owner(f);
+      const entry = owner ? this.spaces.get(owner.space)?.entries.get(owner.index) : undefined;
+      if (entry && entry.frame === f) {
+        throw new HmmlabError('EINVAL', `free frame ${f}: page ${owner!.index} of space ${owner!.space} still maps it`);
+      }
+      this.pool.release(f);
+    }
+  }
+
+  /** Device eviction: revoke the frames' PTEs (shootdown), let the owner copy dirty ones back, free them. */
+  async evictFrames(frames: number[]): Promise<EvictedFrame[]> {
+    if (!this.evictionHook) {
+      throw new HmmlabError(
+        'ENOSPC',
+        `device memory is full (${this.pool.devicePages} frames) and no eviction hook is set to make room`,
+      );
+    }
+    const bySpace = new Map<number, number[]>();
+    for (const f of frames) {
+      const o = this.pool.owner(f);
+      if (!o) continue;
+      bySpace.set(o.space, [...(bySpace.get(o.space) ?? []), o.index]);
+      this.pool.unlist(f);
+    }
+    const evicted: EvictedFrame[] = [];
+    for (const [id, indices] of bySpace) {
+      const changes = await this.revoke(this.space(id), indices);
+      for (const c of changes) evicted.push({ space: id, index: c.index, frame: c.frame, dirty: c.dirty });
+    }
+    await this.evictionHook(evicted, this);
+    for (const v of evicted) this.pool.release(v.frame);
+    this.counters.evictions += evicted.length;
+    this.counters.evictionsDirty += evicted.filter((v) => v.dirty).length;
+    return evicted;
+  }
+
+  // ---- the device page table ----
+
+  /**
+   * Install PTEs: page -> frame with perm. The frame must belong to that page (allocFrames). A
+   * change that takes a permission away or moves a page to another frame waits for a shootdown.
+   */
+  map(space: DevicePageTable, entries: MapEntry[]): Promise<void> {
+    return this.guard('map device pages', async () => {
+      checkIndices('map device pages', entries.map((e) => e.index));
+      let shootdown = false;
+      const ops: PteOp[] = entries.map((e) => {
+        const owner = this.pool.owner(e.frame);
+        if (!owner || owner.space !== space.id || owner.index !== e.index) {
+          throw new HmmlabError('EINVAL', `map page ${e.index}: frame ${e.frame} was not allocated for it`);
+        }
+        const old = space.entries.get(e.index);
+        if (old && (old.frame !== e.frame || (old.perm === 'rw' && e.perm === 'ro'))) shootdown = true;
+        // Same frame: keep the DIRTY bit a kernel set; a new frame starts clean.
+        const clear = old && old.frame === e.frame ? (PTE_ALL & ~PTE_DIRTY) >>> 0 : PTE_ALL;
+        return { index: e.index, clear, set: pteEncode(e.frame, e.perm) };
+      });
+      if (shootdown) space.invalidate(entries.map((e) => e.index));
+      await this.pteOps(space, ops, shootdown, false);
+      for (const e of entries) {
+        space.entries.set(e.index, { frame: e.frame, perm: e.perm });
+        this.pool.touch(e.frame);
+      }
+    });
+  }
+
+  /**
+   * Write-protect pages (rw -> ro) and wait for the shootdown. Returns each protected page's frame
+   * and whether the device wrote it; with `cleanDirty`, the DIRTY bit is cleared in the same atomic
+   * step (the caller copies those frames back: nothing can dirty them again while read-only).
+   */
+  protect(space: DevicePageTable, indices: number[], opts: { cleanDirty?: boolean } = {}): Promise<PteChange[]> {
+    return this.guard('write-protect device pages', async () => {
+      checkIndices('write-protect device pages', indices);
+      const hit = indices.filter((i) => space.entries.get(i)?.perm === 'rw');
+      const clear = opts.cleanDirty ? (PTE_WRITE | PTE_DIRTY) >>> 0 : PTE_WRITE;
+      space.invalidate(hit);
+      const olds = await this.pteOps(
+        space,
+        hit.map((index) => ({ index, clear, set: 0 })),
+        true,
+        true,
+      );
+      this.counters.writeProtects += hit.length;
+      return hit.map((index, i) => {
+        const e = space.entries.get(index)!;
+        e.perm = 'ro';
+        if (opts.cleanDirty) space.dirty.delete(index);
+        return { index, frame: e.frame, dirty: pteDirty(olds![i]) };
+      });
+    });
+  }
+
+  /**
+   * Remove the device's access to pages and wait for the shootdown. The frames stay allocated (off
+   * the LRU) so the caller can copy dirty ones back; then it frees them (freeFrames), or keeps them.
+   */
+  revoke(space: DevicePageTable, indices: number[]): Promise<PteChange[]> {
+    return this.guard('revoke device pages', async () => {
+      checkIndices('revoke device pages', indices);
+      const hit = indices.filter((i) => space.entries.has(i));
+      space.invalidate(hit);
+      const olds = await this.pteOps(
+        space,
+        hit.map((index) => ({ index, clear: PTE_ALL, set: 0 })),
+        true,
+        true,
+      );
+      this.counters.revocations += hit.length;
+      return hit.map((index, i) => {
+        const e = space.entries.get(index)!;
+        space.entries.delete(index);
+        space.dirty.delete(index);
+        this.pool.unlist(e.frame);
+        return { index, frame: e.frame, dirty: pteDirty(olds![i]) };
+      });
+    });
+  }
+
+  /** Pages in [first, last] whose DIRTY bit is set now. */
+  readDirty(space: DevicePageTable, first: number, last: number): Promise<number[]> {
+    return this.guard('read device dirty bits', async () => {
+      const words = await this.readPtes(space, first, last);
+      const out: number[] = [];
+      words.forEach((w, i) => {
+        if (pteDirty(w)) out.push(first + i);
+      });
+      return out;
+    });
+  }
+
+  /** Clear DIRTY bits (after the data was copied back). */
+  clearDirty(space: DevicePageTable, indices: number[]): Promise<void> {
+    return this.guard('clear device dirty bits', async () => {
+      checkIndices('clear device dirty bits', indices);
+      await this.pteOps(
+        space,
+        indices.map((index) => ({ index, clear: PTE_DIRTY, set: 0 })),
+        false,
+        false,
+      );
+      for (const i of indices) space.dirty.delete(i);
+    });
+  }
+
+  /** Set or clear the FAIL bits of pages for the launches to come (replay.ts). */
+  async markFailed(space: DevicePageTable, pages: { index: number; write: boolean }[], on: boolean): Promise<void> {
+    const bits = new Map<number, number>();
+    for (const p of pages) bits.set(p.index, (bits.get(p.index) ?? 0) | (p.write ? PTE_FAIL_WRITE : PTE_FAIL_READ));
+    const ops = [...bits].map(([index, b]) => (on ? { index, clear: 0, set: b } : { index, clear: b, set: 0 }));
+    await this.pteOps(space, ops, false, false);
+  }
+
+  /** Each page's device state in [first, last], read from the GPU's page table. */
+  snapshot(space: DevicePageTable, first: number, last: number): Promise<DevicePageState[]> {
+    return this.guard('device snapshot', async () => {
+      const words = await this.readPtes(space, first, last);
+      return [...words].map((w, i) => ({ index: first + i, ...pteDecode(w) }));
+    });
+  }
+
+  // ---- copies ----
+
+  /** Host pages -> frames, batched in runs (copy.ts). Ordered on the queue before later launches. */
+  copyToFrames(items: FrameWrite[]): void {
+    this.checkLost('copy to device frames');
+    const t0 = performance.now();
+    const { bytes } = copyToFrames(this.gpu, this.pool, items);
+    this.counters.bytesHostToDevice += bytes;
+    this.counters.copiesToDevice += items.length;
+    this.counters.copyMs += performance.now() - t0;
+  }
+
+  /** Frames -> host: a copy of each frame's page, in the order asked (one mapAsync). */
+  copyFromFrames(frames: number[]): Promise<Uint8Array[]> {
+    return this.guard('copy from device frames', async () => {
+      const t0 = performance.now();
+      const { pages, bytes } = await copyFromFrames(this.gpu, this.pool, frames);
+      this.counters.bytesDeviceToHost += bytes;
+      this.counters.copiesFromDevice += frames.length;
+      this.counters.copyMs += performance.now() - t0;
+      return pages;
+    });
+  }
+
+  // ---- kernels ----
+
+  /** Launch a device kernel over `space`, servicing faults through `servicer` and replaying until done. */
+  runKernel(kind: KernelKind, space: DevicePageTable, params: KernelParams, servicer: FaultServicer): Promise<KernelResult> {
+    return this.guard(`device kernel ${kind}`, () => runKernel(this, kind, space, params, servicer));
+  }
+
+  /** @internal replay.ts: append a fault batch record. */
+  logBatch(rec: FaultBatchRecord): void {
+    this.batchLog.push(rec);
+    if (this.batchLog.length > MAX_BATCH_RECORDS) this.batchLog.splice(0, this.batchLog.length - MAX_BATCH_RECORDS);
+  }
+
+  /** Counters and derived figures for --stats. */
+  stats(): Record<string, number> {
+    return {
+      ...this.counters,
+      framesUsed: this.pool.devicePages - this.pool.freeCount,
+      framesTotal: this.pool.devicePages,
+    };
+  }
+
+  // ---- detach and loss ----
+
+  /**
+   * Orderly detach (device hot-unplug): revoke every page of every space, hand all frames to the
+   * eviction hook (dirty ones are copied back), free them. Returns what was handed over.
+   */
+  detach(): Promise<EvictedFrame[]> {
+    return this.guard('detach device', async () => {
+      const owned = this.pool.ownedFrames().filter((f) => {
+        const o = this.pool.owner(f)!;
+        return this.spaces.get(o.space)?.entries.get(o.index)?.frame === f;
+      });
+      return owned.length ? this.evictFrames(owned) : [];
+    });
+  }
+
+  /** Free the GPU buffers (the GpuDevice stays the caller's). */
+  destroy(): void {
+    this.unsubscribeLost();
+    if (this.gpu.lost) return;
+    for (const t of this.spaces.values()) t.destroy();
+    this.pool.destroy();
+  }
+
+  /** The error for a lost device: EIO naming the pages whose device-written data went with it. */
+  lostError(what: string, cause?: unknown): HmmlabError {
+    const reason = this.lostReason ?? this.gpu.lostReason ?? 'device lost';
+    const lost: string[] = [];
+    for (const t of this.spaces.values()) {
+      const dirty = [...t.dirty].filter((i) => t.entries.has(i));
+      const writable = [...t.entries].filter(([i, e]) => e.perm === 'rw' && !t.dirty.has(i)).map(([i]) => i);
+      if (dirty.length) lost.push(`space ${t.id} pages ${formatPages(dirty)} (written by the device)`);
+      if (writable.length) lost.push(`space ${t.id} pages ${formatPages(writable)} (device-writable, possibly written)`);
+    }
+    const code: Errno = lost.length ? 'EIO' : 'EGPU';
+    const msg = lost.length
+      ? `${what}: GPU device lost (${reason}); device data not copied back is lost: ${lost.join('; ')}`
+      : `${what}: GPU device lost (${reason}); it held no dirty pages`;
+    return new HmmlabError(code, msg, cause === undefined ? undefined : { cause });
+  }
+
+  private checkLost(what: string): void {
+    if (this.lostReason !== undefined || this.gpu.lost) throw this.lostError(what);
+  }
+
+  /** Run `fn`; if the device was lost meanwhile, whatever failed becomes the device-loss error. */
+  private async guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    this.checkLost(what);
+    try {
+      return await fn();
+    } catch (e) {
+      if (await this.deviceGone()) {
+        if (e instanceof HmmlabError && (e.code === 'EIO' || e.code === 'EGPU') && /device lost/.test(e.message)) {
+          throw this.lostError(what, e);
+        }
+        throw this.lostError(`${what} (${errorMessage(e)})`, e);
+      }
+      throw e;
+    }
+  }
+
+  /** Whether the device is lost, giving Dawn a moment to deliver the loss after a failed wait. */
+  private async deviceGone(): Promise<boolean> {
+    if (this.lostReason !== undefined || this.gpu.lost) return true;
+    let timer: NodeJS.Timeout | undefined;
+    const gone = await Promise.race([
+      this.gpu.device.lost.then(() => true),
+      new Promise<boolean>((resolve) => {
+        timer = setTimeout(() => resolve(false), 250);
+      }),
+    ]);
+    clearTimeout(timer);
+    return gone;
+  }
+
+  private async pteOps(space: DevicePageTable, ops: PteOp[], shootdown: boolean, wantOld: boolean) {
+    if (ops.length === 0) return wantOld ? new Uint32Array(0) : null;
+    const olds = await applyPteOps(this.gpu, this.kernels.pteUpdate, space, ops, { shootdown, wantOld });
+    this.counters.pteUpdates += ops.length;
+    if (shootdown) this.counters.shootdowns++;
+    return olds;
+  }
+
+  private async readPtes(space: DevicePageTable, first: number, last: number): Promise<Uint32Array> {
+    if (!Number.isInteger(first) || !Number.isInteger(last) || first < 0 || last < first) {
+      throw new HmmlabError('EINVAL', `page range ${first}..${last} is not valid`);
+    }
+    space.ensureCapacity(last + 1);
+    const bytes = await this.gpu.readBuffer(space.pte, first * 4, (last - first + 1) * 4);
+    return new Uint32Array(bytes.buffer, bytes.byteOffset, last - first + 1);
+  }
+}
+
+export type { InstalledPte };

@@ -1,0 +1,166 @@
+/**
+ * The device page table of one device address space (one per file mapping, keyed by the
+ * AddressSpace id): a GPU storage buffer with a PTE word per page index (pte.ts), the space's fault
+ * buffer (fault.ts), and the host's shadow of what it installed.
+ *
+ * Every change to a PTE is a small kernel (shaders/pte_update.wgsl) ordered on the GPU queue after
+ * the launches before it; it clears and sets bits atomically, so the DIRTY bit a kernel set survives,
+ * and it returns the old PTE. A change that takes permission away (write-protect, revoke) counts as
+ * done only after the queue drained (GpuDevice.drain, with a timeout): the device TLB shootdown.
+ *
+ * Invalidations follow mm/hmm.c's mmu_interval pattern: the table has a sequence number that every
+ * invalidation bumps, recording which pages it hit; fault service takes the sequence first
+ * (readBegin) and, before installing PTEs, asks which of its pages were invalidated since
+ * (readRetry) and leaves those to be faulted again.
+ */
+import { HmmlabError } from '../errors.ts';
+import type { GpuDevice } from '../gpu/device.ts';
+import { faultLayout } from './fault.ts';
+import type { DevicePerm } from './pte.ts';
+
+const MIN_PAGES = 64;
+
+export interface PteOp {
+  index: number;
+  clear: number;
+  set: number;
+}
+
+export interface InstalledPte {
+  frame: number;
+  perm: DevicePerm;
+}
+
+export class DevicePageTable {
+  /** Pages the PTE buffer holds; it grows (doubling) to the highest page a launch touches. */
+  capacity = 0;
+  pte!: GPUBuffer;
+  faults!: GPUBuffer;
+  /** The host's shadow: index -> frame and permission as installed (FAIL and DIRTY bits live on the GPU). */
+  readonly entries = new Map<number, InstalledPte>();
+  /** Pages whose DIRTY bit was set at the last readback (every launch reads its range back). */
+  readonly dirty = new Set<number>();
+  private seq = 0;
+  private readonly invalidatedAt = new Map<number, number>();
+
+  constructor(
+    private readonly gpu: GpuDevice,
+    readonly id: number,
+  ) {
+    this.ensureCapacity(MIN_PAGES);
+  }
+
+  /** Grow the buffers to hold page index `pages - 1`; PTEs are copied on the queue. */
+  ensureCapacity(pages: number): void {
+    if (pages <= this.capacity) return;
+    let cap = Math.max(this.capacity, MIN_PAGES);
+    while (cap < pages) cap *= 2;
+    const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const pte = this.gpu.createBuffer(`pte-${this.id}`, cap * 4, usage);
+    const faults = this.gpu.createBuffer(`faults-${this.id}`, faultLayout(cap).words * 4, usage);
+    if (this.capacity > 0) {
+      const enc = this.gpu.device.createCommandEncoder({ label: 'pte grow' });
+      enc.copyBufferToBuffer(this.pte, 0, pte, 0, this.capacity * 4);
+      this.gpu.device.queue.submit([enc.finish()]);
+      this.pte.destroy();
+      this.faults.destroy();
+    }
+    this.pte = pte;
+    this.faults = faults;
+    this.capacity = cap;
+  }
+
+  /** mmu_interval_read_begin. */
+  readBegin(): number {
+    return this.seq;
+  }
+
+  /** mmu_interval_read_retry, per page: the pages of `indices` invalidated since `seq`. */
+  readRetry(seq: number, indices: Iterable<number>): Set<number> {
+    const hit = new Set<number>();
+    if (seq === this.seq) return hit;
+    for (const i of indices) if ((this.invalidatedAt.get(i) ?? -1) > seq) hit.add(i);
+    return hit;
+  }
+
+  /** An invalidation (write-protect, revoke) of these pages starts. */
+  invalidate(indices: Iterable<number>): void {
+    this.seq++;
+    for (const i of indices) this.invalidatedAt.set(i, this.seq);
+  }
+
+  destroy(): void {
+    this.pte.destroy();
+    this.faults.destroy();
+  }
+}
+
+/** Check page indices of a request against the device's address limit. */
+export function checkIndices(what: string, indices: number[]): void {
+  for (const i of indices) {
+    if (!Number.isInteger(i) || i < 0 || i >= 0x8000_0000) {
+      throw new HmmlabError('EINVAL', `${what}: page index ${i} is not a valid page index`);
+    }
+  }
+  if (new Set(indices).size !== indices.length) {
+    throw new HmmlabError('EINVAL', `${what}: a page index is named twice`);
+  }
+}
+
+/**
+ * Apply PTE ops on the queue (one dispatch). With `shootdown`, wait until the device has finished
+ * everything queued before, so no launch can still use the old permission. With `wantOld`, return
+ * the old PTE words, in the order of `ops`.
+ */
+export async function applyPteOps(
+  gpu: GpuDevice,
+  pipeline: GPUComputePipeline,
+  table: DevicePageTable,
+  ops: PteOp[],
+  opts: { shootdown: boolean; wantOld: boolean },
+): Promise<Uint32Array | null> {
+  if (ops.length === 0) return opts.wantOld ? new Uint32Array(0) : null;
+  const maxIndex = Math.max(...ops.map((o) => o.index));
+  table.ensureCapacity(maxIndex + 1);
+  const d = gpu.device;
+  const words = new Uint32Array(ops.length * 3);
+  ops.forEach((o, i) => {
+    words[3 * i] = o.index;
+    words[3 * i + 1] = o.clear >>> 0;
+    words[3 * i + 2] = o.set >>> 0;
+  });
+  const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
+  const params = gpu.createBuffer('pte-update-params', 16, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+  const opsBuf = gpu.createBuffer('pte-update-ops', words.byteLength, storage);
+  const olds = gpu.createBuffer('pte-update-olds', ops.length * 4, storage | GPUBufferUsage.COPY_SRC);
+  try {
+    await gpu.scoped('device page table update', () => {
+      d.queue.writeBuffer(params, 0, Uint32Array.from([ops.length, table.capacity, 0, 0]));
+      d.queue.writeBuffer(opsBuf, 0, words);
+      const bind = d.createBindGroup({
+        layout: pipeline.getBindGroupLayout(0),
+        entries: [
+          { binding: 0, resource: { buffer: params } },
+          { binding: 1, resource: { buffer: table.pte } },
+          { binding: 2, resource: { buffer: opsBuf } },
+          { binding: 3, resource: { buffer: olds } },
+        ],
+      });
+      const enc = d.createCommandEncoder({ label: 'pte update' });
+      const pass = enc.beginComputePass();
+      pass.setPipeline(pipeline);
+      pass.setBindGroup(0, bind);
+      pass.dispatchWorkgroups(Math.ceil(ops.length / 64));
+      pass.end();
+      d.queue.submit([enc.finish()]);
+    });
+    if (opts.shootdown) await gpu.drain('device TLB shootdown');
+    if (!opts.wantOld) return null;
+    const bytes = await gpu.readBuffer(olds, 0, ops.length * 4);
+    return new Uint32Array(bytes.buffer, bytes.byteOffset, ops.length);
+  } finally {
+    params.destroy();
+    opsBuf.destroy();
+    olds.destroy();
+  }
+}

@@ -1,0 +1,91 @@
+/**
+ * Device counters, and one record per fault batch as Allen & Ge's UVM study logs them (faults raw,
+ * duplicate, unique; bytes moved; service time, copy time).
+ */
+
+export interface DeviceCounters {
+  /** Threads that faulted (every access that found no permission). */
+  faultsRaw: number;
+  /** Faults the host serviced after in-kernel and host coalescing: one per page and launch. */
+  faultsUnique: number;
+  /** faultsRaw - faultsUnique. */
+  faultsDuplicate: number;
+  faultsRead: number;
+  faultsWrite: number;
+  /** Faults whose service failed (EFAULT: the access fails, its work is not retried). */
+  faultsFailed: number;
+  /** Faults left for the next replay: an invalidation raced with their service, or no frame was free. */
+  faultsRetried: number;
+  batches: number;
+  /** Kernel dispatches, first launches included. */
+  launches: number;
+  /** Dispatches after the first of a kernel run, for unfinished work. */
+  replays: number;
+  kernels: number;
+  bytesHostToDevice: number;
+  bytesDeviceToHost: number;
+  copiesToDevice: number;
+  copiesFromDevice: number;
+  evictions: number;
+  evictionsDirty: number;
+  /** PTE updates ordered on the queue, and those that waited for the device (shootdowns). */
+  pteUpdates: number;
+  shootdowns: number;
+  revocations: number;
+  writeProtects: number;
+  copyMs: number;
+  serviceMs: number;
+}
+
+export interface FaultBatchRecord {
+  kernel: string;
+  space: number;
+  launch: number;
+  batch: number;
+  faultsRaw: number;
+  faultsDuplicate: number;
+  faultsUnique: number;
+  read: number;
+  write: number;
+  failed: number;
+  retried: number;
+  bytesHostToDevice: number;
+  bytesDeviceToHost: number;
+  serviceMs: number;
+  copyMs: number;
+}
+
+export function zeroCounters(): DeviceCounters {
+  return {
+    faultsRaw: 0,
+    faultsUnique: 0,
+    faultsDuplicate: 0,
+    faultsRead: 0,
+    faultsWrite: 0,
+    faultsFailed: 0,
+    faultsRetried: 0,
+    batches: 0,
+    launches: 0,
+    replays: 0,
+    kernels: 0,
+    bytesHostToDevice: 0,
+    bytesDeviceToHost: 0,
+    copiesToDevice: 0,
+    copiesFromDevice: 0,
+    evictions: 0,
+    evictionsDirty: 0,
+    pteUpdates: 0,
+    shootdowns: 0,
+    revocations: 0,
+    writeProtects: 0,
+    copyMs: 0,
+    serviceMs: 0,
+  };
+}
+
+/** after - before, counter by counter: what one kernel run (or one batch) cost. */
+export function diffCounters(after: DeviceCounters, before: DeviceCounters): DeviceCounters {
+  const out = zeroCounters();
+  for (const k of Object.keys(out) as (keyof DeviceCounters)[]) out[k] = after[k] - before[k];
+  return out;
+}

@@ -1,0 +1,371 @@
+/**
+ * HmmFs: a filesystem whose files are real files in a directory, served through hmmlab's page cache
+ * (src/mm). One mount owns one host page pool, one LRU, one block budget and one mutex: every public
+ * operation (HmmFs, File and VmArea methods) runs under that mutex, in call order. The functions a
+ * policy calls from inside a device fault (src/mm/index.ts) do not take it: the fault already runs
+ * inside a public operation.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { HmmlabError } from '../errors.ts';
+import { checkBytes, checkDirectAlign, checkFileLimit, checkOffset } from '../mm/args.ts';
+import { dio_read, dio_write } from '../mm/direct.ts';
+import { filemap_read, generic_perform_write } from '../mm/filemap.ts';
+import { Mapping } from '../mm/mapping.ts';
+import { VmArea, zap_vma } from '../mm/memory.ts';
+import { PageLocked, PageWriteback, trylock_page, unlock_page } from '../mm/page.ts';
+import { PageCache } from '../mm/pagecache.ts';
+import { page_snapshot } from '../mm/snapshot.ts';
+import { punch_hole, truncate_inode_pages_range, truncate_setsize } from '../mm/truncate.ts';
+import type { PageSnapshot } from '../mm/types.ts';
+import { PG_dirty } from '../mm/types.ts';
+import { shrink_page } from '../mm/vmscan.ts';
+import { filemap_write_and_wait_range } from '../mm/writeback.ts';
+import { type CoherencePolicy, hostOnlyPolicy } from '../policy/policy.ts';
+import { BackingFile, type BlockBudget } from './backing.ts';
+import { Mutex } from './mutex.ts';
+
+export interface MountOptions {
+  /** Directory holding the files; a fresh os.tmpdir() one when absent. */
+  dir?: string;
+  /** Page size in bytes: a power of two from 4 KiB to 2 MiB (default 4096). */
+  pageSize?: number;
+  /** Host pages in the page pool (default 1024). */
+  hostPages?: number;
+  /** Block budget in pages (blocks of pageSize bytes) over all files; none when absent. */
+  blocks?: number;
+  /** File-size limit in bytes (default 1 GiB): EFBIG past it. */
+  maxFileSize?: number;
+  /** Coherence policy (default hostOnlyPolicy). */
+  policy?: CoherencePolicy;
+}
+
+export interface OpenOptions {
+  create?: boolean;
+}
+
+interface Inode {
+  readonly mapping: Mapping;
+  readonly backing: BackingFile;
+}
+
+const MIN_PAGE = 4096;
+const MAX_PAGE = 2 * 1024 * 1024;
+const LAST_PAGE = Number.MAX_SAFE_INTEGER;
+
+function checkMountOptions(
+  o: MountOptions,
+): Required<Omit<MountOptions, 'dir' | 'blocks'>> & { blocks: number } {
+  const pageSize = o.pageSize ?? 4096;
+  if (
+    !Number.isInteger(pageSize) ||
+    pageSize < MIN_PAGE ||
+    pageSize > MAX_PAGE ||
+    (pageSize & (pageSize - 1)) !== 0
+  ) {
+    throw new HmmlabError('EINVAL', `pageSize must be a power of two from 4096 to 2097152, got ${pageSize}`);
+  }
+  const hostPages = o.hostPages ?? 1024;
+  if (!Number.isSafeInteger(hostPages) || hostPages < 1) {
+    throw new HmmlabError('EINVAL', `hostPages must be a positive integer, got ${hostPages}`);
+  }
+  const blocks = o.blocks ?? Number.POSITIVE_INFINITY;
+  if (o.blocks !== undefined && (!Number.isSafeInteger(blocks) || blocks < 0)) {
+    throw new HmmlabError('EINVAL', `blocks must be a non-negative integer, got ${o.blocks}`);
+  }
+  const maxFileSize = o.maxFileSize ?? 2 ** 30;
+  if (!Number.isSafeInteger(maxFileSize) || maxFileSize < 1) {
+    throw new HmmlabError('EINVAL', `maxFileSize must be a positive integer, got ${o.maxFileSize}`);
+  }
+  return { pageSize, hostPages, blocks, maxFileSize, policy: o.policy ?? hostOnlyPolicy };
+}
+
+export class HmmFs {
+  readonly dir: string;
+  readonly pageSize: number;
+  readonly hostPages: number;
+  readonly maxFileSize: number;
+  readonly policy: CoherencePolicy;
+  private readonly blockLimit: number;
+  private readonly lock = new Mutex();
+  private host!: PageCache;
+  private budget!: BlockBudget;
+  private inodes = new Map<string, Inode>();
+  private mounted = false;
+  /** Bumped at every unmount: File handles of an older mount are closed. */
+  private generation = 0;
+
+  private constructor(dir: string, o: ReturnType<typeof checkMountOptions>) {
+    this.dir = dir;
+    this.pageSize = o.pageSize;
+    this.hostPages = o.hostPages;
+    this.maxFileSize = o.maxFileSize;
+    this.policy = o.policy;
+    this.blockLimit = o.blocks;
+  }
+
+  static async mount(opts: MountOptions = {}): Promise<HmmFs> {
+    const o = checkMountOptions(opts);
+    const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-'));
+    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
+      throw new HmmlabError('ENOENT', `mount: directory ${dir} does not exist`);
+    }
+    const hfs = new HmmFs(dir, o);
+    hfs.setup();
+    return hfs;
+  }
+
+  private setup(): void {
+    this.host = new PageCache(this.pageSize, this.hostPages, this.policy, this.host?.vmstat);
+    this.budget = { used: 0, limit: this.blockLimit };
+    this.inodes = new Map();
+    this.mounted = true;
+  }
+
+  /** The page cache of this mount (pool, LRU, vmstat): for the policies and tests. */
+  get pageCache(): PageCache {
+    return this.host;
+  }
+
+  /** Blocks in use over all open files of this mount. */
+  get blocksUsed(): number {
+    return this.budget.used;
+  }
+
+  /** Run `fn` under the mount's mutex (what every public operation does). */
+  serialize<T>(fn: () => Promise<T>): Promise<T> {
+    return this.lock.run(fn);
+  }
+
+  private checkMounted(what: string): void {
+    if (!this.mounted)
+      throw new HmmlabError('EBADF', `${what}: the filesystem at ${this.dir} is not mounted`);
+  }
+
+  open(name: string, opts: OpenOptions = {}): Promise<File> {
+    return this.serialize(async () => {
+      this.checkMounted(`open ${name}`);
+      if (typeof name !== 'string' || name === '' || name === '.' || name === '..' || /[/\\\0]/.test(name)) {
+        throw new HmmlabError(
+          'EINVAL',
+          `file name must be a plain name without '/', got ${JSON.stringify(name)}`,
+        );
+      }
+      let inode = this.inodes.get(name);
+      if (!inode) {
+        const p = path.join(this.dir, name);
+        if (!opts.create && !fs.existsSync(p))
+          throw new HmmlabError('ENOENT', `open: no file ${name} in ${this.dir}`);
+        const backing = new BackingFile(p, this.pageSize, this.budget, opts.create === true);
+        const mapping = new Mapping(this.host, name, backing, backing.size);
+        this.host.mappings.add(mapping);
+        inode = { mapping, backing };
+        this.inodes.set(name, inode);
+      }
+      return new File(this, inode.mapping, this.generation);
+    });
+  }
+
+  /** Is `generation` the current mount's? (File handles check it.) */
+  isLive(generation: number): boolean {
+    return this.mounted && generation === this.generation;
+  }
+
+  /**
+   * drop_caches: every host page that can go without losing data goes: clean pages (unmapped from
+   * the CPU first) and pages whose data the device holds (the policy leaves a device entry).
+   * Dirty host-only pages stay. Returns the pages dropped.
+   */
+  dropCaches(): Promise<number> {
+    return this.serialize(async () => {
+      this.checkMounted('dropCaches');
+      this.host.vmstat.count('drop_pagecache');
+      let dropped = 0;
+      for (const m of this.host.mappings) {
+        for (const e of [...m.i_pages.values()]) {
+          if (e.kind !== 'page' || PageLocked(e) || PageWriteback(e) || !trylock_page(e)) continue;
+          let gone = false;
+          try {
+            gone = await shrink_page(e, false);
+          } finally {
+            if (!gone) unlock_page(e);
+          }
+          if (gone) dropped++;
+        }
+      }
+      this.host.vmstat.count('pginvalidate', dropped);
+      return dropped;
+    });
+  }
+
+  /** Unmount: everything written back and synced, every mapping torn down, every page dropped. */
+  unmount(): Promise<void> {
+    return this.serialize(async () => {
+      if (!this.mounted) return;
+      await this.teardown();
+    });
+  }
+
+  /** Unmount, then mount the same directory again: File handles and mappings of before are closed. */
+  remount(): Promise<void> {
+    return this.serialize(async () => {
+      this.checkMounted('remount');
+      await this.teardown();
+      this.setup();
+    });
+  }
+
+  private async teardown(): Promise<void> {
+    for (const { mapping, backing } of this.inodes.values()) {
+      await filemap_write_and_wait_range(mapping, 0, LAST_PAGE, 'unmount');
+      for (const vma of [...mapping.i_mmap]) zap_vma(vma);
+      await truncate_inode_pages_range(mapping, 0, LAST_PAGE);
+      await backing.set_size(mapping.size);
+      await backing.fsync();
+      backing.close();
+      this.host.mappings.delete(mapping);
+    }
+    this.inodes.clear();
+    this.mounted = false;
+    this.generation++;
+  }
+
+  /** /proc/vmstat: page-cache events and gauges, the policy's counters after them. */
+  vmstat(): Record<string, number> {
+    return { ...this.host.snapshotVmstat(), blocks_used: this.budget.used, ...this.policy.stats() };
+  }
+
+  /** Page states of pages [first, last] of file `name` (open in this mount). */
+  snapshot(name: string, first: number, last: number): PageSnapshot[] {
+    const inode = this.inodes.get(name);
+    if (!inode) throw new HmmlabError('ENOENT', `snapshot: file ${name} is not open`);
+    return page_snapshot(inode.mapping, first, last);
+  }
+}
+
+/** An open file: its inode's address_space, under the mount's mutex. close() makes it EBADF. */
+export class File {
+  private closed = false;
+
+  constructor(
+    readonly fs: HmmFs,
+    readonly mapping: Mapping,
+    private readonly generation: number,
+  ) {}
+
+  get name(): string {
+    return this.mapping.name;
+  }
+
+  /** i_size in bytes. */
+  get size(): number {
+    return this.mapping.size;
+  }
+
+  private op<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    return this.fs.serialize(async () => {
+      if (this.closed || !this.fs.isLive(this.generation)) {
+        throw new HmmlabError('EBADF', `${what} on ${this.name}: the file is closed`);
+      }
+      return fn();
+    });
+  }
+
+  read(off: number, len: number): Promise<Uint8Array> {
+    return this.op('read', async () => {
+      checkOffset('read offset', off);
+      checkOffset('read length', len);
+      return filemap_read(this.mapping, off, len);
+    });
+  }
+
+  write(off: number, bytes: Uint8Array): Promise<void> {
+    return this.op('write', async () => {
+      checkOffset('write offset', off);
+      checkBytes('write bytes', bytes);
+      checkFileLimit('write', off, bytes.length, this.fs.maxFileSize);
+      await generic_perform_write(this.mapping, off, bytes);
+    });
+  }
+
+  fsync(): Promise<void> {
+    return this.op('fsync', async () => {
+      await filemap_write_and_wait_range(this.mapping, 0, LAST_PAGE, 'writeback');
+      await this.mapping.a_ops.fsync();
+    });
+  }
+
+  truncate(size: number): Promise<void> {
+    return this.op('truncate', async () => {
+      checkOffset('truncate size', size);
+      checkFileLimit('truncate', 0, size, this.fs.maxFileSize);
+      await truncate_setsize(this.mapping, size);
+    });
+  }
+
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE), clamped to EOF. */
+  punchHole(off: number, len: number): Promise<void> {
+    return this.op('punchHole', async () => {
+      checkOffset('punch offset', off);
+      checkOffset('punch length', len);
+      await punch_hole(this.mapping, off, len);
+    });
+  }
+
+  /** O_DIRECT read: 512-byte aligned offset and length; short at EOF. */
+  readDirect(off: number, len: number): Promise<Uint8Array> {
+    return this.op('readDirect', async () => {
+      checkOffset('direct read offset', off);
+      checkOffset('direct read length', len);
+      checkDirectAlign('direct read', off, len);
+      return dio_read(this.mapping, off, len);
+    });
+  }
+
+  /** O_DIRECT write: 512-byte aligned offset and length; extends the file. */
+  writeDirect(off: number, bytes: Uint8Array): Promise<void> {
+    return this.op('writeDirect', async () => {
+      checkOffset('direct write offset', off);
+      checkBytes('direct write bytes', bytes);
+      checkDirectAlign('direct write', off, bytes.length);
+      checkFileLimit('direct write', off, bytes.length, this.fs.maxFileSize);
+      if (bytes.length === 0) return;
+      const ps = this.fs.pageSize;
+      await this.mapping.a_ops.reserve_blocks(
+        Math.floor(off / ps),
+        Math.floor((off + bytes.length - 1) / ps),
+      );
+      await dio_write(this.mapping, off, bytes);
+    });
+  }
+
+  /**
+   * A shared CPU mapping of the file from offset 0, `length` bytes (default: the file-size limit,
+   * so the file may grow under it). Loads are clamped to EOF; stores must lie within EOF.
+   */
+  mmap(length?: number): VmArea {
+    if (this.closed || !this.fs.isLive(this.generation)) {
+      throw new HmmlabError('EBADF', `mmap on ${this.name}: the file is closed`);
+    }
+    const len = length ?? this.fs.maxFileSize;
+    checkOffset('mmap length', len);
+    checkFileLimit('mmap', 0, len, this.fs.maxFileSize);
+    const nrPages = Math.ceil(len / this.fs.pageSize);
+    return new VmArea(this.mapping, nrPages, (fn) => this.fs.serialize(fn));
+  }
+
+  /** close(2): the handle is EBADF after; the inode and its pages stay cached until unmount. */
+  close(): Promise<void> {
+    return this.op('close', async () => {
+      this.closed = true;
+    });
+  }
+
+  /** Dirty pages of this file right now (for tests and --stats). */
+  get nrDirty(): number {
+    let n = 0;
+    for (const e of this.mapping.i_pages.values()) if (e.kind === 'page' && e.flags & PG_dirty) n++;
+    return n;
+  }
+}

@@ -1,0 +1,250 @@
+/**
+ * mm/filemap.c: finding, creating and reading in page-cache pages; read(2) and write(2) through
+ * the cache. Every path works a small batch of pages at a time (locked while it works on them),
+ * so that a host-page budget of a few pages still serves a read or write of any length.
+ */
+import { HmmlabError } from '../errors.ts';
+import { asMapping, type Mapping } from './mapping.ts';
+import { HostPage, lock_page, PageDirty, PageUptodate, unlock_page } from './page.ts';
+import type { PageCache } from './pagecache.ts';
+import { page_cache_sync_readahead } from './readahead.ts';
+import type { AddressSpace, DeviceEntry, Page } from './types.ts';
+import { PG_dirty, PG_locked, PG_lru, PG_referenced, PG_uptodate } from './types.ts';
+import { try_to_free_pages } from './vmscan.ts';
+
+/** Pages one path locks at a time: a quarter of the budget, so reclaim always has others to take. */
+export function batchPages(host: PageCache): number {
+  return Math.max(1, Math.min(64, Math.floor(host.hostPages / 4)));
+}
+
+/** A free pool slot, reclaiming (direct reclaim) until one frees up. */
+async function alloc_slot(host: PageCache): Promise<number> {
+  for (;;) {
+    const slot = host.pool.alloc();
+    if (slot >= 0) return slot;
+    const freed = await try_to_free_pages(host, batchPages(host));
+    if (freed === 0 && host.pool.nrFree === 0) {
+      throw new HmmlabError(
+        'EIO',
+        `out of host pages: all ${host.hostPages} pages are locked, under writeback or kept by the policy`,
+      );
+    }
+  }
+}
+
+/**
+ * __filemap_add_folio: a new locked, not-uptodate page at `index` of `m`, on the LRU. Replaces a
+ * device entry there (the caller then fills the page from the device or the disk).
+ */
+export async function page_cache_alloc(m: Mapping, index: number): Promise<HostPage> {
+  const slot = await alloc_slot(m.host);
+  const existing = m.i_pages.get(index);
+  if (existing && existing.kind === 'page') {
+    // Reclaim ran a policy hook that brought the page in meanwhile: use that one.
+    m.host.pool.release(slot);
+    throw new Error(`page_cache_alloc: index ${index} of ${m.name} appeared during allocation`);
+  }
+  const page = new HostPage(m, index, slot, m.host.pool.view(slot));
+  page.flags = PG_locked | PG_lru;
+  m.i_pages.set(index, page);
+  m.host.lru.add(page);
+  return page;
+}
+
+/** __filemap_remove_folio + free: the page must be locked, unmapped and its data no longer needed. */
+export function delete_from_page_cache(page: Page): void {
+  const m = asMapping(page.mapping);
+  if (page.mapcount !== 0) throw new Error(`delete_from_page_cache: page ${page.index} is still mapped`);
+  if (m.i_pages.get(page.index) === page) m.i_pages.delete(page.index);
+  m.host.lru.delete(page);
+  m.host.pool.release(page.slot);
+  page.flags &= ~(PG_lru | PG_dirty | PG_uptodate);
+  unlock_page(page);
+}
+
+/** readpage: real pread of the page from the backing file. */
+export async function readpage(m: Mapping, page: Page): Promise<void> {
+  if (m.shadows.delete(page.index)) m.host.vmstat.count('workingset_refault_file');
+  await m.a_ops.readpage(page.index, page.data);
+  m.host.vmstat.count('pgpgin', m.pageSize / 1024);
+  page.flags |= PG_uptodate;
+}
+
+/**
+ * Get or create the page at `index`, locked, with its data: read from the disk when absent, pulled
+ * from the device (policy.readpageFromDevice) when a device entry stands there. A page in state S
+ * (dirty, not uptodate: the device holds newer data) is returned as it is: the caller asks the
+ * policy (cpuNeedsData) when the CPU needs the data. Exported for the mirror policy's fault service,
+ * which calls it without the fs lock. `major` says whether it had to read the page in.
+ */
+export async function read_cache_page(
+  mapping: AddressSpace,
+  index: number,
+): Promise<{ page: Page; major: boolean }> {
+  const m = asMapping(mapping);
+  for (;;) {
+    const e = m.i_pages.get(index);
+    if (e && e.kind === 'page') {
+      await lock_page(e);
+      if (m.i_pages.get(index) !== e) {
+        unlock_page(e); // reclaimed or truncated while we waited
+        continue;
+      }
+      if (!PageUptodate(e) && !PageDirty(e)) {
+        await readpage_or_drop(m, e, null);
+        return { page: e, major: true };
+      }
+      return { page: e, major: false };
+    }
+    const page = await page_cache_alloc(m, index);
+    await readpage_or_drop(m, page, e ?? null);
+    return { page, major: true };
+  }
+}
+
+/** Fill a new page from the device entry it replaced, else from the disk; on failure drop it. */
+async function readpage_or_drop(m: Mapping, page: Page, entry: DeviceEntry | null): Promise<void> {
+  try {
+    if (entry && (await m.policy.readpageFromDevice(m, entry, page))) return;
+    await readpage(m, page);
+  } catch (err) {
+    if (entry && m.i_pages.get(page.index) === page && !PageUptodate(page)) m.i_pages.set(page.index, entry);
+    else if (m.i_pages.get(page.index) === page) m.i_pages.delete(page.index);
+    m.host.lru.delete(page);
+    m.host.pool.release(page.slot);
+    unlock_page(page);
+    throw err;
+  }
+}
+
+/** read_cache_page, locked page only: the exported "get me this index, locked" for the policies. */
+export async function read_cache_page_locked(mapping: AddressSpace, index: number): Promise<Page> {
+  return (await read_cache_page(mapping, index)).page;
+}
+
+export function folio_mark_dirty(page: Page): void {
+  if (!PageDirty(page)) {
+    page.flags |= PG_dirty;
+    asMapping(page.mapping).host.vmstat.count('nr_dirtied');
+  }
+}
+export function folio_clear_dirty(page: Page): void {
+  page.flags &= ~PG_dirty;
+}
+export function folio_mark_uptodate(page: Page): void {
+  page.flags |= PG_uptodate;
+}
+export function folio_clear_uptodate(page: Page): void {
+  page.flags &= ~PG_uptodate;
+}
+/** The CPU touched the page: reclaim gives it a second chance. */
+export function mark_page_accessed(page: Page): void {
+  page.flags |= PG_referenced;
+}
+
+/**
+ * filemap_read: read(2) through the cache, short at EOF. Misses start synchronous readahead; every
+ * batch of pages is handed to the policy (cpuNeedsData) before its bytes are copied out.
+ */
+export async function filemap_read(mapping: AddressSpace, off: number, len: number): Promise<Uint8Array> {
+  const m = asMapping(mapping);
+  const ps = m.pageSize;
+  const end = Math.min(off + len, m.size);
+  if (end <= off) return new Uint8Array(0);
+  const out = new Uint8Array(end - off);
+  const first = Math.floor(off / ps);
+  const last = Math.floor((end - 1) / ps);
+  const batch = batchPages(m.host);
+  for (let idx = first; idx <= last; idx += batch) {
+    const n = Math.min(batch, last - idx + 1);
+    const pages: Page[] = [];
+    try {
+      for (let i = idx; i < idx + n; i++) {
+        if (!m.i_pages.has(i)) await page_cache_sync_readahead(m, i, last - i + 1);
+        pages.push(await read_cache_page_locked(m, i));
+      }
+      await m.policy.cpuNeedsData(m, pages, 'read');
+      for (const p of pages) {
+        copy_from_page(p, ps, off, end, out);
+        mark_page_accessed(p);
+      }
+    } finally {
+      for (const p of pages) unlock_page(p);
+    }
+    m.ra.prev_index = idx + n - 1;
+  }
+  return out;
+}
+
+/** Copy the part of page `p` that lies in [off, end) of the file into out (out[0] is file offset off). */
+export function copy_from_page(p: Page, ps: number, off: number, end: number, out: Uint8Array): void {
+  const pageStart = p.index * ps;
+  const from = Math.max(off, pageStart);
+  const to = Math.min(end, pageStart + ps);
+  out.set(p.data.subarray(from - pageStart, to - pageStart), from - off);
+}
+
+/**
+ * generic_perform_write: write(2) through the cache. Blocks for the whole range are reserved first
+ * (ENOSPC before anything changes); a page the write covers whole is not read in; a partial page
+ * is (and the policy brings back device-held data); the policy revokes device access before the
+ * bytes land. The file grows as the write goes.
+ */
+export async function generic_perform_write(
+  mapping: AddressSpace,
+  off: number,
+  bytes: Uint8Array,
+): Promise<void> {
+  const m = asMapping(mapping);
+  const ps = m.pageSize;
+  const end = off + bytes.length;
+  if (bytes.length === 0) return;
+  const first = Math.floor(off / ps);
+  const last = Math.floor((end - 1) / ps);
+  await m.a_ops.reserve_blocks(first, last);
+  const oldSize = m.size;
+  const batch = batchPages(m.host);
+  for (let idx = first; idx <= last; idx += batch) {
+    const n = Math.min(batch, last - idx + 1);
+    const pages: Page[] = [];
+    const partial: Page[] = [];
+    try {
+      for (let i = idx; i < idx + n; i++) {
+        const pageStart = i * ps;
+        const whole = off <= pageStart && end >= pageStart + ps;
+        if (!m.i_pages.has(i) && (whole || pageStart >= m.size)) {
+          // grab_cache_page_write_begin: nothing to read, the page starts as zeros.
+          const p = await page_cache_alloc(m, i);
+          p.flags |= PG_uptodate;
+          pages.push(p);
+        } else {
+          const p = await read_cache_page_locked(m, i);
+          pages.push(p);
+          if (!whole) partial.push(p);
+        }
+      }
+      if (partial.length > 0) await m.policy.cpuNeedsData(m, partial, 'write-partial');
+      await m.policy.cpuWillWrite(m, pages);
+      for (const p of pages) {
+        const pageStart = p.index * ps;
+        const from = Math.max(off, pageStart);
+        const to = Math.min(end, pageStart + ps);
+        p.data.set(bytes.subarray(from - off, to - off), from - pageStart);
+        p.flags |= PG_uptodate;
+        folio_mark_dirty(p);
+        mark_page_accessed(p);
+      }
+    } finally {
+      for (const p of pages) unlock_page(p);
+    }
+    m.size = Math.max(m.size, Math.min(end, (idx + n) * ps));
+  }
+  if (m.size !== oldSize) await m.a_ops.set_size(m.size);
+}
+
+/** page_mkwrite for page `index` of `mapping`: the filesystem allocates its block (may ENOSPC). */
+export async function page_mkwrite(mapping: AddressSpace, index: number): Promise<void> {
+  const m = asMapping(mapping);
+  m.host.vmstat.count('pgmkwrite');
+  await m.a_ops.page_mkwrite(index);
+}

@@ -1,0 +1,103 @@
+/**
+ * mm/readahead.c, the on-demand part: a miss that continues the last read or lands at the end of
+ * the current window is sequential, and the window grows (4x while small, then 2x, up to the max);
+ * any other miss is random: the window resets and only the requested pages are read.
+ */
+import { page_cache_alloc, readpage } from './filemap.ts';
+import type { Mapping } from './mapping.ts';
+import { trylock_page, unlock_page } from './page.ts';
+import type { Page } from './types.ts';
+import { PG_uptodate } from './types.ts';
+
+/** read_ahead_kb, as Linux defaults it. */
+export const READ_AHEAD_KB = 128;
+
+/** The largest window: read_ahead_kb worth of pages, and no more than half the host-page budget. */
+export function ra_max(m: Mapping): number {
+  return Math.max(
+    1,
+    Math.min(Math.floor((READ_AHEAD_KB * 1024) / m.pageSize), Math.floor(m.host.hostPages / 2)),
+  );
+}
+
+function roundup_pow_of_two(n: number): number {
+  let p = 1;
+  while (p < n) p *= 2;
+  return p;
+}
+
+/** get_init_ra_size: the first window, from the request size. */
+export function get_init_ra_size(req: number, max: number): number {
+  const n = roundup_pow_of_two(req);
+  if (n <= max / 32) return Math.min(n * 4, max);
+  if (n <= max / 4) return Math.min(n * 2, max);
+  return max;
+}
+
+/** get_next_ra_size: the next window of a sequential stream. */
+export function get_next_ra_size(cur: number, max: number): number {
+  if (cur < max / 16) return Math.min(4 * cur, max);
+  if (cur <= max / 2) return Math.min(2 * cur, max);
+  return max;
+}
+
+/**
+ * page_cache_sync_readahead: `index` missed, and the reader wants `req` pages from there. Decides
+ * the window and reads its absent pages in (one pread each, each unlocked as soon as it is read, so
+ * that reclaim may take them under a tiny budget).
+ */
+export async function page_cache_sync_readahead(m: Mapping, index: number, req: number): Promise<void> {
+  const ra = m.ra;
+  const max = ra_max(m);
+  const eof = Math.ceil(m.size / m.pageSize);
+  if (index >= eof) return;
+  const sequential =
+    (index === 0 && ra.prev_index < 0) ||
+    index === ra.prev_index + 1 ||
+    index === ra.prev_index ||
+    (ra.size > 0 && index === ra.start + ra.size);
+  let size: number;
+  if (sequential) {
+    size = ra.size > 0 && index !== 0 ? get_next_ra_size(ra.size, max) : get_init_ra_size(req, max);
+    ra.start = index;
+    ra.size = size;
+    m.host.vmstat.count('ra_sync');
+  } else {
+    // Random: read only what was asked and do not pollute the window.
+    m.host.vmstat.count('ra_random');
+    ra.start = index;
+    ra.size = 0;
+    size = Math.min(req, max);
+  }
+  await do_page_cache_ra(m, index, Math.min(index + size, eof));
+}
+
+/** Read the absent pages of [start, end); resident pages that hold stale data are handed to the policy. */
+async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise<void> {
+  const stale: Page[] = [];
+  for (let i = start; i < end; i++) {
+    const e = m.i_pages.get(i);
+    if (e) {
+      if (e.kind === 'page' && !(e.flags & PG_uptodate) && trylock_page(e)) stale.push(e);
+      continue;
+    }
+    const page = await page_cache_alloc(m, i);
+    try {
+      await readpage(m, page);
+    } catch (err) {
+      m.i_pages.delete(i);
+      m.host.lru.delete(page);
+      m.host.pool.release(page.slot);
+      throw err;
+    } finally {
+      unlock_page(page);
+    }
+    m.host.vmstat.count('pgra');
+  }
+  if (stale.length === 0) return;
+  try {
+    await m.policy.cpuNeedsData(m, stale, 'readahead');
+  } finally {
+    for (const p of stale) unlock_page(p);
+  }
+}

@@ -1,0 +1,118 @@
+/**
+ * mm/truncate.c: dropping pages from the cache for truncate, punch hole, direct-I/O writes and
+ * unmount. CPU PTEs go first (unmap_mapping_range), then the policy drops device copies and device
+ * entries of the range, then the pages themselves (dirty or not: the caller has written back what
+ * must survive). A page cut in part is kept and the cut bytes zeroed, after the policy has brought
+ * back and revoked the device's copy.
+ */
+import { delete_from_page_cache, read_cache_page_locked } from './filemap.ts';
+import { asMapping } from './mapping.ts';
+import { lock_page, unlock_page } from './page.ts';
+import { try_to_unmap } from './rmap.ts';
+import type { AddressSpace } from './types.ts';
+
+/**
+ * truncate_inode_pages_range: every page and device entry of [first, last] leaves the cache.
+ * Returns the host pages dropped.
+ */
+export async function truncate_inode_pages_range(
+  mapping: AddressSpace,
+  first: number,
+  last: number,
+): Promise<number> {
+  const m = asMapping(mapping);
+  const inRange = (i: number) => i >= first && i <= last;
+  for (const [i, e] of m.i_pages) if (inRange(i) && e.kind === 'page' && e.mapcount > 0) try_to_unmap(e);
+  await m.policy.invalidateRange(m, first, last);
+  let dropped = 0;
+  for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
+    const e = m.i_pages.get(i);
+    if (!e) continue;
+    if (e.kind === 'device') {
+      m.i_pages.delete(i);
+      continue;
+    }
+    await lock_page(e);
+    if (m.i_pages.get(i) !== e) {
+      unlock_page(e);
+      continue;
+    }
+    if (e.mapcount > 0) try_to_unmap(e); // a fault mapped it again while we waited
+    delete_from_page_cache(e);
+    dropped++;
+  }
+  for (const i of [...m.shadows]) if (inRange(i)) m.shadows.delete(i);
+  m.host.vmstat.count('pginvalidate', dropped);
+  return dropped;
+}
+
+/**
+ * Zero bytes [from, to) of page `index` where it is cached (resident, or a device entry: brought
+ * back first). The CPU writes the page, so the policy first brings back and then revokes A'.
+ */
+export async function zero_page_range(
+  mapping: AddressSpace,
+  index: number,
+  from: number,
+  to: number,
+): Promise<void> {
+  const m = asMapping(mapping);
+  if (!m.i_pages.has(index) || from >= to) return;
+  const page = await read_cache_page_locked(m, index);
+  try {
+    await m.policy.cpuNeedsData(m, [page], 'truncate');
+    await m.policy.cpuWillWrite(m, [page]);
+    page.data.fill(0, from, to);
+  } finally {
+    unlock_page(page);
+  }
+}
+
+/**
+ * truncate_setsize + truncate_pagecache: shrinking zeroes the tail of the new last page and drops
+ * every page past it (their blocks freed); growing only moves i_size (the new range reads as zeros:
+ * the cached tail past the old EOF is kept zero on every path).
+ */
+export async function truncate_setsize(mapping: AddressSpace, size: number): Promise<void> {
+  const m = asMapping(mapping);
+  const ps = m.pageSize;
+  const old = m.size;
+  if (size < old) {
+    m.size = size;
+    if (size % ps !== 0) await zero_page_range(m, Math.floor(size / ps), size % ps, ps);
+    const firstGone = Math.ceil(size / ps);
+    await truncate_inode_pages_range(m, firstGone, Number.MAX_SAFE_INTEGER);
+    m.a_ops.free_blocks(firstGone, Number.MAX_SAFE_INTEGER);
+  }
+  m.size = size;
+  await m.a_ops.set_size(size);
+}
+
+/**
+ * fallocate(PUNCH_HOLE | KEEP_SIZE) over [off, off + len), clamped to EOF: the edge pages are zeroed
+ * in part, whole pages leave the cache and give back their blocks, and the backing file gets zeros.
+ */
+export async function punch_hole(mapping: AddressSpace, off: number, len: number): Promise<void> {
+  const m = asMapping(mapping);
+  const ps = m.pageSize;
+  const end = Math.min(off + len, m.size);
+  if (end <= off) return;
+  const firstFull = Math.ceil(off / ps);
+  const lastFull = Math.floor(end / ps) - 1;
+  const edges = new Set([Math.floor(off / ps), Math.floor((end - 1) / ps)]);
+  for (const i of edges) {
+    if (i >= firstFull && i <= lastFull) continue;
+    const pageStart = i * ps;
+    await zero_page_range(
+      m,
+      i,
+      Math.max(off, pageStart) - pageStart,
+      Math.min(end, pageStart + ps) - pageStart,
+    );
+  }
+  if (firstFull <= lastFull) {
+    await truncate_inode_pages_range(m, firstFull, lastFull);
+    m.a_ops.free_blocks(firstFull, lastFull);
+  }
+  await m.a_ops.zero_range(off, end - off);
+}

@@ -1,0 +1,87 @@
+/**
+ * mm/vmscan.c, reduced to one LRU with second chance (the clock algorithm): reclaim scans from the
+ * oldest page; a referenced page has its bit cleared and goes to the tail; a locked page or one under
+ * writeback is passed over. A page that can go is unmapped from the CPU first, written back if
+ * dirty, then the policy decides: free it (a shadow entry remembers it for workingset_refault), or
+ * replace it by a device entry (the device holds its data), or keep it.
+ */
+import { delete_from_page_cache } from './filemap.ts';
+import { asMapping } from './mapping.ts';
+import {
+  PageDirty,
+  PageLocked,
+  PageReferenced,
+  PageUptodate,
+  PageWriteback,
+  trylock_page,
+  unlock_page,
+} from './page.ts';
+import type { PageCache } from './pagecache.ts';
+import { try_to_unmap } from './rmap.ts';
+import type { Page } from './types.ts';
+import { PG_referenced } from './types.ts';
+import { writepage_locked } from './writeback.ts';
+
+/**
+ * Try to take `page` (locked by the caller) out of the host cache. `writeDirty`: reclaim writes a
+ * dirty page back first; dropcaches leaves dirty host-only pages alone. True when the page is gone.
+ */
+export async function shrink_page(page: Page, writeDirty: boolean): Promise<boolean> {
+  const m = asMapping(page.mapping);
+  // S (dirty, not uptodate): the device holds the data; it never goes to disk from here.
+  const stale = PageDirty(page) && !PageUptodate(page);
+  if (PageDirty(page) && !stale && !writeDirty) return false;
+  if (page.mapcount > 0) try_to_unmap(page);
+  if (PageDirty(page) && !stale) await writepage_locked(page);
+  const decision = m.policy.reclaimDecision(m, page);
+  if (decision === 'keep') return false;
+  if (decision === 'free') {
+    if (stale)
+      throw new Error(
+        `reclaim: policy ${m.policy.name} frees page ${page.index} whose data is on the device`,
+      );
+    delete_from_page_cache(page);
+    m.shadows.add(page.index);
+    return true;
+  }
+  // The device copy stays; a device entry takes the page's place in the index.
+  const entry = m.policy.makeDeviceEntry(m, page);
+  delete_from_page_cache(page);
+  m.i_pages.set(page.index, entry);
+  m.host.vmstat.count('workingset_device_entry');
+  return true;
+}
+
+/** try_to_free_pages: direct reclaim of up to `nr` pages. Returns the pages freed. */
+export async function try_to_free_pages(host: PageCache, nr: number): Promise<number> {
+  let freed = 0;
+  let budget = 2 * host.lru.size + 1;
+  while (freed < nr && budget-- > 0 && host.lru.size > 0) {
+    const page: Page = host.lru.values().next().value!;
+    // Rotate first: whatever happens, the next scan starts with the next page.
+    host.lru.delete(page);
+    host.lru.add(page);
+    host.vmstat.count('pgscan_direct');
+    if (PageLocked(page) || PageWriteback(page)) {
+      host.vmstat.count('pgrotated');
+      continue;
+    }
+    if (PageReferenced(page)) {
+      page.flags &= ~PG_referenced;
+      host.vmstat.count('pgactivate');
+      continue;
+    }
+    if (!trylock_page(page)) continue;
+    let gone = false;
+    try {
+      gone = await shrink_page(page, true);
+    } finally {
+      if (!gone) unlock_page(page);
+    }
+    if (gone) {
+      freed++;
+      host.vmstat.count('pgsteal_direct');
+    }
+  }
+  return freed;
+}

@@ -1,0 +1,103 @@
+/**
+ * Writeback (mm/page-writeback.c, filemap_write_and_wait_range): dirty pages go to disk with a real
+ * pwrite. Before a page is written its CPU PTEs are write-protected (folio_clear_dirty_for_io ->
+ * page_mkclean) so a later store faults and dirties it again; a page the device holds newer data
+ * for (not uptodate) is first brought back by the policy; a device entry is written through the
+ * policy's bounce buffer.
+ */
+import { HmmlabError } from '../errors.ts';
+import { batchPages } from './filemap.ts';
+import { asMapping, type Mapping } from './mapping.ts';
+import { lock_page, PageDirty, PageUptodate, unlock_page } from './page.ts';
+import { page_mkclean } from './rmap.ts';
+import type { AddressSpace, Page } from './types.ts';
+import { PG_dirty, PG_writeback } from './types.ts';
+
+/** Bytes of page `index` that lie below i_size (what writepage puts on disk). */
+function bytes_below_eof(m: Mapping, index: number): number {
+  return Math.max(0, Math.min(m.pageSize, m.size - index * m.pageSize));
+}
+
+/** writepage of a locked dirty page whose data is uptodate (the caller asked the policy first). */
+export async function writepage_locked(page: Page): Promise<void> {
+  const m = asMapping(page.mapping);
+  if (!PageUptodate(page)) {
+    throw new HmmlabError('EIO', `writepage: page ${page.index} of ${m.name} is dirty but not uptodate`);
+  }
+  page_mkclean(page);
+  page.flags = (page.flags & ~PG_dirty) | PG_writeback;
+  try {
+    const len = bytes_below_eof(m, page.index);
+    if (len > 0) await m.a_ops.writepage(page.index, page.data, len);
+  } catch (err) {
+    page.flags |= PG_dirty; // keep the data: it is still only here
+    throw err;
+  } finally {
+    page.flags &= ~PG_writeback;
+  }
+  m.host.vmstat.count('nr_written');
+  m.host.vmstat.count('pgpgout', m.pageSize / 1024);
+}
+
+/** Write `data` as page `index` (a bounce buffer: a device entry's data, the mirror policy's copy). */
+export async function writepage_bounce(
+  mapping: AddressSpace,
+  index: number,
+  data: Uint8Array,
+): Promise<void> {
+  const m = asMapping(mapping);
+  const len = Math.min(bytes_below_eof(m, index), data.length);
+  if (len > 0) await m.a_ops.writepage(index, data, len);
+  m.host.vmstat.count('nr_written');
+  m.host.vmstat.count('pgpgout', m.pageSize / 1024);
+}
+
+/**
+ * filemap_write_and_wait_range: every dirty page and device entry of [first, last] is on disk when
+ * it returns (not fsynced: the caller does that). Returns the pages written.
+ */
+export async function filemap_write_and_wait_range(
+  mapping: AddressSpace,
+  first: number,
+  last: number,
+  why: 'writeback' | 'direct-io' | 'unmount' = 'writeback',
+): Promise<number> {
+  const m = asMapping(mapping);
+  const indices = [...m.i_pages.keys()].filter((i) => i >= first && i <= last).sort((a, b) => a - b);
+  const batch = batchPages(m.host);
+  let written = 0;
+  for (let k = 0; k < indices.length; k += batch) {
+    const pages: Page[] = [];
+    try {
+      for (const i of indices.slice(k, k + batch)) {
+        const e = m.i_pages.get(i);
+        if (!e) continue;
+        if (e.kind === 'device') {
+          const data = await m.policy.writebackDeviceEntry(m, e);
+          if (data) {
+            await writepage_bounce(m, i, data);
+            written++;
+          }
+          continue;
+        }
+        if (!PageDirty(e)) continue;
+        await lock_page(e);
+        if (m.i_pages.get(i) !== e || !PageDirty(e)) {
+          unlock_page(e);
+          continue;
+        }
+        pages.push(e);
+      }
+      if (pages.length === 0) continue;
+      await m.policy.cpuNeedsData(m, pages, why);
+      for (const p of pages) {
+        if (!PageDirty(p)) continue;
+        await writepage_locked(p);
+        written++;
+      }
+    } finally {
+      for (const p of pages) unlock_page(p);
+    }
+  }
+  return written;
+}

@@ -1,0 +1,315 @@
+/**
+ * The replay runner: apply an op log to one file on an HmmFs (the file starts empty) and report,
+ * as oplog.md says, `{i, op, len, sha256}` for each read-like op and finally `{op:'end', size,
+ * sha256}` of the backing file on disk after the final unmount.
+ *
+ * With `check`, the reference model (model.ts) runs alongside: every read is compared with it,
+ * and the backing file on disk after every fsync and remount and at the end; the first difference
+ * stops the run with a ReplayMismatch naming the line, the op and the first differing offset.
+ *
+ * The log is validated whole before the disk is touched (alignment, EOF of device ops). An error
+ * of the filesystem (ENOSPC, EFBIG, ...) stops the run at that op, after an unmount that writes
+ * back everything written so far; its message gains the line.
+ *
+ * Device ops call `deviceWrite(off, len, tag)` and `deviceRead(off, len)` on the file (DeviceFile);
+ * until the file has them, a log with device ops is refused before anything runs.
+ */
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { HmmFs } from '../fs/hmmfs.ts';
+import { sizeAfter } from './eof.ts';
+import { OplogModel } from './model.ts';
+import { validateOplog } from './parse.ts';
+import { patternBytes } from './pattern.ts';
+import { isDeviceOp, isReadOp, type Op, type ReadOp } from './schema.ts';
+
+export interface ReplayOptions {
+  /** Directory of the backing file; default a fresh temporary directory, removed afterwards. */
+  dir?: string;
+  /** Name of the file the log is applied to (default 'oplog.dat'; truncated to empty first). */
+  file?: string;
+  pageSize?: number;
+  hostPages?: number;
+  blocks?: number;
+  /** Further HmmFs.mount options (the device half adds its own: policy, device pages, ...). */
+  mount?: Record<string, unknown>;
+  /** Compare with the reference model as the run goes. */
+  check?: boolean;
+  /** 1-based line number of each op (parseOplog's `lines`); default k+1. Output `i` is line-1. */
+  lines?: readonly number[];
+  /** Called for each record as soon as it is known (the CLI streams them). */
+  onRecord?: (r: ReplayRecord) => void;
+}
+
+export interface ReadRecord {
+  /** 0-based line index of the op in the log. */
+  i: number;
+  op: ReadOp['op'];
+  /** Bytes returned. */
+  len: number;
+  sha256: string;
+}
+
+export interface EndRecord {
+  op: 'end';
+  size: number;
+  sha256: string;
+}
+
+export type ReplayRecord = ReadRecord | EndRecord;
+
+export interface ReplayResult {
+  reads: ReadRecord[];
+  end: EndRecord;
+  /** vmstat after the final unmount (src/mm names). */
+  vmstat: Record<string, number>;
+  /** Ops applied. */
+  ops: number;
+  /** Disk comparisons made (check mode: after each fsync, remount and at the end). */
+  diskChecks: number;
+  elapsedMs: number;
+}
+
+/** What the device half implements on a file for devwrite/devread (one thread per 4-byte word). */
+export interface DeviceFile {
+  deviceWrite(off: number, len: number, tag: number): Promise<void>;
+  deviceRead(off: number, len: number): Promise<Uint8Array>;
+}
+
+export function hasDevice(f: unknown): f is DeviceFile {
+  const d = f as Partial<DeviceFile> | null;
+  return typeof d?.deviceWrite === 'function' && typeof d?.deviceRead === 'function';
+}
+
+/**
+ * A difference between hmmlab and the reference model: a bug in hmmlab, never in the log. `line`
+ * is the op's line (for the end check: the last op's line); `offset` the first differing file offset.
+ */
+export class ReplayMismatch extends HmmlabError {
+  constructor(
+    readonly line: number,
+    readonly op: Op | { op: 'end' },
+    readonly offset: number,
+    detail: string,
+  ) {
+    super(
+      'EIO',
+      `${op.op === 'end' ? `end of log (after line ${line})` : `line ${line} (${describeOp(op)})`}: ${detail}`,
+    );
+    this.name = 'ReplayMismatch';
+  }
+}
+
+export function describeOp(op: Op | { op: 'end' }): string {
+  const fields = Object.entries(op)
+    .filter(([k]) => k !== 'op')
+    .map(([k, v]) => `${k}=${v}`);
+  return [op.op, ...fields].join(' ');
+}
+
+export function sha256(bytes: Uint8Array): string {
+  return createHash('sha256').update(bytes).digest('hex');
+}
+
+/** First offset where a and b differ (length counts), or -1 when equal. */
+export function firstDifference(a: Uint8Array, b: Uint8Array): number {
+  const n = Math.min(a.length, b.length);
+  if (Buffer.compare(Buffer.from(a.buffer, a.byteOffset, n), Buffer.from(b.buffer, b.byteOffset, n)) !== 0) {
+    for (let k = 0; k < n; k++) if (a[k] !== b[k]) return k;
+  }
+  return a.length === b.length ? -1 : n;
+}
+
+const hex = (b: number | undefined) => (b === undefined ? 'EOF' : `0x${b.toString(16).padStart(2, '0')}`);
+
+function compare(
+  line: number,
+  op: Op | { op: 'end' },
+  what: string,
+  base: number,
+  got: Uint8Array,
+  want: Uint8Array,
+): void {
+  const d = firstDifference(got, want);
+  if (d < 0) return;
+  throw new ReplayMismatch(
+    line,
+    op,
+    base + d,
+    `${what}: ${got.length} bytes, model ${want.length}; first difference at file offset ${base + d} ` +
+      `(got ${hex(got[d])}, model ${hex(want[d])})`,
+  );
+}
+
+type HmmFile = Awaited<ReturnType<HmmFs['open']>>;
+type Vma = ReturnType<HmmFile['mmap']>;
+
+/** The file under replay, reopened after each remount. */
+class Target {
+  vma: Vma | null = null;
+  constructor(
+    readonly fs: HmmFs,
+    public f: HmmFile,
+  ) {}
+
+  /** The CPU mapping, made on first use (mapwrite/mapread), as fsx maps per op. */
+  mapping(): Vma {
+    this.vma ??= this.f.mmap();
+    return this.vma;
+  }
+}
+
+function deviceOf(f: HmmFile, op: Op, line: number): DeviceFile {
+  if (!hasDevice(f))
+    throw new HmmlabError('ENODEV', `line ${line}: ${op.op} needs a device: not available yet`);
+  return f;
+}
+
+/** Apply one op to the target; the bytes of a read-like op, null for others. `size` is i_size before it. */
+async function applyOp(
+  t: Target,
+  op: Op,
+  size: number,
+  line: number,
+  name: string,
+): Promise<Uint8Array | null> {
+  switch (op.op) {
+    case 'write':
+      if (op.len > 0) await t.f.write(op.off, patternBytes(op.off, op.len, op.tag));
+      return null;
+    case 'read':
+      return await t.f.read(op.off, op.len);
+    case 'mapwrite':
+      if (op.len === 0) return null;
+      // A store past EOF would be SIGBUS: extend the file to off+len first, as fsx does.
+      if (op.off + op.len > size) await t.f.truncate(op.off + op.len);
+      await t.mapping().store(op.off, patternBytes(op.off, op.len, op.tag));
+      return null;
+    case 'mapread': {
+      const n = Math.max(0, Math.min(op.len, size - op.off));
+      return n > 0 ? await t.mapping().load(op.off, n) : new Uint8Array(0);
+    }
+    case 'devwrite':
+      await deviceOf(t.f, op, line).deviceWrite(op.off, op.len, op.tag);
+      return null;
+    case 'devread':
+      return await deviceOf(t.f, op, line).deviceRead(op.off, op.len);
+    case 'diowrite':
+      if (op.len > 0) await t.f.writeDirect(op.off, patternBytes(op.off, op.len, op.tag));
+      return null;
+    case 'dioread':
+      return await t.f.readDirect(op.off, op.len);
+    case 'truncate':
+      await t.f.truncate(op.size);
+      return null;
+    case 'punch': {
+      const end = Math.min(op.off + op.len, size);
+      if (op.off < end) await t.f.punchHole(op.off, end - op.off);
+      return null;
+    }
+    case 'fsync':
+      await t.f.fsync();
+      return null;
+    case 'dropcaches':
+      await t.fs.dropCaches();
+      return null;
+    case 'remount':
+      await t.fs.remount();
+      t.f = await t.fs.open(name, { create: true });
+      t.vma = null;
+      return null;
+  }
+}
+
+/** Apply `ops` to a fresh file on an HmmFs; see the module comment. */
+export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {}): Promise<ReplayResult> {
+  const t0 = performance.now();
+  const lineOf = (k: number) => options.lines?.[k] ?? k + 1;
+  validateOplog(ops, options.lines);
+
+  const ownDir = options.dir === undefined;
+  const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'hmmlab-replay-')));
+  const name = options.file ?? 'oplog.dat';
+  const backing = join(dir, name);
+  const model = options.check ? new OplogModel() : null;
+  const reads: ReadRecord[] = [];
+  let diskChecks = 0;
+  let fs: HmmFs | null = null;
+  let mounted = false;
+  try {
+    fs = await HmmFs.mount({
+      ...options.mount,
+      dir,
+      pageSize: options.pageSize,
+      hostPages: options.hostPages,
+      blocks: options.blocks,
+    });
+    mounted = true;
+    const t = new Target(fs, await fs.open(name, { create: true }));
+    const dev = ops.findIndex(isDeviceOp);
+    if (dev >= 0) deviceOf(t.f, ops[dev], lineOf(dev));
+    await t.f.truncate(0); // the log's file starts empty
+
+    const diskCheck = async (line: number, op: Op | { op: 'end' }) => {
+      if (!model) return;
+      compare(line, op, 'backing file on disk', 0, await readFile(backing), model.bytes());
+      diskChecks++;
+    };
+
+    let size = 0;
+    for (let k = 0; k < ops.length; k++) {
+      const op = ops[k];
+      const line = lineOf(k);
+      let got: Uint8Array | null;
+      try {
+        got = await applyOp(t, op, size, line, name);
+      } catch (e) {
+        if (isHmmlabError(e) && !e.message.startsWith(`line ${line}:`)) {
+          throw new HmmlabError(e.code, `line ${line} (${describeOp(op)}): ${e.message}`, { cause: e });
+        }
+        throw e;
+      }
+      const want = model ? model.apply(op, line) : null;
+      size = sizeAfter(op, size);
+      if (got && isReadOp(op)) {
+        if (want) compare(line, op, 'returned', op.off, got, want);
+        const r: ReadRecord = { i: line - 1, op: op.op, len: got.length, sha256: sha256(got) };
+        reads.push(r);
+        options.onRecord?.(r);
+      }
+      if (op.op === 'fsync' || op.op === 'remount') await diskCheck(line, op);
+    }
+
+    mounted = false;
+    await fs.unmount();
+    const disk = await readFile(backing);
+    const end: EndRecord = { op: 'end', size: disk.length, sha256: sha256(disk) };
+    if (model) {
+      compare(
+        ops.length > 0 ? lineOf(ops.length - 1) : 0,
+        { op: 'end' },
+        'backing file on disk after unmount',
+        0,
+        disk,
+        model.bytes(),
+      );
+      diskChecks++;
+    }
+    options.onRecord?.(end);
+    return {
+      reads,
+      end,
+      vmstat: fs.vmstat(),
+      ops: ops.length,
+      diskChecks,
+      elapsedMs: performance.now() - t0,
+    };
+  } finally {
+    // Stop cleanly: whatever was written so far goes to disk before the error propagates.
+    if (fs && mounted) await fs.unmount().catch(() => {});
+    if (ownDir) await rm(dir, { recursive: true, force: true });
+  }
+}
