@@ -43,19 +43,27 @@ export function frameRuns(frames: number[], framesPerBuffer: number, pageSize: n
 function sortedDistinct(frames: number[], what: string): number[] {
   const sorted = [...frames].sort((a, b) => a - b);
   for (let i = 1; i < sorted.length; i++) {
-    if (sorted[i] === sorted[i - 1]) throw new HmmlabError('EINVAL', `${what}: frame ${sorted[i]} named twice`);
+    if (sorted[i] === sorted[i - 1])
+      throw new HmmlabError('EINVAL', `${what}: frame ${sorted[i]} named twice`);
   }
   return sorted;
 }
 
 /** Host pages -> frames, one writeBuffer per run. Returns the bytes queued. */
-export function copyToFrames(gpu: GpuDevice, pool: FramePool, items: FrameWrite[]): { bytes: number; runs: number } {
+export function copyToFrames(
+  gpu: GpuDevice,
+  pool: FramePool,
+  items: FrameWrite[],
+): { bytes: number; runs: number } {
   if (items.length === 0) return { bytes: 0, runs: 0 };
   const { pageSize } = pool;
   for (const it of items) {
     pool.checkFrame(it.frame);
     if (it.data.byteLength > pageSize) {
-      throw new HmmlabError('EINVAL', `copy to frame ${it.frame}: ${it.data.byteLength} bytes is more than a page`);
+      throw new HmmlabError(
+        'EINVAL',
+        `copy to frame ${it.frame}: ${it.data.byteLength} bytes is more than a page`,
+      );
     }
   }
   const byFrame = new Map(items.map((it) => [it.frame, it.data]));
@@ -68,7 +76,13 @@ export function copyToFrames(gpu: GpuDevice, pool: FramePool, items: FrameWrite[
   for (const run of runs) {
     const plain = new Uint8Array(run.count * pageSize);
     for (let j = 0; j < run.count; j++) plain.set(byFrame.get(frames[run.first + j])!, j * pageSize);
-    gpu.device.queue.writeBuffer(pool.buffers[run.bufferIndex], run.offset, plain.buffer, 0, plain.byteLength);
+    gpu.device.queue.writeBuffer(
+      pool.buffers[run.bufferIndex],
+      run.offset,
+      plain.buffer,
+      0,
+      plain.byteLength,
+    );
   }
   return { bytes: frames.length * pageSize, runs: runs.length };
 }

@@ -59,7 +59,10 @@ export class FramePool {
       throw new HmmlabError('EINVAL', `device pages ${devicePages} is not a positive integer`);
     }
     if (devicePages > MAX_FRAMES) {
-      throw new HmmlabError('ELIMIT', `device pages ${devicePages}: a PTE holds at most ${MAX_FRAMES} frames`);
+      throw new HmmlabError(
+        'ELIMIT',
+        `device pages ${devicePages}: a PTE holds at most ${MAX_FRAMES} frames`,
+      );
     }
     const binding = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
     const fit = Math.floor(binding / pageSize);
@@ -96,7 +99,10 @@ export class FramePool {
 
   checkFrame(frame: number): void {
     if (!Number.isInteger(frame) || frame < 0 || frame >= this.devicePages) {
-      throw new HmmlabError('EINVAL', `frame ${frame} is not a frame of this device (0..${this.devicePages - 1})`);
+      throw new HmmlabError(
+        'EINVAL',
+        `frame ${frame} is not a frame of this device (0..${this.devicePages - 1})`,
+      );
     }
   }
 

@@ -83,11 +83,11 @@ export {
 } from './memory.ts';
 export { DevicePageTable, type InstalledPte } from './pagetable.ts';
 export { type DevicePerm, pteDecode, pteEncode } from './pte.ts';
-export {
-  type FailedAccess,
-  type FaultResolution,
-  type FaultServiceContext,
-  type FaultServicer,
-  type KernelResult,
+export type {
+  FailedAccess,
+  FaultResolution,
+  FaultServiceContext,
+  FaultServicer,
+  KernelResult,
 } from './replay.ts';
 export { type DeviceCounters, type FaultBatchRecord, zeroCounters } from './stats.ts';

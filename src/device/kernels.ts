@@ -67,7 +67,10 @@ function checkRange(kind: string, off: number, len: number): void {
     throw new HmmlabError('EINVAL', `${kind}: length ${len} is not a positive multiple of 4`);
   }
   if (off + len > MAX_DEVICE_OFFSET) {
-    throw new HmmlabError('EINVAL', `${kind}: range ${off}+${len} ends past 4 GiB, the device's address limit`);
+    throw new HmmlabError(
+      'EINVAL',
+      `${kind}: range ${off}+${len} ends past 4 GiB, the device's address limit`,
+    );
   }
 }
 
@@ -97,7 +100,14 @@ export function planKernel(kind: KernelKind, params: KernelParams, pageSize: num
       if (!Number.isSafeInteger(tag) || tag < 0) {
         throw new HmmlabError('EINVAL', `devwrite: tag ${tag} is not a non-negative integer`);
       }
-      return { ...base, items: words, threads: dispatchThreads(words), write: true, outWords: 0, tagMod: (7 * tag) % 251 };
+      return {
+        ...base,
+        items: words,
+        threads: dispatchThreads(words),
+        write: true,
+        outWords: 0,
+        tagMod: (7 * tag) % 251,
+      };
     }
     case 'devread':
       return { ...base, items: words, threads: dispatchThreads(words), write: false, outWords: words };
@@ -174,13 +184,21 @@ export class KernelPipelines {
     for (const kind of KERNEL_KINDS) {
       const module = await loadShader(gpu, SHADER[kind]);
       const pipeline = await gpu.scoped(`pipeline ${kind}`, () =>
-        d.createComputePipelineAsync({ label: kind, layout: pipelineLayout, compute: { module, entryPoint: 'main' } }),
+        d.createComputePipelineAsync({
+          label: kind,
+          layout: pipelineLayout,
+          compute: { module, entryPoint: 'main' },
+        }),
       );
       pipelines.set(kind, pipeline);
     }
     const pteModule = await loadShader(gpu, 'pte_update.wgsl');
     const pteUpdate = await gpu.scoped('pipeline pte_update', () =>
-      d.createComputePipelineAsync({ label: 'pte_update', layout: 'auto', compute: { module: pteModule, entryPoint: 'main' } }),
+      d.createComputePipelineAsync({
+        label: 'pte_update',
+        layout: 'auto',
+        compute: { module: pteModule, entryPoint: 'main' },
+      }),
     );
     return new KernelPipelines(layout, pipelines, pteUpdate);
   }

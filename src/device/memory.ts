@@ -8,7 +8,7 @@
  * updates, launches), so a copy queued before a PTE install is visible to the launch after it.
  * A permission is only taken away after the queue drained (shootdown).
  */
-import { type Errno, HmmlabError, errorMessage } from '../errors.ts';
+import { type Errno, errorMessage, HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
 import { copyFromFrames, copyToFrames, type FrameWrite } from './copy.ts';
 import { formatPages } from './fault.ts';
@@ -90,6 +90,7 @@ export class DeviceMemory {
   /** The last MAX_BATCH_RECORDS fault batches. */
   readonly batchLog: FaultBatchRecord[] = [];
   private readonly spaces = new Map<number, DevicePageTable>();
+  private readonly running = new Map<number, Promise<void>>();
   private evictionHook: EvictionHook | null = null;
   private lostReason: string | undefined;
   private readonly unsubscribeLost: () => void;
@@ -124,7 +125,8 @@ export class DeviceMemory {
   space(id: number): DevicePageTable {
     let t = this.spaces.get(id);
     if (!t) {
-      if (!Number.isInteger(id) || id < 0) throw new HmmlabError('EINVAL', `address space id ${id} is not valid`);
+      if (!Number.isInteger(id) || id < 0)
+        throw new HmmlabError('EINVAL', `address space id ${id} is not valid`);
       t = new DevicePageTable(this.gpu, id);
       this.spaces.set(id, t);
     }
@@ -161,7 +163,10 @@ export class DeviceMemory {
       const owner = this.pool.owner(f);
       const entry = owner ? this.spaces.get(owner.space)?.entries.get(owner.index) : undefined;
       if (entry && entry.frame === f) {
-        throw new HmmlabError('EINVAL', `free frame ${f}: page ${owner!.index} of space ${owner!.space} still maps it`);
+        throw new HmmlabError(
+          'EINVAL',
+          `free frame ${f}: page ${owner!.index} of space ${owner!.space} still maps it`,
+        );
       }
       this.pool.release(f);
     }
@@ -179,7 +184,9 @@ export class DeviceMemory {
     for (const f of frames) {
       const o = this.pool.owner(f);
       if (!o) continue;
-      bySpace.set(o.space, [...(bySpace.get(o.space) ?? []), o.index]);
+      const list = bySpace.get(o.space);
+      if (list) list.push(o.index);
+      else bySpace.set(o.space, [o.index]);
       this.pool.unlist(f);
     }
     const evicted: EvictedFrame[] = [];
@@ -202,7 +209,10 @@ export class DeviceMemory {
    */
   map(space: DevicePageTable, entries: MapEntry[]): Promise<void> {
     return this.guard('map device pages', async () => {
-      checkIndices('map device pages', entries.map((e) => e.index));
+      checkIndices(
+        'map device pages',
+        entries.map((e) => e.index),
+      );
       let shootdown = false;
       const ops: PteOp[] = entries.map((e) => {
         const owner = this.pool.owner(e.frame);
@@ -218,6 +228,9 @@ export class DeviceMemory {
       if (shootdown) space.invalidate(entries.map((e) => e.index));
       await this.pteOps(space, ops, shootdown, false);
       for (const e of entries) {
+        const old = space.entries.get(e.index);
+        // A page moved to another frame: its old frame is no one's now.
+        if (old && old.frame !== e.frame) this.pool.release(old.frame);
         space.entries.set(e.index, { frame: e.frame, perm: e.perm });
         this.pool.touch(e.frame);
       }
@@ -229,7 +242,11 @@ export class DeviceMemory {
    * and whether the device wrote it; with `cleanDirty`, the DIRTY bit is cleared in the same atomic
    * step (the caller copies those frames back: nothing can dirty them again while read-only).
    */
-  protect(space: DevicePageTable, indices: number[], opts: { cleanDirty?: boolean } = {}): Promise<PteChange[]> {
+  protect(
+    space: DevicePageTable,
+    indices: number[],
+    opts: { cleanDirty?: boolean } = {},
+  ): Promise<PteChange[]> {
     return this.guard('write-protect device pages', async () => {
       checkIndices('write-protect device pages', indices);
       const hit = indices.filter((i) => space.entries.get(i)?.perm === 'rw');
@@ -304,10 +321,17 @@ export class DeviceMemory {
   }
 
   /** Set or clear the FAIL bits of pages for the launches to come (replay.ts). */
-  async markFailed(space: DevicePageTable, pages: { index: number; write: boolean }[], on: boolean): Promise<void> {
+  async markFailed(
+    space: DevicePageTable,
+    pages: { index: number; write: boolean }[],
+    on: boolean,
+  ): Promise<void> {
     const bits = new Map<number, number>();
-    for (const p of pages) bits.set(p.index, (bits.get(p.index) ?? 0) | (p.write ? PTE_FAIL_WRITE : PTE_FAIL_READ));
-    const ops = [...bits].map(([index, b]) => (on ? { index, clear: 0, set: b } : { index, clear: b, set: 0 }));
+    for (const p of pages)
+      bits.set(p.index, (bits.get(p.index) ?? 0) | (p.write ? PTE_FAIL_WRITE : PTE_FAIL_READ));
+    const ops = [...bits].map(([index, b]) =>
+      on ? { index, clear: 0, set: b } : { index, clear: b, set: 0 },
+    );
     await this.pteOps(space, ops, false, false);
   }
 
@@ -346,14 +370,33 @@ export class DeviceMemory {
   // ---- kernels ----
 
   /** Launch a device kernel over `space`, servicing faults through `servicer` and replaying until done. */
-  runKernel(kind: KernelKind, space: DevicePageTable, params: KernelParams, servicer: FaultServicer): Promise<KernelResult> {
-    return this.guard(`device kernel ${kind}`, () => runKernel(this, kind, space, params, servicer));
+  runKernel(
+    kind: KernelKind,
+    space: DevicePageTable,
+    params: KernelParams,
+    servicer: FaultServicer,
+  ): Promise<KernelResult> {
+    // Runs on one space take turns: they share its fault buffer.
+    const prev = this.running.get(space.id) ?? Promise.resolve();
+    const run = prev.then(() =>
+      this.guard(`device kernel ${kind}`, () => runKernel(this, kind, space, params, servicer)),
+    );
+    const settled = run.then(
+      () => {},
+      () => {},
+    );
+    this.running.set(space.id, settled);
+    void settled.then(() => {
+      if (this.running.get(space.id) === settled) this.running.delete(space.id);
+    });
+    return run;
   }
 
   /** @internal replay.ts: append a fault batch record. */
   logBatch(rec: FaultBatchRecord): void {
     this.batchLog.push(rec);
-    if (this.batchLog.length > MAX_BATCH_RECORDS) this.batchLog.splice(0, this.batchLog.length - MAX_BATCH_RECORDS);
+    if (this.batchLog.length > MAX_BATCH_RECORDS)
+      this.batchLog.splice(0, this.batchLog.length - MAX_BATCH_RECORDS);
   }
 
   /** Counters and derived figures for --stats. */
@@ -397,7 +440,8 @@ export class DeviceMemory {
       const dirty = [...t.dirty].filter((i) => t.entries.has(i));
       const writable = [...t.entries].filter(([i, e]) => e.perm === 'rw' && !t.dirty.has(i)).map(([i]) => i);
       if (dirty.length) lost.push(`space ${t.id} pages ${formatPages(dirty)} (written by the device)`);
-      if (writable.length) lost.push(`space ${t.id} pages ${formatPages(writable)} (device-writable, possibly written)`);
+      if (writable.length)
+        lost.push(`space ${t.id} pages ${formatPages(writable)} (device-writable, possibly written)`);
     }
     const code: Errno = lost.length ? 'EIO' : 'EGPU';
     const msg = lost.length
@@ -417,7 +461,11 @@ export class DeviceMemory {
       return await fn();
     } catch (e) {
       if (await this.deviceGone()) {
-        if (e instanceof HmmlabError && (e.code === 'EIO' || e.code === 'EGPU') && /device lost/.test(e.message)) {
+        if (
+          e instanceof HmmlabError &&
+          (e.code === 'EIO' || e.code === 'EGPU') &&
+          /device lost/.test(e.message)
+        ) {
           throw this.lostError(what, e);
         }
         throw this.lostError(`${what} (${errorMessage(e)})`, e);

@@ -96,26 +96,38 @@ export async function runKernel(
   const before = { ...dm.counters };
   const plan = planKernel(kind, params, dm.pageSize);
   space.ensureCapacity(plan.lastPage + 1);
-  const bufs = createLaunchBuffers(dm, plan, space);
+  const bufs = createLaunchBuffers(dm, plan);
   const failedPages = new Map<string, FailedAccess>();
   const batches: FaultBatchRecord[] = [];
   let launches = 0;
   let lastSignature = '';
   let stuck = 0;
+  let lastGrantedAll = false;
+  let finished = false;
   try {
-    const bind = bindLaunch(dm, space, bufs);
+    let bind = bindLaunch(dm, plan, space, bufs);
+    let boundPte = space.pte;
     for (;;) {
+      if (space.pte !== boundPte) {
+        // The servicer mapped a page past the table's end: the table grew, bind the new buffers.
+        bind = bindLaunch(dm, plan, space, bufs);
+        boundPte = space.pte;
+      }
       if (launches >= dm.maxLaunches) {
-        throw new HmmlabError('EGPU', `device kernel ${kind}: work unfinished after ${launches} launches (fault loop)`);
+        throw new HmmlabError(
+          'EGPU',
+          `device kernel ${kind}: work unfinished after ${launches} launches (fault loop)`,
+        );
       }
       const faults = await launch(dm, plan, space, bind);
       launches++;
       dm.counters.launches++;
       if (launches > 1) dm.counters.replays++;
       if (faults.length === 0) break;
-      // The same faults again right after each was granted: the servicer's answer does not stick.
+      // The same faults again although the last service granted each one and evicted nothing: the
+      // servicer's answer does not let the access through, and replaying would never end.
       const signature = faults.map((f) => `${f.index}${f.write ? 'w' : 'r'}`).join(',');
-      stuck = signature === lastSignature ? stuck + 1 : 0;
+      stuck = signature === lastSignature && lastGrantedAll ? stuck + 1 : 0;
       lastSignature = signature;
       if (stuck >= 3) {
         throw new HmmlabError(
@@ -125,11 +137,24 @@ export async function runKernel(
         );
       }
       const batchSize = Math.min(dm.batchSize, dm.pool.devicePages);
+      const evictionsBefore = dm.counters.evictions;
+      let granted = 0;
       for (const batch of faultBatches(faults, batchSize)) {
-        const rec = await serviceBatch(dm, kind, space, batch, servicer, launches, batches.length, failedPages);
+        const rec = await serviceBatch(
+          dm,
+          kind,
+          space,
+          batch,
+          servicer,
+          launches,
+          batches.length,
+          failedPages,
+        );
         batches.push(rec);
         dm.logBatch(rec);
+        granted += rec.faultsUnique - rec.failed - rec.retried;
       }
+      lastGrantedAll = granted === faults.length && dm.counters.evictions === evictionsBefore;
     }
     dm.counters.kernels++;
     const result: KernelResult = {
@@ -147,19 +172,25 @@ export async function runKernel(
     if (plan.outWords) await readOutput(dm, plan, bufs, result);
     if (failedPages.size) {
       await countFailedItems(dm, plan, bufs, failedPages);
-      await dm.markFailed(space, [...failedPages.values()], false);
       result.failed = [...failedPages.values()].sort((a, b) => a.index - b.index);
       result.error = failedError(kind, result.failed);
     }
     result.counters = diffCounters(dm.counters, before);
     result.ms = performance.now() - t0;
+    finished = true;
     return result;
   } finally {
+    // A refusal holds for this run only: the next run asks the servicer again.
+    if (failedPages.size && !dm.gpu.lost) {
+      const clear = dm.markFailed(space, [...failedPages.values()], false);
+      // On the error path, the run's own error is the one to report.
+      await (finished ? clear : clear.catch(() => {}));
+    }
     for (const b of Object.values(bufs)) b.destroy();
   }
 }
 
-function createLaunchBuffers(dm: DeviceMemory, plan: KernelPlan, space: DevicePageTable): LaunchBuffers {
+function createLaunchBuffers(dm: DeviceMemory, plan: KernelPlan): LaunchBuffers {
   const g = dm.gpu;
   const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
   const params = g.createBuffer(`${plan.kind}-params`, 64, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
@@ -167,6 +198,17 @@ function createLaunchBuffers(dm: DeviceMemory, plan: KernelPlan, space: DevicePa
   const out = g.createBuffer(`${plan.kind}-out`, Math.max(plan.outWords, 1) * 4, storage);
   // Unused frame bindings get disjoint slices of one small buffer (writable bindings may not alias).
   const dummy = g.createBuffer('frames-unused', 256 * 4, storage);
+  // New buffers are zero: progress starts "nothing done", out starts at 0 for the atomics.
+  return { params, progress, out, dummy };
+}
+
+/** Write the launch parameters for the table's current size and bind its buffers. */
+function bindLaunch(
+  dm: DeviceMemory,
+  plan: KernelPlan,
+  space: DevicePageTable,
+  bufs: LaunchBuffers,
+): GPUBindGroup {
   const layout = faultLayout(space.capacity);
   const words = encodeParams(plan, {
     pageWords: dm.pageSize / 4,
@@ -175,12 +217,7 @@ function createLaunchBuffers(dm: DeviceMemory, plan: KernelPlan, space: DevicePa
     faultCap: layout.cap,
     pages: space.capacity,
   });
-  g.device.queue.writeBuffer(params, 0, words);
-  // New buffers are zero: progress starts "nothing done", out starts at 0 for the atomics.
-  return { params, progress, out, dummy };
-}
-
-function bindLaunch(dm: DeviceMemory, space: DevicePageTable, bufs: LaunchBuffers): GPUBindGroup {
+  dm.gpu.device.queue.writeBuffer(bufs.params, 0, words);
   const frames = dm.pool.buffers;
   const entries: GPUBindGroupEntry[] = [
     { binding: 0, resource: { buffer: bufs.params } },
@@ -214,7 +251,11 @@ async function launch(
   const pages = plan.lastPage - plan.firstPage + 1;
   const entryWords = 2 * Math.min(layout.cap, FIRST_READ_ENTRIES);
   const readWords = 4 + entryWords + 2 * pages + pages;
-  const staging = g.createBuffer('fault-readback', readWords * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST);
+  const staging = g.createBuffer(
+    'fault-readback',
+    readWords * 4,
+    GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  );
   try {
     await g.scoped(`launch ${plan.kind}`, () => {
       const enc = d.createCommandEncoder({ label: `launch ${plan.kind}` });
@@ -226,7 +267,13 @@ async function launch(
       pass.dispatchWorkgroups(plan.threads / 256);
       pass.end();
       enc.copyBufferToBuffer(space.faults, 0, staging, 0, (4 + entryWords) * 4);
-      enc.copyBufferToBuffer(space.faults, (layout.countsBase + 2 * p0) * 4, staging, (4 + entryWords) * 4, 2 * pages * 4);
+      enc.copyBufferToBuffer(
+        space.faults,
+        (layout.countsBase + 2 * p0) * 4,
+        staging,
+        (4 + entryWords) * 4,
+        2 * pages * 4,
+      );
       enc.copyBufferToBuffer(space.pte, p0 * 4, staging, (4 + entryWords + 2 * pages) * 4, pages * 4);
       d.queue.submit([enc.finish()]);
     });
@@ -236,7 +283,10 @@ async function launch(
     const unique = w[F_UNIQUE];
     const raw = w[F_RAW];
     if (w[F_OVERFLOW] !== 0) {
-      throw new HmmlabError('EGPU', `device fault buffer of space ${space.id} overflowed (${w[F_OVERFLOW]} entries lost)`);
+      throw new HmmlabError(
+        'EGPU',
+        `device fault buffer of space ${space.id} overflowed (${w[F_OVERFLOW]} entries lost)`,
+      );
     }
     const counts = w.subarray(4 + entryWords, 4 + entryWords + 2 * pages);
     const ptes = w.subarray(4 + entryWords + 2 * pages);
@@ -398,7 +448,10 @@ async function countFailedItems(
   const pageWords = dm.pageSize / 4;
   for (let i = 0; i < plan.items; i++) {
     if ((progress[i] & 0x8000_0000) === 0) continue;
-    const word = plan.kind === 'atomic' ? plan.firstWord + ((i * plan.spread + (progress[i] & 0x7fff_ffff)) % plan.nwords) : plan.firstWord + i;
+    const word =
+      plan.kind === 'atomic'
+        ? plan.firstWord + ((i * plan.spread + (progress[i] & 0x7fff_ffff)) % plan.nwords)
+        : plan.firstWord + i;
     const index = Math.floor(word / pageWords);
     const f = failed.get(`${index}${plan.write ? 'w' : 'r'}`);
     if (f) f.items++;

@@ -87,7 +87,12 @@ describe.each([4096, 65536])('device memory, page size %i', (pageSize) => {
 
   it('16,384 threads on 4 pages record 4 unique faults and 16,384 raw ones', async () => {
     const { dm, hb } = await setup({ devicePages: 8, pageSize });
-    const r = await dm.runKernel('atomic', dm.space(3), { off: 0, len: 4 * pageSize, threads: 16_384, k: 1 }, hb.servicer);
+    const r = await dm.runKernel(
+      'atomic',
+      dm.space(3),
+      { off: 0, len: 4 * pageSize, threads: 16_384, k: 1 },
+      hb.servicer,
+    );
     expect(r.threads).toBeGreaterThanOrEqual(16_384);
     expect(r.counters.faultsUnique).toBe(4);
     expect(r.counters.faultsRaw).toBe(16_384);
@@ -107,6 +112,19 @@ describe.each([4096, 65536])('device memory, page size %i', (pageSize) => {
     expect(r.batches[0].bytesHostToDevice).toBe(batchSize * pageSize);
   });
 
+  it('serializes kernel runs on one space', async () => {
+    const { dm, hb } = await setup({ devicePages: 8, pageSize });
+    const space = dm.space(15);
+    const runs = await Promise.all([
+      dm.runKernel('atomic', space, { off: 0, len: 8, threads: 1024, k: 2 }, hb.servicer),
+      dm.runKernel('atomic', space, { off: 0, len: 8, threads: 1024, k: 3 }, hb.servicer),
+    ]);
+    expect(runs[0].counters.faultsUnique).toBe(1);
+    expect(runs[1].counters.faultsUnique).toBe(0);
+    await hb.syncBack(15);
+    expect([...new Uint32Array(hb.bytes(15).buffer, 0, 2)]).toEqual([2560, 2560]);
+  });
+
   it('replays once after a fault round, and not at all once the pages are mapped', async () => {
     const { dm, hb } = await setup({ devicePages: 8, pageSize });
     const range = { off: 0, len: 4 * pageSize, tag: 1 };
@@ -120,12 +138,34 @@ describe.each([4096, 65536])('device memory, page size %i', (pageSize) => {
     const { dm, hb } = await setup({ devicePages: 1, pageSize });
     const space = dm.space(6);
     // Two words, the last of page 0 and the first of page 1: each thread alternates pages.
-    const r = await dm.runKernel('atomic', space, { off: pageSize - 4, len: 8, threads: 16_384, k: 4 }, hb.servicer);
+    const r = await dm.runKernel(
+      'atomic',
+      space,
+      { off: pageSize - 4, len: 8, threads: 16_384, k: 4 },
+      hb.servicer,
+    );
     expect(r.replays).toBeGreaterThanOrEqual(3);
     expect(r.counters.evictions).toBeGreaterThan(0);
     await dm.detach();
     const words = new Uint32Array(hb.bytes(6).buffer, pageSize - 4, 2);
     expect([...words]).toEqual([32_768, 32_768]);
+  });
+
+  it('thrashing one frame over three pages still ends, with exact atomic totals', async () => {
+    const { dm, hb } = await setup({ devicePages: 1, pageSize });
+    const off = pageSize - 4;
+    const nwords = pw + 2; // the last word of page 0, all of page 1, the first of page 2
+    const threads = 4096;
+    const k = 3;
+    const r = await dm.runKernel('atomic', dm.space(17), { off, len: nwords * 4, threads, k }, hb.servicer);
+    await dm.detach();
+    const want = new Uint32Array(nwords);
+    const spread = Math.max(1, Math.floor(nwords / threads));
+    for (let i = 0; i < threads; i++) for (let j = 0; j < k; j++) want[(i * spread + j) % nwords]++;
+    expect([...new Uint32Array(hb.bytes(17, off + nwords * 4).slice(off, off + nwords * 4).buffer)]).toEqual([
+      ...want,
+    ]);
+    expect(r.counters.evictions).toBeGreaterThanOrEqual(2);
   });
 
   it('sets the dirty bit only on pages a kernel wrote', async () => {
@@ -179,6 +219,22 @@ describe.each([4096, 65536])('device memory, page size %i', (pageSize) => {
     await dm.detach();
     expectBytes(hb.bytes(9).subarray(0, pages * pageSize), patternBytes(0, pages * pageSize, 4), 'backing');
     expect(dm.stats().framesUsed).toBe(0);
+  });
+
+  it('eviction copies back only the frames the device wrote', async () => {
+    const { dm, hb } = await setup({ devicePages: 2, pageSize });
+    const space = dm.space(16);
+    await dm.runKernel('devwrite', space, { off: 0, len: 2 * pageSize, tag: 1 }, hb.servicer);
+    await hb.syncBack(16);
+    await dm.clearDirty(space, [0, 1]);
+    await dm.runKernel('devwrite', space, { off: pageSize, len: 4, tag: 2 }, hb.servicer);
+    // Pages 2 and 3 need both frames: page 0 (writable, clean) and page 1 (dirty) are evicted.
+    await dm.runKernel('devread', space, { off: 2 * pageSize, len: 2 * pageSize }, hb.servicer);
+    expect([hb.evicted, hb.evictedDirty]).toEqual([2, 1]);
+    expect(dm.counters.bytesDeviceToHost).toBe(2 * pageSize + pageSize); // syncBack, then one page
+    const want = patternBytes(0, 2 * pageSize, 1);
+    want.set(patternBytes(pageSize, 4, 2), pageSize);
+    expectBytes(hb.bytes(16).subarray(0, 2 * pageSize), want, 'pages 0-1 after eviction');
   });
 
   it('a revoked page faults again on the next access, and a write-protected one on a store', async () => {
@@ -236,8 +292,22 @@ describe.each([4096, 65536])('device memory, page size %i', (pageSize) => {
     const data = randomBytes(3 * pageSize, SEED + 3);
     hb.bytes(13, data.byteLength).set(data);
     const r = await dm.runKernel('checksum', dm.space(13), { off: 0, len: 3 * pageSize }, hb.servicer);
-    const want = [0, 1, 2].map((p) => ({ index: p, ...wordChecksum(data.slice(p * pageSize, (p + 1) * pageSize)) }));
+    const want = [0, 1, 2].map((p) => ({
+      index: p,
+      ...wordChecksum(data.slice(p * pageSize, (p + 1) * pageSize)),
+    }));
     expect(r.checksums).toEqual(want);
+  });
+});
+
+describe('fault readback', () => {
+  it('reads back more faults than the first readback holds (1,100 pages in one launch)', async () => {
+    const pageSize = 4096; // 1,100 pages of 64 KiB is more than a fast test should move
+    const { dm, hb } = await setup({ devicePages: 1100, pageSize });
+    const r = await dm.runKernel('devread', dm.space(14), { off: 0, len: 1100 * pageSize }, hb.servicer);
+    expect(r.launches).toBe(2);
+    expect(r.batches.map((b) => b.faultsUnique)).toEqual([256, 256, 256, 256, 76]);
+    expect(new Set(hb.served.flat().map((f) => f.index)).size).toBe(1100);
   });
 });
 
@@ -253,7 +323,9 @@ describe('frame pools over several buffers', () => {
     // One batched copy in, one batched copy out, across all three buffers.
     const data = randomBytes(8 * pageSize, SEED + 4);
     const frames = [...space.entries.values()].map((e) => e.frame);
-    dm.copyToFrames(frames.map((frame, i) => ({ frame, data: data.subarray(i * pageSize, (i + 1) * pageSize) })));
+    dm.copyToFrames(
+      frames.map((frame, i) => ({ frame, data: data.subarray(i * pageSize, (i + 1) * pageSize) })),
+    );
     const back = await dm.copyFromFrames(frames);
     back.forEach((p, i) => {
       expectBytes(p, data.subarray(i * pageSize, (i + 1) * pageSize), `frame ${frames[i]}`);

@@ -82,7 +82,9 @@ describe('frame runs', () => {
 
 describe('kernel plans', () => {
   it('gives big kernels at least 16,384 threads and strides past 65,536', () => {
-    expect(planKernel('devwrite', { off: 0, len: 4 * 20000, tag: 1 }, 4096).threads).toBeGreaterThanOrEqual(MIN_THREADS);
+    expect(planKernel('devwrite', { off: 0, len: 4 * 20000, tag: 1 }, 4096).threads).toBeGreaterThanOrEqual(
+      MIN_THREADS,
+    );
     expect(dispatchThreads(10_000_000)).toBe(65_536);
     expect(planKernel('atomic', { off: 0, len: 16 }, 4096).threads).toBe(MIN_THREADS);
   });

@@ -38,7 +38,12 @@ describe.each([4096, 65536])('device loss, page size %i', (pageSize) => {
     const space = dm.space(1);
     await dm.runKernel('devwrite', space, { off: 0, len: 4 * pageSize, tag: 1 }, hb.servicer);
     const t0 = Date.now();
-    const running = dm.runKernel('devwrite', space, { off: 8 * pageSize, len: 32 * pageSize, tag: 2 }, hb.servicer);
+    const running = dm.runKernel(
+      'devwrite',
+      space,
+      { off: 8 * pageSize, len: 32 * pageSize, tag: 2 },
+      hb.servicer,
+    );
     gpu.destroy();
     const e = await rejection(running);
     expect(Date.now() - t0).toBeLessThan(10_000);

@@ -3,6 +3,9 @@
  * budget (ENOSPC) and bad input (EINVAL, EFBIG, EBADF), each on real backing files in a temp dir,
  * for page sizes 4 KiB and 64 KiB where the page size matters.
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { HmmlabError } from '../../src/errors.ts';
 import { HmmFs } from '../../src/fs/hmmfs.ts';
@@ -117,7 +120,15 @@ describe('unmount and mount', () => {
 
   it('mount of a default directory makes a fresh temp dir', async () => {
     const hfs = await HmmFs.mount();
-    lab = { fs: hfs, dir: hfs.dir, cleanup: async () => hfs.unmount() };
+    lab = {
+      fs: hfs,
+      dir: hfs.dir,
+      cleanup: async () => {
+        await hfs.unmount();
+        fs.rmSync(hfs.dir, { recursive: true, force: true });
+      },
+    };
+    expect(path.dirname(hfs.dir)).toBe(os.tmpdir());
     const f = await hfs.open('x', { create: true });
     await f.write(0, new Uint8Array([9]));
     await f.fsync();

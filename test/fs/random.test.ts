@@ -59,7 +59,10 @@ async function run(seed: number, pageSize: number, hostPages: number, nops: numb
   const log: string[] = [];
   const check = (what: string, got: Uint8Array, want: Uint8Array) => {
     const d = firstDiff(got, want);
-    if (d !== -1) throw new Error(`seed ${seed}: ${what} differs at ${d} (len ${got.length} vs ${want.length})\n${log.slice(-15).join('\n')}`);
+    if (d !== -1)
+      throw new Error(
+        `seed ${seed}: ${what} differs at ${d} (len ${got.length} vs ${want.length})\n${log.slice(-15).join('\n')}`,
+      );
   };
   for (let i = 0; i < nops; i++) {
     const kind = int(12);

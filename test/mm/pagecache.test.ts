@@ -28,7 +28,10 @@ describe('mmap faults', () => {
     await f.fsync();
     await lab.fs.dropCaches();
     await f.read(2 * PS, 4 * PS); // pages 2..5 resident (plus readahead)
-    const resident = lab.fs.snapshot('a', 0, 31).filter((r) => r.host !== '-').map((r) => r.index);
+    const resident = lab.fs
+      .snapshot('a', 0, 31)
+      .filter((r) => r.host !== '-')
+      .map((r) => r.index);
     const vma = f.mmap();
     const before = lab.fs.vmstat();
     expect(equalBytes(await vma.load(3 * PS + 5, 100), pattern(3 * PS + 5, 100, 1))).toBe(true);
@@ -36,7 +39,10 @@ describe('mmap faults', () => {
     expect(delta(before, after, 'pgfault')).toBe(1);
     expect(delta(before, after, 'pgmajfault')).toBe(0);
     // The fault-around window is 64 KiB (pages 0..15): every resident page in it is now mapped ro.
-    const mapped = lab.fs.snapshot('a', 0, 31).filter((r) => r.cpu === 'ro').map((r) => r.index);
+    const mapped = lab.fs
+      .snapshot('a', 0, 31)
+      .filter((r) => r.cpu === 'ro')
+      .map((r) => r.index);
     expect(mapped).toEqual(resident.filter((i) => i < 16));
     expect(delta(before, after, 'fault_around_pages')).toBe(mapped.length - 1);
     expect(vma_pte_access(vma, 20)).toBe('-');
