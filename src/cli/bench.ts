@@ -1,6 +1,7 @@
 /**
- * `hmmlab bench copy`: raw WebGPU copy bandwidth per path and size (src/bench/copy.ts). A progress
- * bar on stderr while it runs; then a table, or with --json only a JSON array on stdout.
+ * `hmmlab bench copy`: raw WebGPU copy bandwidth per path and size (src/bench/copy.ts).
+ * `hmmlab bench faults`: fault-driven device access against a prefetch and the floor (src/bench/faults.ts).
+ * A progress bar on stderr while they run; then a table, or with --json only a JSON array on stdout.
  */
 import { writeFileSync } from 'node:fs';
 import { freemem } from 'node:os';
@@ -17,6 +18,18 @@ import {
   defaultCopySizes,
   formatCopyTable,
 } from '../bench/copy.ts';
+import {
+  type BenchFaultsFlags,
+  benchFaults,
+  choosePages,
+  DEFAULT_FAULT_BATCHES,
+  type FaultBenchArgs,
+  type FaultBenchRow,
+  faultChartSpec,
+  faultPagesCap,
+  formatFaultTable,
+  parseFaultBenchArgs,
+} from '../bench/faults.ts';
 import { formatBytes, parseSizeList } from '../bench/units.ts';
 import { HmmlabError } from '../errors.ts';
 import { GpuDevice } from '../gpu/device.ts';
@@ -84,6 +97,31 @@ export async function runCopyBench(
   }
 }
 
+/** Run the fault benchmark on an open device, with a progress bar on stderr when it is a terminal. */
+export async function runFaultsBench(gpu: GpuDevice, args: FaultBenchArgs): Promise<FaultBenchRow[]> {
+  const pages = choosePages(args.pages, args.pageSize, faultPagesCap(gpu, args.pageSize, freemem()));
+  const bar = new SingleBar({
+    stream: process.stderr,
+    format: 'bench faults [{bar}] {value}/{total} {what}',
+    hideCursor: true,
+    clearOnComplete: true,
+    barsize: 30,
+  });
+  bar.start(1, 0, { what: '' });
+  try {
+    return await benchFaults(gpu, {
+      ...args,
+      pages,
+      onProgress: (done, total, what) => {
+        bar.setTotal(total);
+        bar.update(done, { what });
+      },
+    });
+  } finally {
+    bar.stop();
+  }
+}
+
 export function registerBench(program: Command): void {
   const bench = program.command('bench').description('benchmarks of the lab’s building blocks');
   bench
@@ -116,6 +154,46 @@ export function registerBench(program: Command): void {
         if (opts.svg) {
           const title = `hmmlab copy bandwidth: ${gpu.info.description || gpu.info.device}`;
           writeFileSync(opts.svg, await renderSvg(copyChartSpec(rows, title)));
+          if (!opts.json) process.stdout.write(`chart written to ${opts.svg}\n`);
+        }
+      } finally {
+        gpu.destroy();
+      }
+    });
+  bench
+    .command('faults')
+    .description(
+      'what fault-driven device access costs: fault-driven devwrite and devread, the same after an ' +
+        'explicit prefetch, the kernel alone on mapped pages, a fault batch-size sweep and a half-size ' +
+        'device pool (thrashing); median of fresh-state samples, data checked after each',
+    )
+    .option('--json', 'print only a JSON array of rows on stdout')
+    .option('--pages <n>', 'pages the kernels touch (default 4096, clamped to what the adapter allows)')
+    .option('--page-size <n>', 'page size: 4096, 64K, ... 2M (default 4096)')
+    .option('--batch <list>', `fault batch sizes of the sweep (default ${DEFAULT_FAULT_BATCHES.join(',')})`)
+    .option(
+      '--threads <n>',
+      'kernels at once, each on its own slice of the pages and address space (default 1)',
+    )
+    .option('--iters <n>', 'timed samples per row, after one warm-up (default 3)')
+    .option('--svg <file>', 'also write a chart (ms per mode, ms and batches per batch size) to FILE (SVG)')
+    .action(async (opts: BenchFaultsFlags, cmd: Command) => {
+      const args = parseFaultBenchArgs(opts); // before opening the device: bad input fails fast
+      const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
+      try {
+        const rows = await runFaultsBench(gpu, args);
+        if (opts.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
+        else {
+          const r = rows[0];
+          process.stdout.write(
+            `${gpu.info.description || gpu.info.device} (${gpu.info.backend}): ${r.pages} pages of ` +
+              `${formatBytes(r.pageSize)}, ${r.threads} kernel(s) at once, ${r.samples} samples a row\n`,
+          );
+          process.stdout.write(formatFaultTable(rows));
+        }
+        if (opts.svg) {
+          const title = `hmmlab fault cost: ${gpu.info.description || gpu.info.device}`;
+          writeFileSync(opts.svg, await renderSvg(faultChartSpec(rows, title)));
           if (!opts.json) process.stdout.write(`chart written to ${opts.svg}\n`);
         }
       } finally {

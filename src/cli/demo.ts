@@ -1,12 +1,21 @@
 /**
  * `hmmlab demo` (what `npm start` runs): a tour of the lab as a list of chapters, each a short
- * run on the real device with its output. Later parts of the lab append chapters to CHAPTERS
- * (the page cache, device faults and replay, the mirror and migrate policies...).
+ * run on the real device with its output. After the adapter and the copy ceiling comes the story of
+ * the December 2016 linux-mm thread, told on the GPU under Jan Kara's mirror scheme: one file, one
+ * mount and one device memory shared by the story's chapters (a chapter run alone first runs the
+ * ones before it silently). A chapter that fails prints its error and the demo goes on.
  */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import type { Command } from 'commander';
 import { formatCopyTable } from '../bench/copy.ts';
-import { HmmlabError } from '../errors.ts';
+import type { DeviceCounters, DeviceMemory } from '../device/index.ts';
+import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
+import type { File, HmmFs } from '../fs/hmmfs.ts';
 import { GpuDevice } from '../gpu/device.ts';
+import { patternBytes } from '../oplog/pattern.ts';
+import { firstDifference } from '../oplog/replay.ts';
 import { runCopyBench } from './bench.ts';
 import { adapterReport, formatAdapterReport, gpuOptionsOf } from './info.ts';
 
@@ -41,14 +50,332 @@ export const copyChapter: Chapter = {
   },
 };
 
-/** The demo, in order. Append new chapters here. */
-export const CHAPTERS: Chapter[] = [adapterChapter, copyChapter];
+// ---- the 2016 thread on the GPU: Kara's mirror scheme, step by step ----
 
-export async function runDemo(ctx: DemoContext, chapters: readonly Chapter[] = CHAPTERS): Promise<void> {
-  for (const [i, chapter] of chapters.entries()) {
-    ctx.print(`\n== ${i + 1}. ${chapter.title}\n\n`);
-    await chapter.run(ctx);
+const PAGE = 4096;
+/** 16 pages of 4 KiB: 16,384 words, one device thread each. */
+const FILE_PAGES = 16;
+const FILE_BYTES = FILE_PAGES * PAGE;
+/** Host budget: the story's file fits; the file read for pressure (32 pages) does not. */
+const HOST_PAGES = 24;
+const PRESSURE_PAGES = 32;
+const FILE = 'thread.dat';
+const PRESSURE = 'pressure.dat';
+
+/** The state the story's chapters share: one mount over a temp dir, one device memory. */
+interface Story {
+  dir: string;
+  fs: HmmFs;
+  dm: DeviceMemory;
+  f: File;
+  /** The CPU's shared mapping of the file (made by the devread chapter). */
+  vma?: ReturnType<File['mmap']>;
+  /** What the file must hold: updated by every write the story makes. */
+  want: Uint8Array;
+  /** Story steps done so far. */
+  done: number;
+  /** The error that stopped the story, if one did: later chapters are skipped with it. */
+  broken?: HmmlabError;
+}
+
+type StoryStep = (s: Story, print: (text: string) => void) => Promise<void>;
+
+const stories = new WeakMap<GpuDevice, Promise<Story>>();
+
+async function openStory(gpu: GpuDevice): Promise<Story> {
+  // Loaded here: a broken policy module fails the story's chapters, not the whole command.
+  const [{ DeviceMemory }, { MirrorPolicy }, { HmmFs }] = await Promise.all([
+    import('../device/index.ts'),
+    import('../policy/mirror.ts'),
+    import('../fs/hmmfs.ts'),
+  ]);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-demo-'));
+  const dm = await DeviceMemory.create(gpu, { devicePages: 64, pageSize: PAGE, batchSize: 256 });
+  const hfs = await HmmFs.mount({ dir, pageSize: PAGE, hostPages: HOST_PAGES, policy: new MirrorPolicy(dm) });
+  const f = await hfs.open(FILE, { create: true });
+  return { dir, fs: hfs, dm, f, want: new Uint8Array(FILE_BYTES), done: 0 };
+}
+
+/** Unmount and remove the story's directory (after the demo, whatever happened). */
+async function closeStory(gpu: GpuDevice): Promise<void> {
+  const p = stories.get(gpu);
+  if (!p) return;
+  stories.delete(gpu);
+  const s = await p.catch(() => null);
+  if (!s) return;
+  await s.fs.unmount().catch(() => {});
+  s.dm.destroy();
+  fs.rmSync(s.dir, { recursive: true, force: true });
+}
+
+const n = (x: number) => x.toLocaleString('en-US');
+const kib = (bytes: number) => `${n(bytes / 1024)} KiB`;
+const plural = (x: number, one: string, many = `${one}s`) => `${n(x)} ${x === 1 ? one : many}`;
+
+function counters(dm: DeviceMemory): DeviceCounters {
+  return { ...dm.counters };
+}
+
+function since(dm: DeviceMemory, before: DeviceCounters): DeviceCounters {
+  const d = { ...dm.counters };
+  for (const k of Object.keys(d) as (keyof DeviceCounters)[]) d[k] -= before[k];
+  return d;
+}
+
+function vmDelta(s: Story, before: Record<string, number>, name: string): number {
+  return (s.fs.vmstat()[name] ?? 0) - (before[name] ?? 0);
+}
+
+/** "checked: OK" only after a byte-by-byte comparison; otherwise the first difference, and throw. */
+function check(what: string, got: Uint8Array, want: Uint8Array): string {
+  const d = firstDifference(got, want);
+  if (d >= 0) {
+    throw new HmmlabError(
+      'EIO',
+      `${what}: ${n(got.length)} bytes, expected ${n(want.length)}; first difference at offset ${d}`,
+    );
   }
+  return `${what} checked against the expected pattern: OK`;
+}
+
+/** Fault-service numbers of a device run: raw vs unique faults, batches, replays, bytes moved. */
+function faultLine(d: DeviceCounters): string {
+  return (
+    `  faults: ${n(d.faultsRaw)} raw -> ${n(d.faultsUnique)} unique ` +
+    `(${n(d.faultsRead)} read, ${n(d.faultsWrite)} write), ${plural(d.batches, 'batch', 'batches')}, ` +
+    `${plural(d.launches, 'launch', 'launches')} (${plural(d.replays, 'replay')})\n` +
+    `  copied: ${kib(d.bytesHostToDevice)} host->device, ${kib(d.bytesDeviceToHost)} device->host; ` +
+    `${plural(d.shootdowns, 'shootdown')}, ${plural(d.revocations, 'revocation')}, ` +
+    `${plural(d.writeProtects, 'write-protect')}\n`
+  );
+}
+
+/** A few snapshot rows (like test_hmm's SNAPSHOT): host state, flags, CPU and device permissions. */
+function snapshotExcerpt(s: Story, name: string, indices: number[]): string {
+  const rows = indices.map((i) => s.fs.snapshot(name, i, i)[0]);
+  const head = '  page  A  flags  cpu  dev  frame  dev-dirty\n';
+  return (
+    head +
+    rows
+      .map(
+        (r) =>
+          `  ${String(r.index).padStart(4)}  ${r.host}  ${(r.flags || '-').padEnd(5)}  ${r.cpu.padEnd(3)}  ` +
+          `${r.dev.padEnd(3)}  ${String(r.frame ?? '-').padStart(5)}  ${r.devDirty ? 'yes' : 'no'}`,
+      )
+      .join('\n') +
+    '\n'
+  );
+}
+
+/** The pages a snapshot excerpt shows: the first two and the last. */
+const EXCERPT = [0, 1, FILE_PAGES - 1];
+
+/** The story, in order: each step is one chapter. */
+const STORY: { name: string; title: string; step: StoryStep }[] = [
+  {
+    name: 'pagecache',
+    title: 'A file on disk, through the page cache',
+    step: async (s, print) => {
+      const data = patternBytes(0, FILE_BYTES, 1);
+      const before = s.fs.vmstat();
+      await s.f.write(0, data);
+      await s.f.fsync();
+      const written = vmDelta(s, before, 'nr_written');
+      s.want.set(data);
+      const fB = await s.fs.open(PRESSURE, { create: true });
+      await fB.write(0, patternBytes(0, PRESSURE_PAGES * PAGE, 9));
+      await fB.fsync();
+      await s.fs.dropCaches();
+      print(
+        `write(2) of ${kib(FILE_BYTES)} (${FILE_PAGES} pages of ${kib(PAGE)}) to ${FILE}, then fsync: ` +
+          `${plural(written, 'page')} written back; a second file, ${PRESSURE}, ` +
+          `${PRESSURE_PAGES} pages, for later; then drop_caches.\n`,
+      );
+      const mid = s.fs.vmstat();
+      const got = await s.f.read(0, FILE_BYTES);
+      print(
+        `read(2) of the whole file: ${n(vmDelta(s, mid, 'pgpgin'))} KiB read from disk by readpage ` +
+          `(${plural(vmDelta(s, mid, 'pgra'), 'page')} by readahead, ` +
+          `${plural(vmDelta(s, mid, 'ra_sync'), 'window')}); host budget ${HOST_PAGES} pages.\n` +
+          `${check('read(2)', got, s.want)}\n`,
+      );
+    },
+  },
+  {
+    name: 'devread',
+    title: '16,384 device threads read it: device read faults, coalesced, serviced, replayed',
+    step: async (s, print) => {
+      s.vma = s.f.mmap();
+      await s.vma.load(0, FILE_BYTES); // the CPU maps the file too (read-only PTEs)
+      const before = counters(s.dm);
+      const got = await s.f.deviceRead(0, FILE_BYTES);
+      const d = since(s.dm, before);
+      print(
+        `the CPU maps the file (mmap, a load of every page: read-only PTEs); then devread of ` +
+          `${kib(FILE_BYTES)}: ${n(FILE_BYTES / 4)} device threads, one per 4-byte word, every access ` +
+          `translated by the device MMU (WGSL).\n` +
+          faultLine(d) +
+          `Kara's read fault: write-protect the CPU mappings, copy A -> A', map A' read-only; ` +
+          `A stays in the page cache (C), CPU and device both read it.\n` +
+          snapshotExcerpt(s, FILE, EXCERPT) +
+          `${check('devread', got, s.want)}\n`,
+      );
+    },
+  },
+  {
+    name: 'devwrite',
+    title: "... and write it: page_mkwrite, CPU mappings cleared, A stale (S), A' read-write",
+    step: async (s, print) => {
+      const mapped = s.fs.vmstat();
+      const before = counters(s.dm);
+      await s.f.deviceWrite(0, FILE_BYTES, 2);
+      s.want.set(patternBytes(0, FILE_BYTES, 2));
+      const d = since(s.dm, before);
+      print(
+        `devwrite of ${kib(FILE_BYTES)} with tag 2 (byte x = (x + 14) mod 251), ${n(FILE_BYTES / 4)} threads:\n` +
+          faultLine(d) +
+          `  page_mkwrite for ${plural(vmDelta(s, mapped, 'device_mkwrite'), 'page')}, ` +
+          `${plural(vmDelta(s, mapped, 'pgunmap'), 'CPU PTE')} cleared` +
+          (d.bytesHostToDevice === 0
+            ? `; no copy: A' already held the data, the fault upgraded it.\n`
+            : '.\n') +
+          snapshotExcerpt(s, FILE, EXCERPT),
+      );
+    },
+  },
+  {
+    name: 'cpuread',
+    title: "CPU reads pull the data back: write-protect A', copy A' -> A",
+    step: async (s, print) => {
+      const before = counters(s.dm);
+      const half = (FILE_PAGES / 2) * PAGE;
+      const first = await s.f.read(0, half);
+      const d1 = since(s.dm, before);
+      const got = await (s.vma ?? s.f.mmap()).load(0, FILE_BYTES);
+      const d = since(s.dm, before);
+      print(
+        `read(2) of the first half: ${plural(d1.copiesFromDevice, 'page')} copied back ` +
+          `(${kib(d1.bytesDeviceToHost)}), ${plural(d1.writeProtects, 'device write-protect')}; ` +
+          `the other half stays on the device.\n` +
+          `mmap load of the whole file: ${plural(d.copiesFromDevice - d1.copiesFromDevice, 'more page')} copied back; ` +
+          `${kib(d.bytesDeviceToHost)} device->host in all, each page once.\n` +
+          snapshotExcerpt(s, FILE, EXCERPT) +
+          `${check('read(2) of the first half', first, s.want.subarray(0, half))}\n` +
+          `${check('mmap load', got, s.want)}\n`,
+      );
+    },
+  },
+  {
+    name: 'reclaim',
+    title: 'Reclaim under a small host budget leaves device entries (E); readpage pulls from the device',
+    step: async (s, print) => {
+      await s.f.deviceWrite(0, FILE_BYTES, 3);
+      s.want.set(patternBytes(0, FILE_BYTES, 3));
+      const before = s.fs.vmstat();
+      const fB = await s.fs.open(PRESSURE, { create: true });
+      await fB.read(0, PRESSURE_PAGES * PAGE);
+      const entries = s.fs.snapshot(FILE, 0, FILE_PAGES - 1).filter((r) => r.host === 'E').length;
+      print(
+        `devwrite of the whole file again (tag 3): every page S on the host, rw on the device.\n` +
+          `read(2) of ${PRESSURE} (${PRESSURE_PAGES} pages) with ${HOST_PAGES} host pages: reclaim took ` +
+          `${plural(vmDelta(s, before, 'pgsteal_direct'), 'page')}; ` +
+          `${plural(vmDelta(s, before, 'workingset_device_entry'), 'page')} of ${FILE} left a device entry ` +
+          `(${entries} of ${FILE_PAGES} are E now): the data lives only on the device.\n` +
+          snapshotExcerpt(s, FILE, EXCERPT),
+      );
+      const mid = s.fs.vmstat();
+      const c = counters(s.dm);
+      const got = await s.f.read(0, FILE_BYTES);
+      const d = since(s.dm, c);
+      print(
+        `read(2) of ${FILE}: readpage found ${plural(entries, 'device entry', 'device entries')} and pulled ` +
+          `${kib(d.bytesDeviceToHost)} from the device; ${n(vmDelta(s, mid, 'pgpgin'))} KiB read from disk ` +
+          `(stale there: the device data is newer).\n${check('read(2)', got, s.want)}\n`,
+      );
+    },
+  },
+  {
+    name: 'fsync',
+    title: 'fsync puts device-written data on disk',
+    step: async (s, print) => {
+      const off = 3 * PAGE + 512;
+      const len = 9 * PAGE;
+      await s.f.deviceWrite(off, len, 4);
+      s.want.set(patternBytes(off, len, 4), off);
+      const before = counters(s.dm);
+      const vm = s.fs.vmstat();
+      await s.f.fsync();
+      const d = since(s.dm, before);
+      const disk = new Uint8Array(fs.readFileSync(path.join(s.dir, FILE)));
+      const all = s.fs.vmstat();
+      print(
+        `devwrite of ${kib(len)} at offset ${n(off)} (tag 4), then fsync: ${kib(d.bytesDeviceToHost)} ` +
+          `copied back from the device, ${plural(vmDelta(s, vm, 'nr_written'), 'page')} written to disk.\n` +
+          `the file on disk, read with plain fs.readFileSync (${kib(disk.length)}): ` +
+          `${check('disk', disk, s.want)}\n` +
+          `the whole story: ${n(s.dm.counters.faultsRaw)} device faults raw, ${n(s.dm.counters.faultsUnique)} unique, ` +
+          `${n(s.dm.counters.batches)} batches, ${n(s.dm.counters.replays)} replays; ` +
+          `${kib(s.dm.counters.bytesHostToDevice)} host->device, ${kib(s.dm.counters.bytesDeviceToHost)} device->host ` +
+          `(${n(all.device_copybacks ?? 0)} copy-backs, ${n(all.device_pulls ?? 0)} readpage pulls, ` +
+          `${n(all.device_mkwrite ?? 0)} device page_mkwrite calls).\n`,
+      );
+    },
+  },
+];
+
+/** Run story step `k`, after the ones before it (silently) if they have not run. */
+async function runStory(ctx: DemoContext, k: number): Promise<void> {
+  let p = stories.get(ctx.gpu);
+  if (!p) {
+    p = openStory(ctx.gpu);
+    stories.set(ctx.gpu, p);
+  }
+  const s = await p;
+  if (s.broken) throw s.broken;
+  try {
+    for (; s.done < k; s.done++) await STORY[s.done].step(s, () => {});
+    await STORY[k].step(s, ctx.print);
+    s.done = k + 1;
+  } catch (e) {
+    const at = STORY[s.done]?.name ?? STORY[k].name;
+    s.broken = new HmmlabError(
+      isHmmlabError(e) ? e.code : 'EIO',
+      `skipped: the story stopped at chapter "${at}" (${errorMessage(e)})`,
+    );
+    throw e;
+  }
+}
+
+export const storyChapters: Chapter[] = STORY.map((c, k) => ({
+  name: c.name,
+  title: c.title,
+  run: (ctx) => runStory(ctx, k),
+}));
+
+/** The demo, in order. Append new chapters here. */
+export const CHAPTERS: Chapter[] = [adapterChapter, copyChapter, ...storyChapters];
+
+/** Runs the chapters; a failed chapter prints its error and the others still run. Returns the failures. */
+export async function runDemo(ctx: DemoContext, chapters: readonly Chapter[] = CHAPTERS): Promise<number> {
+  let failed = 0;
+  try {
+    for (const [i, chapter] of chapters.entries()) {
+      ctx.print(`\n== ${i + 1}. ${chapter.title}\n\n`);
+      const t0 = performance.now();
+      try {
+        await chapter.run(ctx);
+      } catch (e) {
+        failed++;
+        const code = isHmmlabError(e) ? e.code : 'BUG';
+        ctx.print(`!! chapter "${chapter.name}" failed: ${code}: ${errorMessage(e)}\n`);
+        if (!isHmmlabError(e) && e instanceof Error && e.stack) ctx.print(`${e.stack}\n`);
+      }
+      if (storyChapters.includes(chapter)) ctx.print(`(${(performance.now() - t0).toFixed(0)} ms)\n`);
+    }
+  } finally {
+    await closeStory(ctx.gpu);
+  }
+  return failed;
 }
 
 export function registerDemo(program: Command): void {
@@ -66,7 +393,11 @@ export function registerDemo(program: Command): void {
         process.stdout.write(
           'hmmlab: real GPU memory as un-addressable device memory for page-cache pages\n',
         );
-        await runDemo({ gpu, print: (text) => process.stdout.write(text) }, chapters);
+        const failed = await runDemo({ gpu, print: (text) => process.stdout.write(text) }, chapters);
+        if (failed > 0) {
+          process.stderr.write(`hmmlab demo: ${failed} chapter${failed === 1 ? '' : 's'} failed\n`);
+          process.exitCode = 1;
+        }
       } finally {
         gpu.destroy();
       }

@@ -1,10 +1,15 @@
 /**
  * `hmmlab replay LOG`: apply an op log (/work/shared/oplog.md) to a file on the page cache.
  * With --json, stdout carries exactly oplog.md's output: one `{i, op, len, sha256}` object per
- * read-like op, then the `{op:"end", size, sha256}` line, last. Statistics go to stderr.
+ * read-like op, then the `{op:"end", size, sha256}` line, last. Statistics, the fault-batch
+ * summary and the page-state snapshot go to stderr.
+ *
+ * The default policy is mirror (Kara's scheme on the GPU: device ops run); `--policy none` is the
+ * host-only page cache, which refuses a log with device ops before anything runs.
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import type { FaultBatchRecord } from '../device/stats.ts';
 import { HmmlabError } from '../errors.ts';
 import { formatVmstat } from '../mm/vmstat.ts';
 import { parseOplog } from '../oplog/parse.ts';
@@ -18,6 +23,10 @@ interface ReplayCliOptions {
   dir?: string;
   stats?: boolean;
   check?: boolean;
+  policy?: string;
+  devicePages?: string;
+  batch?: string;
+  snapshot?: boolean;
 }
 
 const SUFFIX: Record<string, number> = { '': 1, k: 1024, m: 1024 * 1024 };
@@ -65,6 +74,31 @@ function humanLine(r: ReplayRecord): string {
   return `line ${String(r.i + 1).padEnd(6)} ${r.op.padEnd(8)} ${String(r.len).padStart(8)} bytes  sha256 ${r.sha256}`;
 }
 
+/** The fault batches in a few lines: totals, then the largest batches (Allen & Ge's per-batch log). */
+export function formatBatchSummary(log: readonly FaultBatchRecord[], top = 10): string {
+  if (log.length === 0) return 'fault batches: none';
+  const sum = (f: (b: FaultBatchRecord) => number) => log.reduce((s, b) => s + f(b), 0);
+  const lines = [
+    `fault batches: ${log.length}; faults raw ${sum((b) => b.faultsRaw)}, duplicate ${sum((b) => b.faultsDuplicate)}, ` +
+      `unique ${sum((b) => b.faultsUnique)} (read ${sum((b) => b.read)}, write ${sum((b) => b.write)}), ` +
+      `failed ${sum((b) => b.failed)}, retried ${sum((b) => b.retried)}; ` +
+      `bytes h2d ${sum((b) => b.bytesHostToDevice)}, d2h ${sum((b) => b.bytesDeviceToHost)}; ` +
+      `service ${sum((b) => b.serviceMs).toFixed(1)} ms, copy ${sum((b) => b.copyMs).toFixed(1)} ms`,
+    'kernel    launch batch      raw     dup  unique  read write    h2d bytes    d2h bytes  service ms',
+  ];
+  const biggest = [...log].sort((a, b) => b.faultsRaw - a.faultsRaw).slice(0, top);
+  for (const b of biggest) {
+    lines.push(
+      `${b.kernel.padEnd(9)} ${String(b.launch).padStart(6)} ${String(b.batch).padStart(5)} ` +
+        `${String(b.faultsRaw).padStart(8)} ${String(b.faultsDuplicate).padStart(7)} ${String(b.faultsUnique).padStart(7)} ` +
+        `${String(b.read).padStart(5)} ${String(b.write).padStart(5)} ${String(b.bytesHostToDevice).padStart(12)} ` +
+        `${String(b.bytesDeviceToHost).padStart(12)} ${b.serviceMs.toFixed(2).padStart(11)}`,
+    );
+  }
+  if (log.length > top) lines.push(`(the ${top} largest of ${log.length} batches by raw faults)`);
+  return lines.join('\n');
+}
+
 export function registerReplay(program: Command): void {
   program
     .command('replay')
@@ -80,35 +114,94 @@ export function registerReplay(program: Command): void {
     .option('--stats', 'print the vmstat counters to stderr at the end')
     .option(
       '--check',
-      'compare every read, and the disk after each fsync and remount, with the reference model',
+      'compare every read, and the disk after each fsync and remount, with the reference model; ' +
+        'check the invariants (single writer, legal page states, device entries) after every op',
     )
-    .action(async (logPath: string, opts: ReplayCliOptions) => {
+    .option('--policy <name>', "coherence policy: 'mirror' (Kara's scheme on the GPU) or 'none'", 'mirror')
+    .option(
+      '--device-pages <n>',
+      'device frames (GPU memory, in pages): device eviction runs past it',
+      '1024',
+    )
+    .option('--batch <n>', 'device faults serviced per batch (NVIDIA UVM: 256)', '256')
+    .option('--snapshot', 'print the page-state table of the whole file to stderr before the final unmount')
+    .action(async (logPath: string, opts: ReplayCliOptions, cmd: Command) => {
       const pageSize = parsePageSize(opts.pageSize ?? '4096');
       const hostPages = parseCount('--host-pages', opts.hostPages ?? '1024');
       const blocks = opts.blocks === undefined ? undefined : parseCount('--blocks', opts.blocks, 0);
+      const policyName = opts.policy ?? 'mirror';
+      if (policyName !== 'mirror' && policyName !== 'none') {
+        throw new HmmlabError('EINVAL', `--policy must be 'mirror' or 'none', got '${policyName}'`);
+      }
+      const devicePages = parseCount('--device-pages', opts.devicePages ?? '1024');
+      const batchSize = parseCount('--batch', opts.batch ?? '256');
       // The whole log is parsed (and its EOF rules checked) before anything touches the disk.
       const log = parseOplog(await readLog(logPath));
       const out = (s: string) => process.stdout.write(`${s}\n`);
-      // Loaded here so that other commands do not load the page cache.
+      // Loaded here so that other commands do not load the page cache or the GPU.
       const { replayOplog } = await import('../oplog/replay.ts');
-      const result = await replayOplog(log.ops, {
-        pageSize,
-        hostPages,
-        blocks,
-        dir: opts.dir,
-        check: opts.check,
-        lines: log.lines,
-        onRecord: (r) => out(opts.json ? JSON.stringify(r) : humanLine(r)),
-      });
-      if (!opts.json) {
-        const checked = opts.check
-          ? `; every read and ${result.diskChecks} disk images match the reference model`
-          : '';
-        out(
-          `replayed ${result.ops} ops (${result.reads.length} reads) in ${result.elapsedMs.toFixed(0)} ms, ` +
-            `page size ${pageSize}, ${hostPages} host pages${checked}`,
-        );
+      const { checkInvariants } = await import('../policy/invariants.ts');
+      let device: { close(): void; batchLog: readonly FaultBatchRecord[] } | null = null;
+      let policy: import('../policy/policy.ts').CoherencePolicy | undefined;
+      if (policyName === 'mirror') {
+        const { GpuDevice } = await import('../gpu/device.ts');
+        const { DeviceMemory } = await import('../device/index.ts');
+        const { MirrorPolicy } = await import('../policy/mirror.ts');
+        const { gpuOptionsOf } = await import('./info.ts');
+        const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
+        try {
+          const dm = await DeviceMemory.create(gpu, { devicePages, pageSize, batchSize });
+          policy = new MirrorPolicy(dm);
+          device = {
+            batchLog: dm.batchLog,
+            close: () => {
+              dm.destroy();
+              gpu.destroy();
+            },
+          };
+        } catch (e) {
+          gpu.destroy();
+          throw e;
+        }
       }
-      if (opts.stats) process.stderr.write(`${formatVmstat(result.vmstat)}\n`);
+      try {
+        const { formatSnapshotTable } = await import('../policy/snapshot.ts');
+        const result = await replayOplog(log.ops, {
+          pageSize,
+          hostPages,
+          blocks,
+          policy,
+          dir: opts.dir,
+          check: opts.check,
+          lines: log.lines,
+          onRecord: (r) => out(opts.json ? JSON.stringify(r) : humanLine(r)),
+          afterOp: opts.check ? (fs) => checkInvariants(fs) : undefined,
+          beforeUnmount: opts.snapshot
+            ? (fs, file) => {
+                const f = fs.openMappings.find((m) => m.name === file);
+                const pages = f ? Math.ceil(f.size / pageSize) : 0;
+                const rows = pages > 0 ? fs.snapshot(file, 0, pages - 1) : [];
+                process.stderr.write(
+                  `page states of ${file} before the final unmount:\n${formatSnapshotTable(rows)}\n`,
+                );
+              }
+            : undefined,
+        });
+        if (!opts.json) {
+          const checked = opts.check
+            ? `; every read and ${result.diskChecks} disk images match the reference model, invariants hold`
+            : '';
+          out(
+            `replayed ${result.ops} ops (${result.reads.length} reads) in ${result.elapsedMs.toFixed(0)} ms, ` +
+              `page size ${pageSize}, ${hostPages} host pages, policy ${policyName}${checked}`,
+          );
+        }
+        if (opts.stats) {
+          process.stderr.write(`${formatVmstat(result.vmstat)}\n`);
+          if (device) process.stderr.write(`${formatBatchSummary(device.batchLog)}\n`);
+        }
+      } finally {
+        device?.close();
+      }
     });
 }

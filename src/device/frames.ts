@@ -126,8 +126,18 @@ export class FramePool {
     return this.owners[frame] ?? null;
   }
 
-  /** Mark a frame most recently used (it becomes evictable if it was not on the LRU). */
+  /**
+   * Mark a frame on the LRU most recently used. A frame off the LRU (unlisted while its eviction
+   * runs) stays off: putting it back would let a second eviction revoke the same page twice.
+   */
   touch(frame: number): void {
+    if (!this.lru.has(frame)) return;
+    this.lru.delete(frame);
+    this.lru.set(frame, true);
+  }
+
+  /** Put a newly mapped frame on the LRU, most recently used: from now on it can be evicted. */
+  list(frame: number): void {
     if (this.owners[frame] === null) return;
     this.lru.delete(frame);
     this.lru.set(frame, true);

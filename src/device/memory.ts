@@ -232,7 +232,7 @@ export class DeviceMemory {
         // A page moved to another frame: its old frame is no one's now.
         if (old && old.frame !== e.frame) this.pool.release(old.frame);
         space.entries.set(e.index, { frame: e.frame, perm: e.perm });
-        this.pool.touch(e.frame);
+        this.pool.list(e.frame);
       }
     });
   }

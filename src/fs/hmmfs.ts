@@ -8,7 +8,9 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { HmmlabError } from '../errors.ts';
+import { formatPages } from '../device/fault.ts';
+import type { KernelKind, KernelParams } from '../device/kernels.ts';
+import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { checkBytes, checkDirectAlign, checkFileLimit, checkOffset } from '../mm/args.ts';
 import { dio_read, dio_write } from '../mm/direct.ts';
 import { filemap_read, generic_perform_write } from '../mm/filemap.ts';
@@ -22,6 +24,12 @@ import type { PageSnapshot } from '../mm/types.ts';
 import { PG_dirty } from '../mm/types.ts';
 import { shrink_page } from '../mm/vmscan.ts';
 import { filemap_write_and_wait_range } from '../mm/writeback.ts';
+import {
+  type DeviceKernelResult,
+  type DevicePageColumns,
+  type DeviceRun,
+  isDevicePolicy,
+} from '../policy/device.ts';
 import { type CoherencePolicy, hostOnlyPolicy } from '../policy/policy.ts';
 import { BackingFile, type BlockBudget } from './backing.ts';
 import { Mutex } from './mutex.ts';
@@ -39,6 +47,21 @@ export interface MountOptions {
   maxFileSize?: number;
   /** Coherence policy (default hostOnlyPolicy). */
   policy?: CoherencePolicy;
+}
+
+/** A snapshot row: the page cache's columns and the device's (DESIGN.md's state letters). */
+export interface FsPageSnapshot extends PageSnapshot, DevicePageColumns {}
+
+const NO_DEVICE: DevicePageColumns = { dev: '-', frame: null, devDirty: false };
+
+/** A device write (or atomic) that page_mkwrite refused on some pages: SIGBUS-like, after the run. */
+function refusedError(what: string, name: string, failed: DeviceRun['failed']): HmmlabError {
+  const pages = failed.map((f) => f.index);
+  return new HmmlabError(
+    'EFAULT',
+    `SIGBUS: device ${what} to page${pages.length > 1 ? 's' : ''} ${formatPages(pages)} of ${name} refused: ` +
+      `${failed[0].message}; the other pages' writes landed`,
+  );
 }
 
 export interface OpenOptions {
@@ -112,6 +135,7 @@ export class HmmFs {
       throw new HmmlabError('ENOENT', `mount: directory ${dir} does not exist`);
     }
     const hfs = new HmmFs(dir, o);
+    if (isDevicePolicy(o.policy)) o.policy.setSerializer((fn) => hfs.serialize(fn));
     hfs.setup();
     return hfs;
   }
@@ -217,8 +241,16 @@ export class HmmFs {
   }
 
   private async teardown(): Promise<void> {
+    // A lost device is reported once (EIO naming the pages lost); the unmount still completes.
+    let lost: unknown;
     for (const { mapping, backing } of this.inodes.values()) {
-      await filemap_write_and_wait_range(mapping, 0, LAST_PAGE, 'unmount');
+      try {
+        await filemap_write_and_wait_range(mapping, 0, LAST_PAGE, 'unmount');
+      } catch (e) {
+        if (!isHmmlabError(e) || e.code !== 'EIO' || !/device lost/.test(e.message)) throw e;
+        lost ??= e;
+        await filemap_write_and_wait_range(mapping, 0, LAST_PAGE, 'unmount');
+      }
       for (const vma of [...mapping.i_mmap]) zap_vma(vma);
       await truncate_inode_pages_range(mapping, 0, LAST_PAGE);
       await backing.set_size(mapping.size);
@@ -229,6 +261,7 @@ export class HmmFs {
     this.inodes.clear();
     this.mounted = false;
     this.generation++;
+    if (lost) throw lost;
   }
 
   /** /proc/vmstat: page-cache events and gauges, the policy's counters after them. */
@@ -236,11 +269,20 @@ export class HmmFs {
     return { ...this.host.snapshotVmstat(), blocks_used: this.budget.used, ...this.policy.stats() };
   }
 
-  /** Page states of pages [first, last] of file `name` (open in this mount). */
-  snapshot(name: string, first: number, last: number): PageSnapshot[] {
+  /** Page states of pages [first, last] of file `name` (open in this mount), device columns included. */
+  snapshot(name: string, first: number, last: number): FsPageSnapshot[] {
     const inode = this.inodes.get(name);
     if (!inode) throw new HmmlabError('ENOENT', `snapshot: file ${name} is not open`);
-    return page_snapshot(inode.mapping, first, last);
+    const policy = this.policy;
+    return page_snapshot(inode.mapping, first, last).map((r) => ({
+      ...r,
+      ...(isDevicePolicy(policy) ? policy.devicePage(inode.mapping, r.index) : NO_DEVICE),
+    }));
+  }
+
+  /** The open files' address spaces (for the invariant checker and snapshots). */
+  get openMappings(): Mapping[] {
+    return [...this.inodes.values()].map((i) => i.mapping);
   }
 }
 
@@ -362,10 +404,74 @@ export class File {
     });
   }
 
+  // ---- device threads on the file's pages (the mirror policy's device) ----
+
+  /**
+   * A device kernel over [off, off + len): off and len multiples of 4, within EOF (EINVAL
+   * otherwise). ENODEV when the mount has no device.
+   */
+  private device(what: string, kind: KernelKind, params: KernelParams): Promise<DeviceKernelResult | null> {
+    return this.op(what, async () => {
+      const { off, len } = params;
+      checkOffset(`${what} offset`, off);
+      checkOffset(`${what} length`, len);
+      if (off % 4 !== 0 || len % 4 !== 0) {
+        throw new HmmlabError('EINVAL', `${what}: offset ${off} and length ${len} must be multiples of 4`);
+      }
+      if (off + len > this.mapping.size) {
+        throw new HmmlabError(
+          'EINVAL',
+          `${what} at offset ${off} length ${len} runs past EOF ${this.mapping.size} of ${this.name}`,
+        );
+      }
+      const policy = this.fs.policy;
+      if (!isDevicePolicy(policy)) {
+        throw new HmmlabError(
+          'ENODEV',
+          `${what} on ${this.name}: no device: mount with the mirror policy (policy is '${policy.name}')`,
+        );
+      }
+      if (len === 0) return null;
+      return policy.runDeviceKernel(this.mapping, kind, params);
+    });
+  }
+
+  /** devwrite: one device thread per 4-byte word stores oplog.md's pattern for `tag`. */
+  async deviceWrite(off: number, len: number, tag: number): Promise<DeviceRun> {
+    checkOffset('deviceWrite tag', tag);
+    const r = await this.device('deviceWrite', 'devwrite', { off, len, tag });
+    if (r?.run.failed.length) throw refusedError('write', this.name, r.run.failed);
+    return r?.run ?? emptyRun();
+  }
+
+  /** devread: the bytes of [off, off + len) as device threads load them. */
+  async deviceRead(off: number, len: number): Promise<Uint8Array> {
+    const r = await this.device('deviceRead', 'devread', { off, len });
+    return r?.bytes ?? new Uint8Array(0);
+  }
+
+  /** `threads` device threads each atomicAdd 1 `iters` times over `words` u32 words at off. */
+  async deviceAtomicInc(off: number, words: number, threads: number, iters: number): Promise<DeviceRun> {
+    checkOffset('deviceAtomicInc words', words);
+    const r = await this.device('deviceAtomicInc', 'atomic', { off, len: words * 4, threads, k: iters });
+    if (r?.run.failed.length) throw refusedError('atomic write', this.name, r.run.failed);
+    return r?.run ?? emptyRun();
+  }
+
+  /** Per-page wrapping sums of the u32 words of [off, off + len), computed on the GPU. */
+  async deviceChecksum(off: number, len: number): Promise<number[]> {
+    const r = await this.device('deviceChecksum', 'checksum', { off, len });
+    return (r?.checksums ?? []).map((c) => c.sum);
+  }
+
   /** Dirty pages of this file right now (for tests and --stats). */
   get nrDirty(): number {
     let n = 0;
     for (const e of this.mapping.i_pages.values()) if (e.kind === 'page' && e.flags & PG_dirty) n++;
     return n;
   }
+}
+
+function emptyRun(): DeviceRun {
+  return { faults: 0, uniqueFaults: 0, batches: 0, replays: 0, bytesToDevice: 0, bytesToHost: 0, failed: [] };
 }

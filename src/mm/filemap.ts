@@ -160,7 +160,8 @@ export async function filemap_read(mapping: AddressSpace, off: number, len: numb
     const pages: Page[] = [];
     try {
       for (let i = idx; i < idx + n; i++) {
-        if (!m.i_pages.has(i)) await page_cache_sync_readahead(m, i, last - i + 1);
+        // A miss, or a device entry (its data is pulled from the device in a readahead batch).
+        if (m.i_pages.get(i)?.kind !== 'page') await page_cache_sync_readahead(m, i, last - i + 1);
         pages.push(await read_cache_page_locked(m, i));
       }
       await m.policy.cpuNeedsData(m, pages, 'read');

@@ -6,7 +6,7 @@
 import { page_cache_alloc, readpage } from './filemap.ts';
 import type { Mapping } from './mapping.ts';
 import { trylock_page, unlock_page } from './page.ts';
-import type { Page } from './types.ts';
+import type { DeviceEntry, Page } from './types.ts';
 import { PG_uptodate } from './types.ts';
 
 /** read_ahead_kb, as Linux defaults it. */
@@ -72,27 +72,43 @@ export async function page_cache_sync_readahead(m: Mapping, index: number, req: 
   await do_page_cache_ra(m, index, Math.min(index + size, eof));
 }
 
-/** Read the absent pages of [start, end); resident pages that hold stale data are handed to the policy. */
+/**
+ * Read the absent pages of [start, end); device entries are pulled from the device in one batch
+ * (policy.readpagesFromDevice, where the policy has it); resident pages that hold stale data are
+ * handed to the policy.
+ */
 async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise<void> {
   const stale: Page[] = [];
-  for (let i = start; i < end; i++) {
-    const e = m.i_pages.get(i);
-    if (e) {
-      if (e.kind === 'page' && !(e.flags & PG_uptodate) && trylock_page(e)) stale.push(e);
-      continue;
+  const entries: DeviceEntry[] = [];
+  const fromDevice: Page[] = [];
+  try {
+    for (let i = start; i < end; i++) {
+      const e = m.i_pages.get(i);
+      if (e?.kind === 'device' && m.policy.readpagesFromDevice) {
+        fromDevice.push(await page_cache_alloc(m, i)); // locked; it replaces the entry
+        entries.push(e);
+        continue;
+      }
+      if (e) {
+        if (e.kind === 'page' && !(e.flags & PG_uptodate) && trylock_page(e)) stale.push(e);
+        continue;
+      }
+      await ra_readpage(m, i);
     }
-    const page = await page_cache_alloc(m, i);
-    try {
-      await readpage(m, page);
-    } catch (err) {
-      m.i_pages.delete(i);
-      m.host.lru.delete(page);
-      m.host.pool.release(page.slot);
-      throw err;
-    } finally {
-      unlock_page(page);
-    }
-    m.host.vmstat.count('pgra');
+    if (entries.length) await ra_readpages_from_device(m, entries, fromDevice);
+  } catch (err) {
+    // Pages not filled give their index back to the device entry they replaced.
+    fromDevice.forEach((p, k) => {
+      if (m.i_pages.get(p.index) !== p) return;
+      if (p.flags & PG_uptodate) return;
+      m.i_pages.set(p.index, entries[k]);
+      m.host.lru.delete(p);
+      m.host.pool.release(p.slot);
+    });
+    for (const p of stale) unlock_page(p);
+    throw err;
+  } finally {
+    for (const p of fromDevice) unlock_page(p);
   }
   if (stale.length === 0) return;
   try {
@@ -100,4 +116,26 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
   } finally {
     for (const p of stale) unlock_page(p);
   }
+}
+
+/** The batch of device entries: from the device, and from the disk where it no longer has them. */
+async function ra_readpages_from_device(m: Mapping, entries: DeviceEntry[], pages: Page[]): Promise<void> {
+  const ok = await m.policy.readpagesFromDevice!(m, entries, pages);
+  for (const [k, p] of pages.entries()) if (!ok[k]) await readpage(m, p);
+}
+
+/** One absent page read from disk by readahead, unlocked at once. */
+async function ra_readpage(m: Mapping, i: number): Promise<void> {
+  const page = await page_cache_alloc(m, i);
+  try {
+    await readpage(m, page);
+  } catch (err) {
+    m.i_pages.delete(i);
+    m.host.lru.delete(page);
+    m.host.pool.release(page.slot);
+    throw err;
+  } finally {
+    unlock_page(page);
+  }
+  m.host.vmstat.count('pgra');
 }

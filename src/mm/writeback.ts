@@ -10,7 +10,7 @@ import { batchPages } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
 import { lock_page, PageDirty, PageUptodate, unlock_page } from './page.ts';
 import { page_mkclean } from './rmap.ts';
-import type { AddressSpace, Page } from './types.ts';
+import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
 
 /** Bytes of page `index` that lie below i_size (what writepage puts on disk). */
@@ -52,6 +52,20 @@ export async function writepage_bounce(
   m.host.vmstat.count('pgpgout', m.pageSize / 1024);
 }
 
+/** Device entries go to disk through the policy's bounce buffers, one batch at a time where it can. */
+async function writeback_device_entries(m: Mapping, entries: DeviceEntry[]): Promise<number> {
+  if (entries.length === 0) return 0;
+  const datas = m.policy.writebackDeviceEntries ? await m.policy.writebackDeviceEntries(m, entries) : [];
+  let written = 0;
+  for (const [k, e] of entries.entries()) {
+    const data = m.policy.writebackDeviceEntries ? datas[k] : await m.policy.writebackDeviceEntry(m, e);
+    if (!data) continue;
+    await writepage_bounce(m, e.index, data);
+    written++;
+  }
+  return written;
+}
+
 /**
  * filemap_write_and_wait_range: every dirty page and device entry of [first, last] is on disk when
  * it returns (not fsynced: the caller does that). Returns the pages written.
@@ -68,16 +82,13 @@ export async function filemap_write_and_wait_range(
   let written = 0;
   for (let k = 0; k < indices.length; k += batch) {
     const pages: Page[] = [];
+    const entries: DeviceEntry[] = [];
     try {
       for (const i of indices.slice(k, k + batch)) {
         const e = m.i_pages.get(i);
         if (!e) continue;
         if (e.kind === 'device') {
-          const data = await m.policy.writebackDeviceEntry(m, e);
-          if (data) {
-            await writepage_bounce(m, i, data);
-            written++;
-          }
+          entries.push(e);
           continue;
         }
         if (!PageDirty(e)) continue;
@@ -88,6 +99,7 @@ export async function filemap_write_and_wait_range(
         }
         pages.push(e);
       }
+      written += await writeback_device_entries(m, entries);
       if (pages.length === 0) continue;
       await m.policy.cpuNeedsData(m, pages, why);
       for (const p of pages) {

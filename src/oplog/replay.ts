@@ -12,7 +12,8 @@
  * back everything written so far; its message gains the line.
  *
  * Device ops call `deviceWrite(off, len, tag)` and `deviceRead(off, len)` on the file (DeviceFile);
- * until the file has them, a log with device ops is refused before anything runs.
+ * they need a mount whose policy has a device (`policy`: the mirror policy); without one, a log with
+ * device ops is refused before anything runs.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -20,6 +21,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { HmmFs } from '../fs/hmmfs.ts';
+import { isDevicePolicy } from '../policy/device.ts';
+import type { CoherencePolicy } from '../policy/policy.ts';
 import { sizeAfter } from './eof.ts';
 import { OplogModel } from './model.ts';
 import { validateOplog } from './parse.ts';
@@ -34,8 +37,14 @@ export interface ReplayOptions {
   pageSize?: number;
   hostPages?: number;
   blocks?: number;
-  /** Further HmmFs.mount options (the device half adds its own: policy, device pages, ...). */
+  /** Further HmmFs.mount options. */
   mount?: Record<string, unknown>;
+  /** The coherence policy (default host-only: device ops are refused). */
+  policy?: CoherencePolicy;
+  /** Called after every op (replay --check runs the invariant checker here); a throw stops the run. */
+  afterOp?: (fs: HmmFs, line: number, op: Op) => Promise<void> | void;
+  /** Called once before the final unmount (replay --snapshot prints the page states here). */
+  beforeUnmount?: (fs: HmmFs, file: string) => Promise<void> | void;
   /** Compare with the reference model as the run goes. */
   check?: boolean;
   /** 1-based line number of each op (parseOplog's `lines`); default k+1. Output `i` is line-1. */
@@ -75,7 +84,7 @@ export interface ReplayResult {
 
 /** What the device half implements on a file for devwrite/devread (one thread per 4-byte word). */
 export interface DeviceFile {
-  deviceWrite(off: number, len: number, tag: number): Promise<void>;
+  deviceWrite(off: number, len: number, tag: number): Promise<unknown>;
   deviceRead(off: number, len: number): Promise<Uint8Array>;
 }
 
@@ -163,8 +172,8 @@ class Target {
 }
 
 function deviceOf(f: HmmFile, op: Op, line: number): DeviceFile {
-  if (!hasDevice(f))
-    throw new HmmlabError('ENODEV', `line ${line}: ${op.op} needs a device: not available yet`);
+  if (!hasDevice(f) || !isDevicePolicy(f.fs.policy))
+    throw new HmmlabError('ENODEV', `line ${line}: ${op.op} needs a device: replay with the mirror policy`);
   return f;
 }
 
@@ -246,6 +255,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       pageSize: options.pageSize,
       hostPages: options.hostPages,
       blocks: options.blocks,
+      policy: options.policy,
     });
     mounted = true;
     const t = new Target(fs, await fs.open(name, { create: true }));
@@ -281,7 +291,17 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
         options.onRecord?.(r);
       }
       if (op.op === 'fsync' || op.op === 'remount') await diskCheck(line, op);
+      if (options.afterOp) {
+        try {
+          await options.afterOp(fs, line, op);
+        } catch (e) {
+          if (isHmmlabError(e))
+            throw new HmmlabError(e.code, `line ${line} (${describeOp(op)}): ${e.message}`);
+          throw e;
+        }
+      }
     }
+    await options.beforeUnmount?.(fs, name);
 
     mounted = false;
     await fs.unmount();

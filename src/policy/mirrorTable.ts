@@ -48,6 +48,27 @@ export type Work =
   | 'device-entry' // replace A by a device entry in the xarray
   | 'drop-page'; // remove A from the page cache
 
+/**
+ * One order for all work: every row of the table lists its work in this order, so a policy may do
+ * a whole batch of pages phase by phase (every page's page_mkclean, then one batched copy, ...)
+ * and still do each page's work in the order its row asks. The table's test checks it.
+ */
+export const WORK_ORDER: readonly Work[] = [
+  'readpage',
+  'alloc-page',
+  'page_mkwrite',
+  'page_mkclean',
+  'try_to_unmap',
+  'copy-to-device',
+  'device-protect',
+  'copy-back',
+  'bounce-writeback',
+  'writepage',
+  'device-revoke',
+  'device-entry',
+  'drop-page',
+];
+
 export interface Transition {
   next: PageState;
   work: Work[];
@@ -143,7 +164,8 @@ export function mirrorTransition(s: PageState, event: MirrorEvent): Transition {
       if (s.host === '-' || s.host === 'E') return { next: s, work: [] };
       const work: Work[] = [];
       if (s.cpu !== '-') work.push('try_to_unmap');
-      if (s.host === 'D') work.push('page_mkclean', 'writepage');
+      // Unmapped first, so no CPU PTE is left to clean: writepage is all a dirty page needs.
+      if (s.host === 'D') work.push('writepage');
       if (s.dev === '-') return { next: st('-', '-', '-'), work: [...work, 'drop-page'] };
       return { next: st('E', s.dev, '-'), work: [...work, 'device-entry'] };
     }

@@ -41,6 +41,12 @@ export interface CoherencePolicy {
   readpageFromDevice(mapping: AddressSpace, entry: DeviceEntry, page: Page): Promise<boolean>;
 
   /**
+   * readpageFromDevice for a batch (optional; readahead over device entries uses it): fill each
+   * page from its entry, one answer per entry (false: read the disk), with one copy for the batch.
+   */
+  readpagesFromDevice?(mapping: AddressSpace, entries: DeviceEntry[], pages: Page[]): Promise<boolean[]>;
+
+  /**
    * The CPU is about to write these pages (write(2), an mmap write fault): remove the device's
    * access to them, copying back first what the device wrote. Called after cpuNeedsData for the
    * pages the write does not cover whole.
@@ -53,6 +59,12 @@ export interface CoherencePolicy {
    * copy clean (write-protected). null when there is nothing to write.
    */
   writebackDeviceEntry(mapping: AddressSpace, entry: DeviceEntry): Promise<Uint8Array | null>;
+
+  /**
+   * writebackDeviceEntry for a batch of entries (optional): one answer per entry, in order, with one
+   * shootdown and one copy for the whole batch. Writeback uses it when the policy has it.
+   */
+  writebackDeviceEntries?(mapping: AddressSpace, entries: DeviceEntry[]): Promise<(Uint8Array | null)[]>;
 
   /**
    * Drop every device copy and device entry of pages [first, last] of `mapping` (truncate, punch,

@@ -10,6 +10,7 @@ import {
   type MirrorEvent,
   mirrorTransition,
   type PageState,
+  WORK_ORDER,
 } from '../../src/policy/mirrorTable.ts';
 
 const EVENTS: MirrorEvent[] = [
@@ -93,6 +94,22 @@ describe('mirror state table', () => {
     expect(t.work).toEqual(['device-entry']);
     // and readpage then pulls from the device, not the disk
     expect(mirrorTransition(t.next, 'cpu-read').work).toEqual(['alloc-page', 'device-protect', 'copy-back']);
+  });
+
+  it('every row lists its work in WORK_ORDER, so a batch can be worked phase by phase', () => {
+    for (const s of allLegalStates()) {
+      for (const ev of EVENTS) {
+        const pos = mirrorTransition(s, ev).work.map((w) => WORK_ORDER.indexOf(w));
+        expect(
+          pos.every((p) => p >= 0),
+          `${fmt(s)} --${ev}`,
+        ).toBe(true);
+        expect(
+          pos.every((p, i) => i === 0 || p > pos[i - 1]),
+          `${fmt(s)} --${ev}: ${mirrorTransition(s, ev).work}`,
+        ).toBe(true);
+      }
+    }
   });
 
   it('rejects an illegal state as a bug', () => {

@@ -1,0 +1,56 @@
+/**
+ * What a policy with a device offers the filesystem beyond the CoherencePolicy hooks: device
+ * kernels on a file's pages (devwrite, devread, atomic, checksum), the device half of a page-state
+ * snapshot, and the mount's lock for work started outside an operation (detach). HmmFs asks
+ * `isDevicePolicy` and never branches on a policy's name.
+ */
+import type { KernelKind, KernelParams } from '../device/index.ts';
+import type { Errno } from '../errors.ts';
+import type { AddressSpace } from '../mm/types.ts';
+import type { CoherencePolicy } from './policy.ts';
+
+/** What one device kernel run cost and what failed (the contract's DeviceRun). */
+export interface DeviceRun {
+  /** Threads that faulted (raw), and faults serviced after coalescing. */
+  faults: number;
+  uniqueFaults: number;
+  batches: number;
+  replays: number;
+  bytesToDevice: number;
+  bytesToHost: number;
+  /** Accesses refused (page_mkwrite said no): their work failed, the rest landed. */
+  failed: { index: number; code: Errno; message: string }[];
+}
+
+/** A kernel run's result as the policy hands it to the filesystem. */
+export interface DeviceKernelResult {
+  run: DeviceRun;
+  /** devread: the bytes. */
+  bytes?: Uint8Array;
+  /** checksum: per page of the range, wrapping sum and xor of its words. */
+  checksums?: { index: number; sum: number; xor: number }[];
+}
+
+/** The device columns of a snapshot row. */
+export interface DevicePageColumns {
+  dev: '-' | 'ro' | 'rw';
+  frame: number | null;
+  /** The device's DIRTY bit (as last read back): it wrote the page since it was last cleaned. */
+  devDirty: boolean;
+}
+
+export interface DevicePolicy extends CoherencePolicy {
+  readonly hasDevice: true;
+  /** Run a device kernel over `mapping`'s pages; faults are serviced by the policy. */
+  runDeviceKernel(mapping: AddressSpace, kind: KernelKind, params: KernelParams): Promise<DeviceKernelResult>;
+  /** The device half of page `index`'s snapshot row (host shadow: no GPU round trip). */
+  devicePage(mapping: AddressSpace, index: number): DevicePageColumns;
+  /** Indices of `mapping` the device holds a copy of, ascending. */
+  deviceIndices(mapping: AddressSpace): number[];
+  /** HmmFs hands its mutex over at mount, for work the policy starts on its own (detach). */
+  setSerializer(serialize: <T>(fn: () => Promise<T>) => Promise<T>): void;
+}
+
+export function isDevicePolicy(p: CoherencePolicy): p is DevicePolicy {
+  return (p as Partial<DevicePolicy>).hasDevice === true;
+}
