@@ -5,25 +5,16 @@
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let t = gid.x;
-  for (var i = t; i < p.items; i += p.threads) {
-    if (progress[i] != 0u) {
+  for (var i = gid.x; i < p.items; i += p.threads) {
+    let w = mmu_word_item(i, false, gid.x);
+    if (!w.ok) {
       continue;
     }
-    let word = p.first_word + i;
-    let page = word / p.page_words;
-    let tr = mmu_translate(page, false, t);
-    if (tr.status == T_FAULT) {
-      continue; // this work item stops undone; the replay runs it
-    }
-    if (tr.status == T_FAIL) {
-      progress[i] = WORK_FAILED;
-      continue;
-    }
-    let v = frame_load(tr.frame, word % p.page_words);
-    let o = (page - p.first_page) * 2u;
+    let v = frame_load(w.frame, w.offset);
+    let o = (w.page - p.first_page) * 2u;
     atomicAdd(&out[o], v);
     atomicXor(&out[o + 1u], v);
-    progress[i] = WORK_DONE;
+    mmu_item_done(i);
   }
+  mmu_end();
 }

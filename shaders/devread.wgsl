@@ -4,21 +4,13 @@
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let t = gid.x;
-  for (var i = t; i < p.items; i += p.threads) {
-    if (progress[i] != 0u) {
+  for (var i = gid.x; i < p.items; i += p.threads) {
+    let w = mmu_word_item(i, false, gid.x);
+    if (!w.ok) {
       continue;
     }
-    let word = p.first_word + i;
-    let tr = mmu_translate(word / p.page_words, false, t);
-    if (tr.status == T_FAULT) {
-      continue; // this work item stops undone; the replay runs it
-    }
-    if (tr.status == T_FAIL) {
-      progress[i] = WORK_FAILED;
-      continue;
-    }
-    atomicStore(&out[i], frame_load(tr.frame, word % p.page_words));
-    progress[i] = WORK_DONE;
+    atomicStore(&out[i], frame_load(w.frame, w.offset));
+    mmu_item_done(i);
   }
+  mmu_end();
 }

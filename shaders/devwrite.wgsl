@@ -12,21 +12,13 @@ fn pattern_word(x: u32) -> u32 {
 
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let t = gid.x;
-  for (var i = t; i < p.items; i += p.threads) {
-    if (progress[i] != 0u) {
+  for (var i = gid.x; i < p.items; i += p.threads) {
+    let w = mmu_word_item(i, true, gid.x);
+    if (!w.ok) {
       continue;
     }
-    let word = p.first_word + i;
-    let tr = mmu_translate(word / p.page_words, true, t);
-    if (tr.status == T_FAULT) {
-      continue; // this work item stops undone; the replay runs it
-    }
-    if (tr.status == T_FAIL) {
-      progress[i] = WORK_FAILED;
-      continue;
-    }
-    frame_store(tr.frame, word % p.page_words, pattern_word(word * 4u));
-    progress[i] = WORK_DONE;
+    frame_store(w.frame, w.offset, pattern_word(w.word * 4u));
+    mmu_item_done(i);
   }
+  mmu_end();
 }

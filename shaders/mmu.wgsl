@@ -1,12 +1,16 @@
 // The device MMU, shared by every device kernel (`//!include mmu.wgsl`): a kernel is only its body.
 //
+// A kernel is a grid-stride loop over its work items and a body: mmu_word_item(i, write, thread)
+// translates item i's word (or says skip it), mmu_item_done(i) marks it done, mmu_end() ends
+// main. The atomic kernel, whose items take many steps, calls mmu_translate and mmu_stop itself.
+//
 // Every device access goes through mmu_translate(page, write, thread). With permission it returns
 // the frame (setting the PTE's DIRTY bit on the first store). Without, it records a fault in the
 // fault buffer, as replayable-fault hardware does, and the logical thread (work item) must leave
 // its work undone and stop; the invocation goes on to its next work item of the grid-stride loop,
 // so one launch collects the faults of all the work. The host services the faults and replays the
-// unfinished work. A PTE whose FAIL bit is set
-// for the access means the host refused that access (EFAULT): the work is marked failed, not retried.
+// unfinished work. A PTE whose FAIL bit is set for the access means the host refused that access
+// (EFAULT): the work is marked failed, not retried.
 //
 // Bindings (group 0) are the same for every kernel (one explicit layout, src/device/kernels.ts).
 
@@ -59,11 +63,18 @@ struct Translation {
   frame: u32,
 }
 
+// This invocation's raw faults, added to F_RAW once, at the end of main (mmu_end): one global
+// atomic per invocation rather than one per faulting access. In a first launch every access
+// faults, and every one of them adding to the one F_RAW word was a good part of the launch.
+// (Measured on lavapipe; a workgroup-memory table for the per-page counters as well was no faster:
+// its atomics cost as much as the global ones they replace.)
+var<private> mmu_raw: u32;
+
 // Record a fault. The per-page, per-access raw counter doubles as the pending bit: only the first
 // thread to fault on (page, access) in this launch takes an entry, so ten thousand threads on one
 // page are one fault to service, and the counter keeps how many there were.
 fn mmu_record_fault(page: u32, write: bool, thread: u32) {
-  atomicAdd(&faults[F_RAW], 1u);
+  mmu_raw += 1u;
   let slot_bit = page * 2u + select(0u, 1u, write);
   let before = atomicAdd(&faults[p.counts_base + slot_bit], 1u);
   if (before != 0u) {
@@ -95,6 +106,52 @@ fn mmu_translate(page: u32, write: bool, thread: u32) -> Translation {
   }
   mmu_record_fault(page, write, thread);
   return Translation(T_FAULT, 0u);
+}
+
+// ---- the work-item prologue and epilogue every kernel shares ----
+
+// A word-sized work item (devwrite, devread, checksum: item i is file word first_word + i).
+struct WordItem {
+  ok: bool, // translated: do the work, then mmu_item_done(i); else skip it (continue)
+  word: u32, // file word (byte offset / 4)
+  page: u32, // page index in the address space
+  frame: u32, // the page's frame, when ok
+  offset: u32, // the word within its page (and frame)
+}
+
+// Prologue of work item i for `thread`: not ok when it is done or failed already, when its access
+// faults (recorded; the replay runs it) or when the host refused the access (marked failed).
+fn mmu_word_item(i: u32, write: bool, thread: u32) -> WordItem {
+  let word = p.first_word + i;
+  let page = word / p.page_words;
+  var it = WordItem(false, word, page, 0u, word % p.page_words);
+  if (progress[i] != 0u) {
+    return it;
+  }
+  let tr = mmu_translate(page, write, thread);
+  if (tr.status == T_FAIL) {
+    progress[i] = WORK_FAILED;
+  }
+  it.ok = tr.status == T_OK;
+  it.frame = tr.frame;
+  return it;
+}
+
+fn mmu_item_done(i: u32) {
+  progress[i] = WORK_DONE;
+}
+
+// For a work item that keeps a count of steps done (atomic): the progress value to leave when a
+// step's access did not translate; a refusal marks it failed (> any count: replays skip it).
+fn mmu_stop(done: u32, tr: Translation) -> u32 {
+  return select(done, done | WORK_FAILED, tr.status == T_FAIL);
+}
+
+// Epilogue: the last statement of every kernel's main.
+fn mmu_end() {
+  if (mmu_raw != 0u) {
+    atomicAdd(&faults[F_RAW], mmu_raw);
+  }
 }
 
 //!include frames.wgsl

@@ -12,13 +12,21 @@
  *     kernel that keeps DIRTY and returns the old PTE; write-protect and revoke resolve only after
  *     the queue drained (device TLB shootdown). Invalidations bump a per-space sequence number
  *     (mm/hmm.c's mmu_interval pattern) that fault service checks before installing PTEs.
+ *     A space lives until its file leaves the cache: forget(id) (called by the mirror policy when
+ *     unmount drops the whole file) destroys its page table and fault buffer; spaceCount says how
+ *     many are alive.
  *   - The device MMU in WGSL (shaders/mmu.wgsl, included by every kernel): translate(page, write)
  *     -> frame, or record a fault (coalesced in-kernel per page and access, raw count kept), leave
- *     the thread's work undone and stop.
+ *     the thread's work undone and stop. It also holds the work-item prologue every kernel shares
+ *     (mmu_word_item: skip done work, translate, mark refused work failed; mmu_item_done; mmu_end,
+ *     which adds the invocation's privately counted raw faults to the buffer once), so a kernel
+ *     is its grid-stride loop and its body.
  *   - Fault service and replay (replay.ts, fault.ts): launch, read the fault buffer back, coalesce,
  *     hand the faults to the owner's servicer in batches of `batchSize` (256, as NVIDIA UVM), install
  *     the PTEs it grants, replay the unfinished work until done. A refused access (EFAULT) fails its
- *     work only, reported naming the page. Counters and a record per fault batch (stats.ts).
+ *     work only, reported naming the page. Counters and a record per fault batch (stats.ts);
+ *     time is split into launchMs (dispatch to fault readback; per launch in KernelResult.launchMs),
+ *     serviceMs (fault service) and copyMs (copies, inside service or not).
  *   - Batched copies (copy.ts): runs of consecutive frames, one writeBuffer per run host->device,
  *     one copyBufferToBuffer per run and one mapAsync per batch device->host.
  *   - Kernels (kernels.ts, shaders/): devwrite, devread, atomic, checksum; at least 16,384 threads
@@ -44,10 +52,11 @@
  *     return faults.map((f) => ({ ok: true, frame: ..., perm: f.write ? 'rw' : 'ro' }));
  *   };
  *   const r = await dm.runKernel('devwrite', space, { off, len, tag }, servicer);
- *   r.counters, r.batches, r.failed, r.error, r.bytes (devread), r.checksums (checksum)
+ *   r.counters, r.batches, r.failed, r.error, r.bytes (devread), r.checksums (checksum), r.launchMs
  *   await dm.protect(space, indices, { cleanDirty: true })  // -> { index, frame, dirty }[]
  *   await dm.revoke(space, indices); dm.freeFrames(frames)
  *   await dm.snapshot(space, first, last)                   // frame, perm, dirty per page
+ *   dm.forget(mapping.id)                                   // at unmount, once no page is mapped
  *   await dm.detach()                                       // hot-unplug: every frame to the hook
  */
 export { type FrameRun, type FrameWrite, frameRuns } from './copy.ts';

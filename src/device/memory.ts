@@ -91,6 +91,8 @@ export class DeviceMemory {
   readonly batchLog: FaultBatchRecord[] = [];
   private readonly spaces = new Map<number, DevicePageTable>();
   private readonly running = new Map<number, Promise<void>>();
+  /** Kernel runs queued or in flight, per space. */
+  private readonly kernelsOn = new Map<number, number>();
   private evictionHook: EvictionHook | null = null;
   private lostReason: string | undefined;
   private readonly unsubscribeLost: () => void;
@@ -133,6 +135,37 @@ export class DeviceMemory {
     return t;
   }
 
+  /** Device address spaces alive now (each holds a page table and a fault buffer on the GPU). */
+  get spaceCount(): number {
+    return this.spaces.size;
+  }
+
+  /**
+   * Forget the device address space of AddressSpace `id` once its file left the cache (unmount,
+   * or every page invalidated): destroy its page table and fault buffer, so that spaces do not pile
+   * up a pair of GPU buffers per file per mount. A later space(id) starts a fresh, empty one.
+   * Returns false when there was none. EINVAL while the space still maps a page or owns a frame
+   * (the caller must revoke and free them first); EBUSY-like EINVAL while a kernel runs on it.
+   */
+  forget(id: number): boolean {
+    const t = this.spaces.get(id);
+    if (!t) return false;
+    if (this.kernelsOn.has(id)) {
+      throw new HmmlabError('EINVAL', `forget device address space ${id}: a kernel is running on it`);
+    }
+    const owned = this.pool.ownedFrames().filter((f) => this.pool.owner(f)!.space === id);
+    if (t.entries.size > 0 || owned.length > 0) {
+      const pages = [...t.entries.keys(), ...owned.map((f) => this.pool.owner(f)!.index)];
+      throw new HmmlabError(
+        'EINVAL',
+        `forget device address space ${id}: pages ${formatPages(pages)} still hold device frames`,
+      );
+    }
+    this.spaces.delete(id);
+    if (!this.gpu.lost) t.destroy();
+    return true;
+  }
+
   setEvictionHook(fn: EvictionHook | null): void {
     this.evictionHook = fn;
   }
@@ -146,6 +179,7 @@ export class DeviceMemory {
    */
   allocFrames(space: DevicePageTable, indices: number[]): Promise<(number | null)[]> {
     return this.guard('allocate device frames', async () => {
+      this.own(space, 'allocate device frames');
       const owners = indices.map((index) => ({ space: space.id, index }));
       const got = this.pool.takeFree(owners);
       if (got.length < owners.length) {
@@ -209,6 +243,7 @@ export class DeviceMemory {
    */
   map(space: DevicePageTable, entries: MapEntry[]): Promise<void> {
     return this.guard('map device pages', async () => {
+      this.own(space, 'map device pages');
       checkIndices(
         'map device pages',
         entries.map((e) => e.index),
@@ -248,6 +283,7 @@ export class DeviceMemory {
     opts: { cleanDirty?: boolean } = {},
   ): Promise<PteChange[]> {
     return this.guard('write-protect device pages', async () => {
+      this.own(space, 'write-protect device pages');
       checkIndices('write-protect device pages', indices);
       const hit = indices.filter((i) => space.entries.get(i)?.perm === 'rw');
       const clear = opts.cleanDirty ? (PTE_WRITE | PTE_DIRTY) >>> 0 : PTE_WRITE;
@@ -274,6 +310,7 @@ export class DeviceMemory {
    */
   revoke(space: DevicePageTable, indices: number[]): Promise<PteChange[]> {
     return this.guard('revoke device pages', async () => {
+      this.own(space, 'revoke device pages');
       checkIndices('revoke device pages', indices);
       const hit = indices.filter((i) => space.entries.has(i));
       space.invalidate(hit);
@@ -297,6 +334,7 @@ export class DeviceMemory {
   /** Pages in [first, last] whose DIRTY bit is set now. */
   readDirty(space: DevicePageTable, first: number, last: number): Promise<number[]> {
     return this.guard('read device dirty bits', async () => {
+      this.own(space, 'read device dirty bits');
       const words = await this.readPtes(space, first, last);
       const out: number[] = [];
       words.forEach((w, i) => {
@@ -309,6 +347,7 @@ export class DeviceMemory {
   /** Clear DIRTY bits (after the data was copied back). */
   clearDirty(space: DevicePageTable, indices: number[]): Promise<void> {
     return this.guard('clear device dirty bits', async () => {
+      this.own(space, 'clear device dirty bits');
       checkIndices('clear device dirty bits', indices);
       await this.pteOps(
         space,
@@ -338,6 +377,7 @@ export class DeviceMemory {
   /** Each page's device state in [first, last], read from the GPU's page table. */
   snapshot(space: DevicePageTable, first: number, last: number): Promise<DevicePageState[]> {
     return this.guard('device snapshot', async () => {
+      this.own(space, 'device snapshot');
       const words = await this.readPtes(space, first, last);
       return [...words].map((w, i) => ({ index: first + i, ...pteDecode(w) }));
     });
@@ -376,11 +416,23 @@ export class DeviceMemory {
     params: KernelParams,
     servicer: FaultServicer,
   ): Promise<KernelResult> {
+    try {
+      this.own(space, `device kernel ${kind}`);
+    } catch (e) {
+      return Promise.reject(e);
+    }
     // Runs on one space take turns: they share its fault buffer.
     const prev = this.running.get(space.id) ?? Promise.resolve();
-    const run = prev.then(() =>
-      this.guard(`device kernel ${kind}`, () => runKernel(this, kind, space, params, servicer)),
-    );
+    const id = space.id;
+    // Counted until the caller's await resumes (finally runs first), so forget() right after is fine.
+    this.kernelsOn.set(id, (this.kernelsOn.get(id) ?? 0) + 1);
+    const run = prev
+      .then(() => this.guard(`device kernel ${kind}`, () => runKernel(this, kind, space, params, servicer)))
+      .finally(() => {
+        const n = (this.kernelsOn.get(id) ?? 1) - 1;
+        if (n > 0) this.kernelsOn.set(id, n);
+        else this.kernelsOn.delete(id);
+      });
     const settled = run.then(
       () => {},
       () => {},
@@ -448,6 +500,16 @@ export class DeviceMemory {
       ? `${what}: GPU device lost (${reason}); device data not copied back is lost: ${lost.join('; ')}`
       : `${what}: GPU device lost (${reason}); it held no dirty pages`;
     return new HmmlabError(code, msg, cause === undefined ? undefined : { cause });
+  }
+
+  /** A table that this device forgot (or never made) is refused before it reaches the GPU. */
+  private own(space: DevicePageTable, what: string): void {
+    if (this.spaces.get(space.id) !== space) {
+      throw new HmmlabError(
+        'EINVAL',
+        `${what}: device address space ${space.id} is not live on this device (forgotten at unmount?)`,
+      );
+    }
   }
 
   private checkLost(what: string): void {

@@ -89,7 +89,11 @@ export class DevicePageTable {
     for (const i of indices) this.invalidatedAt.set(i, this.seq);
   }
 
+  /** Its buffers were destroyed (DeviceMemory.forget): it cannot be used again. */
+  destroyed = false;
+
   destroy(): void {
+    this.destroyed = true;
     this.pte.destroy();
     this.faults.destroy();
   }

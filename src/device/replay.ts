@@ -75,7 +75,9 @@ export interface KernelResult {
   bytes?: Uint8Array;
   /** checksum: per page of the range, wrapping sum and xor of its words (within the range). */
   checksums?: { index: number; sum: number; xor: number }[];
+  /** Wall time of the run, ms; and of each launch (dispatch to fault readback), first launch first. */
   ms: number;
+  launchMs: number[];
 }
 
 interface LaunchBuffers {
@@ -100,6 +102,7 @@ export async function runKernel(
   const failedPages = new Map<string, FailedAccess>();
   const batches: FaultBatchRecord[] = [];
   let launches = 0;
+  const launchMs: number[] = [];
   let lastSignature = '';
   let stuck = 0;
   let lastGrantedAll = false;
@@ -119,7 +122,11 @@ export async function runKernel(
           `device kernel ${kind}: work unfinished after ${launches} launches (fault loop)`,
         );
       }
+      const tl = performance.now();
       const faults = await launch(dm, plan, space, bind);
+      const lms = performance.now() - tl;
+      launchMs.push(lms);
+      dm.counters.launchMs += lms;
       launches++;
       dm.counters.launches++;
       if (launches > 1) dm.counters.replays++;
@@ -168,6 +175,7 @@ export async function runKernel(
       batches,
       failed: [],
       ms: 0,
+      launchMs,
     };
     if (plan.outWords) await readOutput(dm, plan, bufs, result);
     if (failedPages.size) {

@@ -34,7 +34,10 @@ export interface DeviceCounters {
   revocations: number;
   writeProtects: number;
   copyMs: number;
+  /** Fault service, batch by batch (its copies included: copyMs counts those too). */
   serviceMs: number;
+  /** Launches: dispatch, the kernel, and the fault buffer read back (GPU time as the host sees it). */
+  launchMs: number;
 }
 
 export interface FaultBatchRecord {
@@ -80,6 +83,7 @@ export function zeroCounters(): DeviceCounters {
     writeProtects: 0,
     copyMs: 0,
     serviceMs: 0,
+    launchMs: 0,
   };
 }
 

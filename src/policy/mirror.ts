@@ -462,10 +462,12 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
       const revoke = items.filter((it) => it.t.work.includes('device-revoke')).map((it) => it.index);
       await this.revoke(m, revoke);
     });
-    // The whole file is gone from the cache (unmount): forget its address space.
+    // The whole file is gone from the cache (unmount): forget its address space, on the device
+    // too (its page table and fault buffer), or every mount would leave a pair of GPU buffers.
     if (first === 0 && last === Number.MAX_SAFE_INTEGER && recs.size === 0) {
       this.mirrors.delete(m.id);
       this.mappings.delete(m.id);
+      this.dm.forget(m.id);
     }
   }
 
