@@ -35,7 +35,7 @@ import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
 import { fillRandom, firstDifference } from './random.ts';
 import { gbps, median, summarize } from './stats.ts';
-import { parseSize } from './units.ts';
+import { numberOf, parseCount, parsePageSize } from './units.ts';
 
 export const FAULT_MODES = [
   'fault-write',
@@ -108,6 +108,8 @@ export interface FaultBenchRow extends FaultRowPlan {
   evictionsDirty: number;
   bytesHostToDevice: number;
   bytesDeviceToHost: number;
+  /** Median over samples of the time in launches (dispatch to fault-buffer readback). */
+  launchMs: number;
   /** Median over samples of the time spent in fault service, and in copies (within it or not). */
   serviceMs: number;
   copyMs: number;
@@ -150,23 +152,13 @@ export function choosePages(requested: number | undefined, pageSize: number, cap
   return requested;
 }
 
-/** A positive integer option, or EINVAL naming the flag. */
-export function parseCount(flag: string, text: string | undefined, fallback: number): number {
-  if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(n) || n < 1) {
-    throw new HmmlabError('EINVAL', `bad ${flag} "${text}": expected a positive integer`);
-  }
-  return n;
-}
-
 /** "1,16,256" -> [1, 16, 256]: fault batch sizes, each a positive integer, none twice. */
 export function parseBatchList(text: string): number[] {
   const items = text.split(',').map((s) => s.trim());
   const out: number[] = [];
   for (const item of items) {
-    const n = Number(item);
-    if (!/^\d+$/.test(item) || !Number.isSafeInteger(n) || n < 1) {
+    const n = numberOf(item);
+    if (!(n >= 1)) {
       throw new HmmlabError(
         'EINVAL',
         `bad --batch "${text}": "${item}" is not a positive integer (expected a list such as 1,16,64,256)`,
@@ -177,22 +169,6 @@ export function parseBatchList(text: string): number[] {
     out.push(n);
   }
   return out;
-}
-
-/** --page-size: 4096, 64K, 2MiB...; a power of two from 4 KiB to 2 MiB. */
-export function parsePageSize(text: string | undefined): number {
-  if (text === undefined) return DEFAULT_FAULT_PAGE_SIZE;
-  let n: number;
-  try {
-    n = parseSize(text);
-    checkPageSize(n);
-  } catch {
-    throw new HmmlabError(
-      'EINVAL',
-      `bad --page-size "${text}": expected a power of two from 4096 (4K) to 2097152 (2M)`,
-    );
-  }
-  return n;
 }
 
 /** The command's flags as commander hands them over (strings). */
@@ -219,7 +195,7 @@ export interface FaultBenchArgs {
 export function parseFaultBenchArgs(flags: BenchFaultsFlags): FaultBenchArgs {
   return {
     pages: flags.pages === undefined ? undefined : parseCount('--pages', flags.pages, 0),
-    pageSize: parsePageSize(flags.pageSize),
+    pageSize: parsePageSize(flags.pageSize, DEFAULT_FAULT_PAGE_SIZE),
     batches: flags.batch === undefined ? DEFAULT_FAULT_BATCHES : parseBatchList(flags.batch),
     threads: parseCount('--threads', flags.threads, 1),
     iters: parseCount('--iters', flags.iters, DEFAULT_FAULT_ITERS),
@@ -550,6 +526,7 @@ function summarizeRow(
     evictionsDirty: c.evictionsDirty,
     bytesHostToDevice: c.bytesHostToDevice,
     bytesDeviceToHost: c.bytesDeviceToHost,
+    launchMs: median(samples.map((s) => s.counters.launchMs)),
     serviceMs: median(samples.map((s) => s.counters.serviceMs)),
     copyMs: median(samples.map((s) => s.counters.copyMs)),
     vsPrefetch: Number.NaN,
@@ -577,6 +554,7 @@ export function formatFaultTable(rows: readonly FaultBenchRow[]): string {
     'batches',
     'replays',
     'evicted',
+    'launch ms',
     'service ms',
     'x prefetch',
   ];
@@ -590,6 +568,7 @@ export function formatFaultTable(rows: readonly FaultBenchRow[]): string {
     String(r.batches),
     String(r.replays),
     String(r.evictions),
+    r.launchMs.toFixed(1),
     r.serviceMs.toFixed(1),
     r.vsPrefetch.toFixed(2),
   ]);

@@ -33,7 +33,7 @@ export function newSeed(): number {
   return (Math.random() * 0x1_0000_0000) >>> 0;
 }
 
-/** Index of the first byte where a and b differ, or -1 when they are equal. */
+/** Index of the first byte where a and b differ (a length difference counts), or -1 when equal. */
 export function firstDifference(a: Uint8Array, b: Uint8Array): number {
   const n = Math.min(a.byteLength, b.byteLength);
   if (Buffer.from(a.buffer, a.byteOffset, n).equals(Buffer.from(b.buffer, b.byteOffset, n))) {

@@ -30,11 +30,11 @@ import {
   formatFaultTable,
   parseFaultBenchArgs,
 } from '../bench/faults.ts';
-import { formatBytes, parseSizeList } from '../bench/units.ts';
+import { formatBytes, parseCount, parseSizeList } from '../bench/units.ts';
 import { HmmlabError } from '../errors.ts';
-import { GpuDevice } from '../gpu/device.ts';
+import type { GpuDevice } from '../gpu/device.ts';
 import { renderSvg } from '../plot/svg.ts';
-import { gpuOptionsOf } from './info.ts';
+import { adapterName, withGpu } from './info.ts';
 
 export interface BenchCopyOptions {
   json?: boolean;
@@ -44,13 +44,11 @@ export interface BenchCopyOptions {
   svg?: string;
 }
 
-function parseIters(text: string | undefined): number {
-  if (text === undefined) return 5;
-  const n = Number(text);
-  if (!/^\s*\d+\s*$/.test(text) || !Number.isSafeInteger(n) || n < 1) {
-    throw new HmmlabError('EINVAL', `bad --iters "${text}": expected a positive integer`);
-  }
-  return n;
+/** With --svg, write the chart there; say so unless stdout carries JSON. */
+async function writeChart(opts: { svg?: string; json?: boolean }, spec: Parameters<typeof renderSvg>[0]) {
+  if (!opts.svg) return;
+  writeFileSync(opts.svg, await renderSvg(spec));
+  if (!opts.json) process.stdout.write(`chart written to ${opts.svg}\n`);
 }
 
 function parsePaths(text: string | undefined): CopyPath[] {
@@ -141,24 +139,17 @@ export function registerBench(program: Command): void {
     .action(async (opts: BenchCopyOptions, cmd: Command) => {
       // Parse everything before opening the device, so that bad input fails fast.
       const sizes = opts.sizes === undefined ? undefined : parseSizeList(opts.sizes);
-      const iters = parseIters(opts.iters);
+      const iters = parseCount('--iters', opts.iters, 5);
       const paths = parsePaths(opts.paths);
-      const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
-      try {
+      await withGpu(cmd, async (gpu) => {
         const rows = await runCopyBench(gpu, { sizes, iters, paths });
         if (opts.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
         else {
-          process.stdout.write(`${gpu.info.description || gpu.info.device} (${gpu.info.backend})\n`);
+          process.stdout.write(`${adapterName(gpu)} (${gpu.info.backend})\n`);
           process.stdout.write(formatCopyTable(rows));
         }
-        if (opts.svg) {
-          const title = `hmmlab copy bandwidth: ${gpu.info.description || gpu.info.device}`;
-          writeFileSync(opts.svg, await renderSvg(copyChartSpec(rows, title)));
-          if (!opts.json) process.stdout.write(`chart written to ${opts.svg}\n`);
-        }
-      } finally {
-        gpu.destroy();
-      }
+        await writeChart(opts, copyChartSpec(rows, `hmmlab copy bandwidth: ${adapterName(gpu)}`));
+      });
     });
   bench
     .command('faults')
@@ -179,25 +170,18 @@ export function registerBench(program: Command): void {
     .option('--svg <file>', 'also write a chart (ms per mode, ms and batches per batch size) to FILE (SVG)')
     .action(async (opts: BenchFaultsFlags, cmd: Command) => {
       const args = parseFaultBenchArgs(opts); // before opening the device: bad input fails fast
-      const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
-      try {
+      await withGpu(cmd, async (gpu) => {
         const rows = await runFaultsBench(gpu, args);
         if (opts.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
         else {
           const r = rows[0];
           process.stdout.write(
-            `${gpu.info.description || gpu.info.device} (${gpu.info.backend}): ${r.pages} pages of ` +
+            `${adapterName(gpu)} (${gpu.info.backend}): ${r.pages} pages of ` +
               `${formatBytes(r.pageSize)}, ${r.threads} kernel(s) at once, ${r.samples} samples a row\n`,
           );
           process.stdout.write(formatFaultTable(rows));
         }
-        if (opts.svg) {
-          const title = `hmmlab fault cost: ${gpu.info.description || gpu.info.device}`;
-          writeFileSync(opts.svg, await renderSvg(faultChartSpec(rows, title)));
-          if (!opts.json) process.stdout.write(`chart written to ${opts.svg}\n`);
-        }
-      } finally {
-        gpu.destroy();
-      }
+        await writeChart(opts, faultChartSpec(rows, `hmmlab fault cost: ${adapterName(gpu)}`));
+      });
     });
 }

@@ -13,11 +13,11 @@ import { formatCopyTable } from '../bench/copy.ts';
 import type { DeviceCounters, DeviceMemory } from '../device/index.ts';
 import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import type { File, HmmFs } from '../fs/hmmfs.ts';
-import { GpuDevice } from '../gpu/device.ts';
+import type { GpuDevice } from '../gpu/device.ts';
 import { patternBytes } from '../oplog/pattern.ts';
 import { firstDifference } from '../oplog/replay.ts';
 import { runCopyBench } from './bench.ts';
-import { adapterReport, formatAdapterReport, gpuOptionsOf } from './info.ts';
+import { adapterReport, formatAdapterReport, withGpu } from './info.ts';
 
 export interface DemoContext {
   /** The device every chapter shares (an adapter gives one device; webgpu-notes.md). */
@@ -388,8 +388,7 @@ export function registerDemo(program: Command): void {
     )
     .action(async (opts: { chapter?: string }, cmd: Command) => {
       const chapters = opts.chapter === undefined ? CHAPTERS : selectChapters(opts.chapter);
-      const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
-      try {
+      await withGpu(cmd, async (gpu) => {
         process.stdout.write(
           'hmmlab: real GPU memory as un-addressable device memory for page-cache pages\n',
         );
@@ -398,9 +397,7 @@ export function registerDemo(program: Command): void {
           process.stderr.write(`hmmlab demo: ${failed} chapter${failed === 1 ? '' : 's'} failed\n`);
           process.exitCode = 1;
         }
-      } finally {
-        gpu.destroy();
-      }
+      });
     });
 }
 

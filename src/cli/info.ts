@@ -43,18 +43,30 @@ export function formatAdapterReport(report: AdapterReport): string {
   return rows.map(([k, v]) => `${k.padEnd(w)}  ${v}\n`).join('');
 }
 
+/** Open the adapter the global flags name, run `f` on it, and destroy the device however `f` ends. */
+export async function withGpu<T>(cmd: Command, f: (gpu: GpuDevice) => Promise<T>): Promise<T> {
+  const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
+  try {
+    return await f(gpu);
+  } finally {
+    gpu.destroy();
+  }
+}
+
+/** The adapter as tables and chart titles name it. */
+export function adapterName(gpu: GpuDevice): string {
+  return gpu.info.description || gpu.info.device;
+}
+
 export function registerInfo(program: Command): void {
   program
     .command('info')
     .description('describe the WebGPU adapter hmmlab uses: vendor, architecture, device, backend, limits')
     .option('--json', 'print one JSON object')
     .action(async (opts: { json?: boolean }, cmd: Command) => {
-      const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
-      try {
+      await withGpu(cmd, async (gpu) => {
         const report = adapterReport(gpu);
         process.stdout.write(opts.json ? `${JSON.stringify(report)}\n` : formatAdapterReport(report));
-      } finally {
-        gpu.destroy();
-      }
+      });
     });
 }

@@ -1,19 +1,22 @@
 /**
- * `hmmlab replay LOG`: apply an op log (/work/shared/oplog.md) to a file on the page cache.
+ * `hmmlab replay LOG`: apply an op log (docs/oplog.md) to a file on the page cache.
  * With --json, stdout carries exactly oplog.md's output: one `{i, op, len, sha256}` object per
  * read-like op, then the `{op:"end", size, sha256}` line, last. Statistics, the fault-batch
  * summary and the page-state snapshot go to stderr.
  *
  * The default policy is mirror (Kara's scheme on the GPU: device ops run); `--policy none` is the
- * host-only page cache, which refuses a log with device ops before anything runs.
+ * host-only page cache, which refuses a log with device ops before anything runs. A log without
+ * device ops runs host-only unless --policy mirror is given by name, so it needs no GPU.
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import { parseCount, parsePageSize } from '../bench/units.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
 import { HmmlabError } from '../errors.ts';
 import { formatVmstat } from '../mm/vmstat.ts';
 import { parseOplog } from '../oplog/parse.ts';
 import type { ReplayRecord } from '../oplog/replay.ts';
+import { isDeviceOp } from '../oplog/schema.ts';
 
 interface ReplayCliOptions {
   json?: boolean;
@@ -29,32 +32,6 @@ interface ReplayCliOptions {
   snapshot?: boolean;
 }
 
-const SUFFIX: Record<string, number> = { '': 1, k: 1024, m: 1024 * 1024 };
-
-/** A positive integer option, with an optional K or M (binary) suffix: `65536`, `64K`, `2M`. */
-export function parseCount(flag: string, value: string, min = 1): number {
-  const m = /^(\d+)([kKmM]?)(i?[bB])?$/.exec(value.trim());
-  const n = m ? Number(m[1]) * SUFFIX[m[2].toLowerCase()] : Number.NaN;
-  if (!Number.isSafeInteger(n) || n < min) {
-    throw new HmmlabError(
-      'EINVAL',
-      `${flag} must be an integer >= ${min} (K and M suffixes allowed), got '${value}'`,
-    );
-  }
-  return n;
-}
-
-export function parsePageSize(value: string): number {
-  const n = parseCount('--page-size', value);
-  if (n < 4096 || n > 2 * 1024 * 1024 || (n & (n - 1)) !== 0) {
-    throw new HmmlabError(
-      'EINVAL',
-      `--page-size must be a power of two from 4096 to 2097152 (2M), got '${value}'`,
-    );
-  }
-  return n;
-}
-
 async function readLog(path: string): Promise<string> {
   try {
     if (path === '-') {
@@ -65,7 +42,9 @@ async function readLog(path: string): Promise<string> {
     return await readFile(path, 'utf8');
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'ENOENT' : 'EIO';
-    throw new HmmlabError(code, `cannot read op log '${path}': ${(e as Error).message}`);
+    // Node says "ENOENT: no such file or directory, open 'x'": keep the reason, the code and path are said once.
+    const reason = (e as Error).message.replace(/^E[A-Z]+: /, '').replace(/, \w+ '.*'$/, '');
+    throw new HmmlabError(code, `cannot read op log '${path}': ${reason}`);
   }
 }
 
@@ -126,17 +105,20 @@ export function registerReplay(program: Command): void {
     .option('--batch <n>', 'device faults serviced per batch (NVIDIA UVM: 256)', '256')
     .option('--snapshot', 'print the page-state table of the whole file to stderr before the final unmount')
     .action(async (logPath: string, opts: ReplayCliOptions, cmd: Command) => {
-      const pageSize = parsePageSize(opts.pageSize ?? '4096');
-      const hostPages = parseCount('--host-pages', opts.hostPages ?? '1024');
-      const blocks = opts.blocks === undefined ? undefined : parseCount('--blocks', opts.blocks, 0);
-      const policyName = opts.policy ?? 'mirror';
+      const pageSize = parsePageSize(opts.pageSize, 4096);
+      const hostPages = parseCount('--host-pages', opts.hostPages, 1024);
+      const blocks = opts.blocks === undefined ? undefined : parseCount('--blocks', opts.blocks, 0, 0);
+      let policyName = opts.policy ?? 'mirror';
       if (policyName !== 'mirror' && policyName !== 'none') {
         throw new HmmlabError('EINVAL', `--policy must be 'mirror' or 'none', got '${policyName}'`);
       }
-      const devicePages = parseCount('--device-pages', opts.devicePages ?? '1024');
-      const batchSize = parseCount('--batch', opts.batch ?? '256');
+      const devicePages = parseCount('--device-pages', opts.devicePages, 1024);
+      const batchSize = parseCount('--batch', opts.batch, 256);
       // The whole log is parsed (and its EOF rules checked) before anything touches the disk.
       const log = parseOplog(await readLog(logPath));
+      // A log without device ops needs no GPU unless the user asked for the mirror policy by name:
+      // the host-only page cache then runs it the same, also on a machine with no adapter.
+      if (cmd.getOptionValueSource('policy') === 'default' && !log.ops.some(isDeviceOp)) policyName = 'none';
       const out = (s: string) => process.stdout.write(`${s}\n`);
       // Loaded here so that other commands do not load the page cache or the GPU.
       const { replayOplog } = await import('../oplog/replay.ts');
@@ -189,7 +171,7 @@ export function registerReplay(program: Command): void {
         });
         if (!opts.json) {
           const checked = opts.check
-            ? `; every read and ${result.diskChecks} disk images match the reference model, invariants hold`
+            ? `; every read and ${result.diskChecks} disk image${result.diskChecks === 1 ? '' : 's'} match the reference model, invariants hold`
             : '';
           out(
             `replayed ${result.ops} ops (${result.reads.length} reads) in ${result.elapsedMs.toFixed(0)} ms, ` +

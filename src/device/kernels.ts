@@ -106,7 +106,7 @@ export function planKernel(kind: KernelKind, params: KernelParams, pageSize: num
         threads: dispatchThreads(words),
         write: true,
         outWords: 0,
-        tagMod: (7 * tag) % 251,
+        tagMod: (7 * (tag % 251)) % 251, // tag % 251 first: 7 * tag loses precision past 2^50
       };
     }
     case 'devread':

@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { formatPages } from '../device/fault.ts';
+import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../device/frames.ts';
 import type { KernelKind, KernelParams } from '../device/kernels.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { checkBytes, checkDirectAlign, checkFileLimit, checkOffset } from '../mm/args.ts';
@@ -73,8 +74,6 @@ interface Inode {
   readonly backing: BackingFile;
 }
 
-const MIN_PAGE = 4096;
-const MAX_PAGE = 2 * 1024 * 1024;
 const LAST_PAGE = Number.MAX_SAFE_INTEGER;
 
 function checkMountOptions(
@@ -83,8 +82,8 @@ function checkMountOptions(
   const pageSize = o.pageSize ?? 4096;
   if (
     !Number.isInteger(pageSize) ||
-    pageSize < MIN_PAGE ||
-    pageSize > MAX_PAGE ||
+    pageSize < MIN_PAGE_SIZE ||
+    pageSize > MAX_PAGE_SIZE ||
     (pageSize & (pageSize - 1)) !== 0
   ) {
     throw new HmmlabError('EINVAL', `pageSize must be a power of two from 4096 to 2097152, got ${pageSize}`);

@@ -7,36 +7,37 @@ import { asMapping, type Mapping } from './mapping.ts';
 import { pte_none, pte_slot, pte_write, pte_wrprotect } from './pte.ts';
 import type { AddressSpace, Page } from './types.ts';
 
-/** page_mkclean: write-protect every CPU PTE of `page`; the next store faults (and re-dirties it). */
-export function page_mkclean(page: Page): number {
-  const m = asMapping(page.mapping);
-  let n = 0;
-  for (const vma of m.i_mmap) {
+/** rmap_walk_file: call `visit` with the PTE array of every VmArea that maps `page` and the PTE word there. */
+function rmap_walk(page: Page, visit: (ptes: Int32Array, pte: number) => void): void {
+  for (const vma of asMapping(page.mapping).i_mmap) {
     if (page.index >= vma.pte.length) continue;
     const pte = Atomics.load(vma.pte, page.index);
-    if (!pte_none(pte) && pte_slot(pte) === page.slot && pte_write(pte)) {
-      Atomics.store(vma.pte, page.index, pte_wrprotect(pte));
-      n++;
-    }
+    if (pte_none(pte) || pte_slot(pte) !== page.slot) continue;
+    visit(vma.pte, pte);
   }
-  m.host.vmstat.count('pgmkclean', n);
+}
+
+/** page_mkclean: write-protect every CPU PTE of `page`; the next store faults (and re-dirties it). */
+export function page_mkclean(page: Page): number {
+  let n = 0;
+  rmap_walk(page, (ptes, pte) => {
+    if (!pte_write(pte)) return;
+    Atomics.store(ptes, page.index, pte_wrprotect(pte));
+    n++;
+  });
+  asMapping(page.mapping).host.vmstat.count('pgmkclean', n);
   return n;
 }
 
 /** try_to_unmap: remove every CPU PTE of `page`; mapcount drops to 0. */
 export function try_to_unmap(page: Page): number {
-  const m = asMapping(page.mapping);
   let n = 0;
-  for (const vma of m.i_mmap) {
-    if (page.index >= vma.pte.length) continue;
-    const pte = Atomics.load(vma.pte, page.index);
-    if (!pte_none(pte) && pte_slot(pte) === page.slot) {
-      Atomics.store(vma.pte, page.index, 0);
-      page.mapcount--;
-      n++;
-    }
-  }
-  m.host.vmstat.count('pgunmap', n);
+  rmap_walk(page, (ptes) => {
+    Atomics.store(ptes, page.index, 0);
+    page.mapcount--;
+    n++;
+  });
+  asMapping(page.mapping).host.vmstat.count('pgunmap', n);
   return n;
 }
 
@@ -52,14 +53,10 @@ export function unmap_mapping_range(mapping: AddressSpace, first: number, last: 
 
 /** The widest CPU permission any VmArea has on `page`. */
 export function page_cpu_access(page: Page): '-' | 'ro' | 'rw' {
-  const m = asMapping(page.mapping);
   let acc: '-' | 'ro' | 'rw' = '-';
-  for (const vma of m.i_mmap) {
-    if (page.index >= vma.pte.length) continue;
-    const pte = Atomics.load(vma.pte, page.index);
-    if (pte_none(pte) || pte_slot(pte) !== page.slot) continue;
-    if (pte_write(pte)) return 'rw';
-    acc = 'ro';
-  }
+  rmap_walk(page, (_ptes, pte) => {
+    if (pte_write(pte)) acc = 'rw';
+    else if (acc === '-') acc = 'ro';
+  });
   return acc;
 }

@@ -19,15 +19,17 @@ import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { firstDifference } from '../bench/random.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { HmmFs } from '../fs/hmmfs.ts';
+import { checkFileLimit } from '../mm/args.ts';
 import { isDevicePolicy } from '../policy/device.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { sizeAfter } from './eof.ts';
 import { OplogModel } from './model.ts';
 import { validateOplog } from './parse.ts';
-import { patternBytes } from './pattern.ts';
-import { isDeviceOp, isReadOp, type Op, type ReadOp } from './schema.ts';
+import { PATTERN_MODULUS, patternBytes } from './pattern.ts';
+import { isDeviceOp, isReadOp, type Op, type ReadOp, type WriteOp } from './schema.ts';
 
 export interface ReplayOptions {
   /** Directory of the backing file; default a fresh temporary directory, removed afterwards. */
@@ -119,17 +121,11 @@ export function describeOp(op: Op | { op: 'end' }): string {
   return [op.op, ...fields].join(' ');
 }
 
+/** Re-exported: the demo and the tests compare bytes with the same function as the check. */
+export { firstDifference };
+
 export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
-}
-
-/** First offset where a and b differ (length counts), or -1 when equal. */
-export function firstDifference(a: Uint8Array, b: Uint8Array): number {
-  const n = Math.min(a.length, b.length);
-  if (Buffer.compare(Buffer.from(a.buffer, a.byteOffset, n), Buffer.from(b.buffer, b.byteOffset, n)) !== 0) {
-    for (let k = 0; k < n; k++) if (a[k] !== b[k]) return k;
-  }
-  return a.length === b.length ? -1 : n;
 }
 
 const hex = (b: number | undefined) => (b === undefined ? 'EOF' : `0x${b.toString(16).padStart(2, '0')}`);
@@ -177,6 +173,16 @@ function deviceOf(f: HmmFile, op: Op, line: number): DeviceFile {
   return f;
 }
 
+/**
+ * The bytes a write-like op stores. EFBIG comes before the buffer: a log may name any length up to
+ * 2^53-1, and a write past the file-size limit must fail as the filesystem would, not as an
+ * allocation of that length.
+ */
+function dataOf(t: Target, op: WriteOp): Uint8Array {
+  checkFileLimit(op.op, op.off, op.len, t.fs.maxFileSize);
+  return patternBytes(op.off, op.len, op.tag);
+}
+
 /** Apply one op to the target; the bytes of a read-like op, null for others. `size` is i_size before it. */
 async function applyOp(
   t: Target,
@@ -187,27 +193,31 @@ async function applyOp(
 ): Promise<Uint8Array | null> {
   switch (op.op) {
     case 'write':
-      if (op.len > 0) await t.f.write(op.off, patternBytes(op.off, op.len, op.tag));
+      if (op.len > 0) await t.f.write(op.off, dataOf(t, op));
       return null;
     case 'read':
       return await t.f.read(op.off, op.len);
-    case 'mapwrite':
+    case 'mapwrite': {
       if (op.len === 0) return null;
+      const data = dataOf(t, op); // EFBIG names the mapwrite, not the truncate below
       // A store past EOF would be SIGBUS: extend the file to off+len first, as fsx does.
       if (op.off + op.len > size) await t.f.truncate(op.off + op.len);
-      await t.mapping().store(op.off, patternBytes(op.off, op.len, op.tag));
+      await t.mapping().store(op.off, data);
       return null;
+    }
     case 'mapread': {
       const n = Math.max(0, Math.min(op.len, size - op.off));
       return n > 0 ? await t.mapping().load(op.off, n) : new Uint8Array(0);
     }
     case 'devwrite':
-      await deviceOf(t.f, op, line).deviceWrite(op.off, op.len, op.tag);
+      // The pattern depends on tag mod 251 only; reduced here, a tag near 2^53 stays exact on the
+      // device side too (7 * tag would not be).
+      await deviceOf(t.f, op, line).deviceWrite(op.off, op.len, op.tag % PATTERN_MODULUS);
       return null;
     case 'devread':
       return await deviceOf(t.f, op, line).deviceRead(op.off, op.len);
     case 'diowrite':
-      if (op.len > 0) await t.f.writeDirect(op.off, patternBytes(op.off, op.len, op.tag));
+      if (op.len > 0) await t.f.writeDirect(op.off, dataOf(t, op));
       return null;
     case 'dioread':
       return await t.f.readDirect(op.off, op.len);
@@ -296,7 +306,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
           await options.afterOp(fs, line, op);
         } catch (e) {
           if (isHmmlabError(e))
-            throw new HmmlabError(e.code, `line ${line} (${describeOp(op)}): ${e.message}`);
+            throw new HmmlabError(e.code, `line ${line} (${describeOp(op)}): ${e.message}`, { cause: e });
           throw e;
         }
       }

@@ -5,11 +5,9 @@
  * data of every sample is checked; the options parse strictly; the command prints only JSON with
  * --json and exits 2 naming a bad --batch.
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   benchFaults,
@@ -28,11 +26,11 @@ import {
 import type { HmmlabError } from '../../src/errors.ts';
 import { GpuDevice } from '../../src/gpu/device.ts';
 import { renderSvg } from '../../src/plot/svg.ts';
+import { hmmlab } from '../helpers/cli.ts';
 
 const SEED = Number(process.env.HMMLAB_SEED ?? Date.now() % 1_000_000);
 console.log(`bench faults tests: seed ${SEED} (replay with HMMLAB_SEED=${SEED})`);
 
-const BIN = fileURLToPath(new URL('../../bin/hmmlab.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'hmmlab-bench-faults-'));
 
 let gpu: GpuDevice;
@@ -223,24 +221,9 @@ describe('bench faults on the real adapter', () => {
 });
 
 describe('hmmlab bench faults (child process)', () => {
-  function hmmlab(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    return new Promise((resolve) => {
-      const env = { ...process.env, HMMLAB_ADAPTER: '', HMMLAB_BACKEND: '' };
-      execFile(
-        process.execPath,
-        [BIN, ...args],
-        { env, timeout: 90_000, maxBuffer: 16 << 20 },
-        (err, stdout, stderr) => {
-          const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-          resolve({ code, stdout, stderr });
-        },
-      );
-    });
-  }
-
   it('--json prints only a JSON array of rows, and --svg writes the chart', async () => {
     const svg = join(dir, 'faults.svg');
-    const r = await hmmlab(
+    const r = await hmmlab([
       'bench',
       'faults',
       '--json',
@@ -252,7 +235,7 @@ describe('hmmlab bench faults (child process)', () => {
       '1,32',
       '--svg',
       svg,
-    );
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const rows = JSON.parse(r.stdout) as FaultBenchRow[];
     expect(Array.isArray(rows)).toBe(true);
@@ -263,7 +246,7 @@ describe('hmmlab bench faults (child process)', () => {
   });
 
   it('a bad --batch exits 2 with a message naming it, before opening a device', async () => {
-    const r = await hmmlab('bench', 'faults', '--batch', '16,0');
+    const r = await hmmlab(['bench', 'faults', '--batch', '16,0']);
     expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(/hmmlab: EINVAL: bad --batch "16,0": "0" is not a positive integer/);

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { HmmFs, type MountOptions } from '../../src/fs/hmmfs.ts';
+import { patternBytes } from '../../src/oplog/pattern.ts';
 
 export interface Lab {
   fs: HmmFs;
@@ -24,12 +25,8 @@ export async function mountLab(opts: Omit<MountOptions, 'dir'> = {}): Promise<La
   };
 }
 
-/** oplog.md's data: the byte an op with `tag` writes at file offset x is (x + 7 * tag) mod 251. */
-export function pattern(off: number, len: number, tag: number): Uint8Array {
-  const b = new Uint8Array(len);
-  for (let i = 0; i < len; i++) b[i] = (off + i + 7 * tag) % 251;
-  return b;
-}
+/** oplog.md's data (byte(x) = (x + 7 * tag) mod 251): the one implementation, checked in test/oplog/pattern.test.ts. */
+export { patternBytes as pattern };
 
 /** The backing file's bytes, read straight from disk. */
 export function diskBytes(dir: string, name: string): Uint8Array {

@@ -8,6 +8,7 @@ import { HmmlabError } from '../../src/errors.ts';
 import { availableAdapters } from '../../src/gpu/adapter.ts';
 import { createDeviceBuffer } from '../../src/gpu/copy.ts';
 import { GpuDevice } from '../../src/gpu/device.ts';
+import { rejection } from '../helpers/rejection.ts';
 
 const opened: GpuDevice[] = [];
 async function open(options: Parameters<typeof GpuDevice.open>[0] = {}): Promise<GpuDevice> {
@@ -22,16 +23,6 @@ afterEach(() => {
 /** The adapter's name as Dawn matches it: description on Vulkan ("llvmpipe: Mesa ..."), first word. */
 function nameWord(gpu: GpuDevice): string {
   return (gpu.info.description || gpu.info.device).split(/[\s:(]/)[0];
-}
-
-async function rejection(p: Promise<unknown>): Promise<HmmlabError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(HmmlabError);
-    return e as HmmlabError;
-  }
-  throw new Error('expected a rejection');
 }
 
 describe('adapter choice', () => {

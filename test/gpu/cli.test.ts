@@ -2,47 +2,19 @@
  * The hmmlab command as a user runs it (child processes on the real adapter): info and bench copy
  * print valid JSON and nothing else on stdout; user errors are one line on stderr, no stack trace.
  */
-import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
 import { COPY_PATHS } from '../../src/bench/copy.ts';
+import { hmmlab, ourStderr } from '../helpers/cli.ts';
 
-const BIN = fileURLToPath(new URL('../../bin/hmmlab.mjs', import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), 'hmmlab-cli-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-function hmmlab(...args: string[]): Promise<Run> {
-  return new Promise((resolve) => {
-    const env = { ...process.env, HMMLAB_ADAPTER: '', HMMLAB_BACKEND: '' };
-    execFile(
-      process.execPath,
-      [BIN, ...args],
-      { env, timeout: 90_000, maxBuffer: 16 << 20 },
-      (err, stdout, stderr) => {
-        const code = err ? (typeof err.code === 'number' ? err.code : 1) : 0;
-        resolve({ code, stdout, stderr });
-      },
-    );
-  });
-}
-
-/** stderr without the lines Dawn and Mesa always print (webgpu-notes.md). */
-function ourStderr(stderr: string): string[] {
-  return stderr.split('\n').filter((l) => l.trim() !== '' && !/^Warning: |XDG_RUNTIME_DIR/.test(l));
-}
-
 describe('hmmlab CLI', () => {
   it('info --json prints one JSON object naming the adapter', async () => {
-    const r = await hmmlab('info', '--json');
+    const r = await hmmlab(['info', '--json']);
     expect(r.code).toBe(0);
     const info = JSON.parse(r.stdout);
     expect(typeof info.vendor).toBe('string');
@@ -53,7 +25,7 @@ describe('hmmlab CLI', () => {
 
   it('bench copy --json prints rows for every path and size, and the chart', async () => {
     const svg = join(dir, 'copy.svg');
-    const r = await hmmlab(
+    const r = await hmmlab([
       'bench',
       'copy',
       '--json',
@@ -63,7 +35,7 @@ describe('hmmlab CLI', () => {
       '2',
       '--svg',
       svg,
-    );
+    ]);
     expect(r.code, r.stderr).toBe(0);
     const rows = JSON.parse(r.stdout) as { path: string; bytes: number; gbps: number; samples: number }[];
     for (const path of COPY_PATHS) {
@@ -80,7 +52,7 @@ describe('hmmlab CLI', () => {
   });
 
   it('--adapter nope exits non-zero with one line and no stack trace', async () => {
-    const r = await hmmlab('--adapter', 'nope', 'info');
+    const r = await hmmlab(['--adapter', 'nope', 'info']);
     expect(r.code).not.toBe(0);
     expect(r.stdout).toBe('');
     const lines = ourStderr(r.stderr);
@@ -90,14 +62,14 @@ describe('hmmlab CLI', () => {
   });
 
   it('a bad --sizes is a one-line EINVAL with exit status 2', async () => {
-    const r = await hmmlab('bench', 'copy', '--json', '--sizes', '4K,lots');
+    const r = await hmmlab(['bench', 'copy', '--json', '--sizes', '4K,lots']);
     expect(r.code).toBe(2);
     expect(r.stdout).toBe('');
     expect(ourStderr(r.stderr)).toEqual([expect.stringMatching(/^hmmlab: EINVAL: bad size "lots"/)]);
   });
 
   it('a size over maxBufferSize is ELIMIT', async () => {
-    const r = await hmmlab('bench', 'copy', '--sizes', '64G', '--paths', 'd2d-copy');
+    const r = await hmmlab(['bench', 'copy', '--sizes', '64G', '--paths', 'd2d-copy']);
     expect(r.code).toBe(1);
     expect(ourStderr(r.stderr)).toEqual([expect.stringMatching(/^hmmlab: ELIMIT: .*68719476736/)]);
   });

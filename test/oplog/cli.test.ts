@@ -3,16 +3,16 @@
  * and a one-line message naming the line for a malformed log (no stack trace), EINVAL for bad
  * options, stdin as '-'.
  */
-import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, expect, test } from 'vitest';
 import { modelOplog } from '../../src/oplog/model.ts';
 import { parseOplog } from '../../src/oplog/parse.ts';
+import { patternBytes } from '../../src/oplog/pattern.ts';
+import { hmmlab, ourStderr } from '../helpers/cli.ts';
 
-const ROOT = join(import.meta.dirname, '..', '..');
 const LOG = [
   '{"op":"write","off":0,"len":10000,"tag":1}',
   '{"op":"read","off":4000,"len":100}',
@@ -33,22 +33,12 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
 });
 
-function hmmlab(args: string[], input?: string) {
-  const r = spawnSync(process.execPath, [join(ROOT, 'bin/hmmlab.mjs'), ...args], {
-    cwd: ROOT,
-    input,
-    encoding: 'utf8',
-    timeout: 60_000,
-  });
-  return { status: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
 test('replay --json prints a line per read and the end line last, as oplog.md says', async () => {
   const path = join(dir, 'good.jsonl');
   await writeFile(path, LOG);
-  const r = hmmlab(['replay', path, '--json', '--host-pages', '8', '--stats', '--check']);
+  const r = await hmmlab(['replay', path, '--json', '--host-pages', '8', '--stats', '--check']);
   expect(r.stderr).toMatch(/^pgpgin \d+$/m); // --stats goes to stderr
-  expect(r.status).toBe(0);
+  expect(r.code).toBe(0);
   const lines = r.stdout
     .trimEnd()
     .split('\n')
@@ -69,19 +59,139 @@ test('replay --json prints a line per read and the end line last, as oplog.md sa
 test('a malformed log exits 2 with one line naming the line and the reason, no stack trace', async () => {
   const path = join(dir, 'bad.jsonl');
   await writeFile(path, `${LOG}\n{"op":"diowrite","off":512,"len":100,"tag":9}\n`);
-  const r = hmmlab(['replay', path, '--json']);
-  expect(r.status).toBe(2);
+  const r = await hmmlab(['replay', path, '--json']);
+  expect(r.code).toBe(2);
   expect(r.stdout).toBe(''); // parsed whole before anything ran
   expect(r.stderr.trim()).toBe('hmmlab: EOPLOG: line 10: diowrite: len 100 is not a multiple of 512');
   expect(r.stderr).not.toMatch(/\n\s+at /);
 });
 
-test("a bad option is EINVAL (exit 2); '-' reads the log from stdin", () => {
-  const bad = hmmlab(['replay', '-', '--page-size', '3000'], LOG);
-  expect(bad.status).toBe(2);
-  expect(bad.stderr).toMatch(/EINVAL: --page-size must be a power of two/);
-  const ok = hmmlab(['replay', '-', '--page-size', '64K'], LOG);
-  expect(ok.status).toBe(0);
+test("a bad option is EINVAL (exit 2); '-' reads the log from stdin", async () => {
+  const bad = await hmmlab(['replay', '-', '--page-size', '3000'], { input: LOG });
+  expect(bad.code).toBe(2);
+  expect(bad.stderr).toMatch(/EINVAL: bad --page-size "3000": expected a power of two/);
+  const ok = await hmmlab(['replay', '-', '--page-size', '64K'], { input: LOG });
+  expect(ok.code).toBe(0);
   expect(ok.stdout).toMatch(/^end +size 12050 +sha256 [0-9a-f]{64}$/m);
   expect(ok.stdout).toMatch(/^replayed 8 ops \(4 reads\)/m);
+});
+
+test('an empty log prints only the end line of the empty file', async () => {
+  const path = join(dir, 'empty.jsonl');
+  await writeFile(path, '');
+  const r = await hmmlab(['replay', path, '--json', '--policy', 'none']);
+  expect(r.code).toBe(0);
+  expect(r.stdout).toBe(
+    `${JSON.stringify({ op: 'end', size: 0, sha256: createHash('sha256').digest('hex') })}\n`,
+  );
+});
+
+test('a missing log is ENOENT: one line naming the file, exit 1, no stack trace', async () => {
+  const path = join(dir, 'no-such.jsonl');
+  const r = await hmmlab(['replay', path, '--json', '--policy', 'none']);
+  expect(r.code).toBe(1);
+  expect(r.stdout).toBe('');
+  expect(r.stderr).toBe(`hmmlab: ENOENT: cannot read op log '${path}': no such file or directory\n`);
+});
+
+test.each([
+  ['write', 0],
+  ['mapwrite', 0],
+  ['diowrite', 0],
+  ['write', 2 ** 40],
+])(
+  'a %s at off %i of len 2^40 is EFBIG naming the line, with what came before kept on disk',
+  async (op, off) => {
+    const sub = await mkdtemp(join(dir, 'efbig-'));
+    const path = join(sub, 'huge.jsonl');
+    const first = '{"op":"write","off":0,"len":5000,"tag":3}';
+    await writeFile(path, `${first}\n${JSON.stringify({ op, off, len: 2 ** 40, tag: 4 })}\n`);
+    const r = await hmmlab(['replay', path, '--json', '--policy', 'none', '--dir', sub]);
+    expect(r.code).toBe(1);
+    expect(r.stdout).toBe('');
+    expect(ourStderr(r.stderr)).toEqual([
+      `hmmlab: EFBIG: line 2 (${op} off=${off} len=${2 ** 40} tag=4): ${op} at offset ${off} length ${2 ** 40} ` +
+        `ends at ${off + 2 ** 40}, past the file-size limit ${2 ** 30}`,
+    ]);
+    expect(new Uint8Array(await readFile(join(sub, 'oplog.dat')))).toEqual(patternBytes(0, 5000, 3));
+  },
+);
+
+test('with device ops, --json --stats --snapshot --check print only the records on stdout', async () => {
+  const path = join(dir, 'device.jsonl');
+  const log = [
+    '{"op":"write","off":0,"len":40000,"tag":1}',
+    '{"op":"devwrite","off":4096,"len":8192,"tag":2}',
+    '{"op":"devread","off":0,"len":40000}',
+    '{"op":"dropcaches"}',
+    '{"op":"mapread","off":100,"len":9000}',
+    '{"op":"punch","off":30000,"len":100000}',
+    '{"op":"dioread","off":0,"len":1099511627776}',
+  ].join('\n');
+  await writeFile(path, log);
+  const r = await hmmlab([
+    'replay',
+    path,
+    '--json',
+    '--stats',
+    '--snapshot',
+    '--check',
+    '--device-pages',
+    '4',
+  ]);
+  expect(r.code, r.stderr).toBe(0);
+  expect(r.stderr).toMatch(/^page states of oplog\.dat before the final unmount:$/m);
+  expect(r.stderr).toMatch(/^device_faults \d+$/m);
+  expect(r.stderr).toMatch(/^fault batches: \d+/m);
+  const { ops } = parseOplog(log);
+  const { reads, file } = modelOplog(ops);
+  const sha = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+  expect(
+    r.stdout
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l)),
+  ).toEqual([
+    { i: 2, op: 'devread', len: 40000, sha256: sha(reads[2]!) },
+    { i: 4, op: 'mapread', len: 9000, sha256: sha(reads[4]!) },
+    { i: 6, op: 'dioread', len: 40000, sha256: sha(reads[6]!) },
+    { op: 'end', size: 40000, sha256: sha(file) },
+  ]);
+});
+
+test('a devwrite whose tag is 2^53-1 stores the pattern of that tag (--check)', async () => {
+  const path = join(dir, 'bigtag.jsonl');
+  const tag = Number.MAX_SAFE_INTEGER;
+  await writeFile(
+    path,
+    `{"op":"truncate","size":8192}\n{"op":"devwrite","off":4,"len":8000,"tag":${tag}}\n{"op":"devread","off":0,"len":8192}\n`,
+  );
+  const r = await hmmlab(['replay', path, '--json', '--check']);
+  expect(r.code, r.stderr).toBe(0);
+  const want = new Uint8Array(8192);
+  want.set(patternBytes(4, 8000, tag), 4);
+  const sha = createHash('sha256').update(want).digest('hex');
+  expect(JSON.parse(r.stdout.split('\n')[0])).toEqual({ i: 2, op: 'devread', len: 8192, sha256: sha });
+});
+
+test('replay of a log without device ops needs no GPU unless --policy mirror is named', async () => {
+  const path = join(dir, 'nodevice.jsonl');
+  await writeFile(path, LOG);
+  const hostOnly = await hmmlab(['--adapter', 'no-such-adapter', 'replay', path, '--json']);
+  expect(hostOnly.code).toBe(0);
+  expect(hostOnly.stdout.trimEnd().split('\n').at(-1)).toMatch(/^\{"op":"end","size":12050,/);
+  const named = await hmmlab([
+    '--adapter',
+    'no-such-adapter',
+    'replay',
+    path,
+    '--json',
+    '--policy',
+    'mirror',
+  ]);
+  expect(named.code).toBe(1);
+  expect(named.stdout).toBe('');
+  expect(ourStderr(named.stderr)).toEqual([
+    expect.stringMatching(/^hmmlab: ENODEV: no WebGPU adapter named "no-such-adapter"/),
+  ]);
 });

@@ -149,3 +149,21 @@ test('ENOSPC stops the run at its line; what was written before is on disk', asy
   const disk = await readFile(join(dir, 'oplog.dat'));
   expect(new Uint8Array(disk)).toEqual(modelOplog(ops.slice(0, 3)).file);
 });
+
+test.each(['write', 'mapwrite', 'diowrite'] as const)(
+  'a %s of 2^40 bytes is EFBIG at its line before its data is allocated; what came before is on disk',
+  async (name) => {
+    const ops: Op[] = [
+      { op: 'write', off: 0, len: 100, tag: 1 },
+      { op: name, off: 0, len: 2 ** 40, tag: 2 },
+    ];
+    const e = await replayOplog(ops, { dir, check: true }).catch((x) => x);
+    expect(e).toBeInstanceOf(HmmlabError);
+    expect(e.code).toBe('EFBIG');
+    expect(e.message).toBe(
+      `line 2 (${name} off=0 len=${2 ** 40} tag=2): ${name} at offset 0 length ${2 ** 40} ` +
+        `ends at ${2 ** 40}, past the file-size limit ${2 ** 30}`,
+    );
+    expect(new Uint8Array(await readFile(join(dir, 'oplog.dat')))).toEqual(patternBytes(0, 100, 1));
+  },
+);

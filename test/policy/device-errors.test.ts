@@ -9,6 +9,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { HmmlabError } from '../../src/errors.ts';
 import type { GpuDevice } from '../../src/gpu/device.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
+import { rejection } from '../helpers/rejection.ts';
 import { diskBytes, expectBytes, type MirrorLab, mountMirror, openGpu, pattern } from './helpers.ts';
 
 const NAME = 'err.dat';
@@ -27,16 +28,6 @@ async function setup(pageSize: number, blocks?: number) {
   opened.push(slot);
   slot.lab = await mountMirror(gpu, { pageSize, hostPages: 64, devicePages: 64, blocks });
   return slot.lab;
-}
-
-async function rejection(p: Promise<unknown>): Promise<HmmlabError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(HmmlabError);
-    return e as HmmlabError;
-  }
-  throw new Error('expected a rejection');
 }
 
 describe.each([4096, 65536])('device errors (mirror), page size %i', (P) => {

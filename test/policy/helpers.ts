@@ -14,6 +14,7 @@ import { patternBytes } from '../../src/oplog/pattern.ts';
 import { firstDifference } from '../../src/oplog/replay.ts';
 import { MirrorPolicy } from '../../src/policy/mirror.ts';
 
+export { diskBytes } from '../fs/helpers.ts';
 export { patternBytes as pattern };
 
 /** A real device with a wall-clock limit on every wait: a hang fails the test instead of stalling it. */
@@ -68,11 +69,6 @@ export async function mountMirror(gpu: GpuDevice, o: MirrorOptions): Promise<Mir
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
-}
-
-/** The backing file's bytes, read straight from disk. */
-export function diskBytes(dir: string, name: string): Uint8Array {
-  return new Uint8Array(fs.readFileSync(path.join(dir, name)));
 }
 
 /** Byte-exact comparison that names the first differing offset on failure. */
