@@ -5,8 +5,8 @@
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { DeviceMemory } from '../../src/device/index.ts';
-import { HmmlabError } from '../../src/errors.ts';
 import { GpuDevice } from '../../src/gpu/device.ts';
+import { rejection } from '../helpers/rejection.ts';
 import { HostBacking } from './backing.ts';
 
 const opened: GpuDevice[] = [];
@@ -20,16 +20,6 @@ async function setup(pageSize: number) {
   gpu.timeoutMs = 5_000; // a hang would fail the test, not stall it
   const dm = await DeviceMemory.create(gpu, { devicePages: 64, pageSize });
   return { gpu, dm, hb: new HostBacking(dm, pageSize) };
-}
-
-async function rejection(p: Promise<unknown>): Promise<HmmlabError> {
-  try {
-    await p;
-  } catch (e) {
-    expect(e).toBeInstanceOf(HmmlabError);
-    return e as HmmlabError;
-  }
-  throw new Error('expected a rejection');
 }
 
 describe.each([4096, 65536])('device loss, page size %i', (pageSize) => {
