@@ -9,6 +9,7 @@ import { registerBench } from './bench.ts';
 import { registerDemo } from './demo.ts';
 import { registerInfo } from './info.ts';
 import { registerReplay } from './replay.ts';
+import { registerStress } from './stress.ts';
 
 export function buildProgram(): Command {
   const program = new Command('hmmlab')
@@ -23,6 +24,7 @@ export function buildProgram(): Command {
   registerBench(program);
   registerDemo(program);
   registerReplay(program);
+  registerStress(program);
   return program;
 }
 

@@ -17,6 +17,10 @@ import { formatVmstat } from '../mm/vmstat.ts';
 import { parseOplog } from '../oplog/parse.ts';
 import type { ReplayRecord } from '../oplog/replay.ts';
 import { isDeviceOp } from '../oplog/schema.ts';
+import { type OpsProgress, opsProgressBar } from './stress.ts';
+
+/** Logs longer than this show a progress bar on stderr when it is a terminal. */
+export const REPLAY_PROGRESS_MIN_OPS = 2000;
 
 interface ReplayCliOptions {
   json?: boolean;
@@ -119,7 +123,15 @@ export function registerReplay(program: Command): void {
       // A log without device ops needs no GPU unless the user asked for the mirror policy by name:
       // the host-only page cache then runs it the same, also on a machine with no adapter.
       if (cmd.getOptionValueSource('policy') === 'default' && !log.ops.some(isDeviceOp)) policyName = 'none';
-      const out = (s: string) => process.stdout.write(`${s}\n`);
+      // The bar is on stderr only; a line for stdout first clears it when both share the terminal.
+      // Made just before the first op (the GPU may fail to open first); stopped before anything else
+      // writes to stderr.
+      let bar: OpsProgress | null = null;
+      const out = (s: string) => {
+        if (bar && process.stdout.isTTY) bar.clearLine();
+        process.stdout.write(`${s}\n`);
+      };
+      let done = 0;
       // Loaded here so that other commands do not load the page cache or the GPU.
       const { replayOplog } = await import('../oplog/replay.ts');
       const { checkInvariants } = await import('../policy/invariants.ts');
@@ -148,6 +160,7 @@ export function registerReplay(program: Command): void {
       }
       try {
         const { formatSnapshotTable } = await import('../policy/snapshot.ts');
+        if (log.ops.length > REPLAY_PROGRESS_MIN_OPS) bar = opsProgressBar('replay', log.ops.length);
         const result = await replayOplog(log.ops, {
           pageSize,
           hostPages,
@@ -157,9 +170,16 @@ export function registerReplay(program: Command): void {
           check: opts.check,
           lines: log.lines,
           onRecord: (r) => out(opts.json ? JSON.stringify(r) : humanLine(r)),
-          afterOp: opts.check ? (fs) => checkInvariants(fs) : undefined,
+          afterOp:
+            opts.check || bar
+              ? async (fs) => {
+                  if (opts.check) await checkInvariants(fs);
+                  bar?.tick(++done);
+                }
+              : undefined,
           beforeUnmount: opts.snapshot
             ? (fs, file) => {
+                bar?.stop();
                 const f = fs.openMappings.find((m) => m.name === file);
                 const pages = f ? Math.ceil(f.size / pageSize) : 0;
                 const rows = pages > 0 ? fs.snapshot(file, 0, pages - 1) : [];
@@ -169,6 +189,7 @@ export function registerReplay(program: Command): void {
               }
             : undefined,
         });
+        bar?.stop();
         if (!opts.json) {
           const checked = opts.check
             ? `; every read and ${result.diskChecks} disk image${result.diskChecks === 1 ? '' : 's'} match the reference model, invariants hold`
@@ -183,6 +204,7 @@ export function registerReplay(program: Command): void {
           if (device) process.stderr.write(`${formatBatchSummary(device.batchLog)}\n`);
         }
       } finally {
+        bar?.stop();
         device?.close();
       }
     });

@@ -1,0 +1,245 @@
+/**
+ * The fsx-style stress run behind `hmmlab stress`: seeded random op logs (generate.ts), each applied
+ * to a fresh file with the reference model checking every read and the disk (replay's check mode)
+ * and the invariant checker after every op, for `runs` runs with seeds seed, seed+1, ...
+ *
+ * The first failure stops the whole run: it comes back as a `StressFailure` holding the seed, the
+ * failing op's line, the reason and the log up to and including that op (a failure of the end check
+ * keeps the whole log), which `saveOplog` writes and `replayCommand` turns into the `hmmlab replay
+ * --check` command line that reproduces it. Nothing here prints: the CLI (src/cli/stress.ts) does.
+ */
+import { writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { errorMessage, isHmmlabError } from '../errors.ts';
+import type { HmmFs } from '../fs/hmmfs.ts';
+import { checkInvariants } from '../policy/invariants.ts';
+import type { CoherencePolicy } from '../policy/policy.ts';
+import { generateOplog } from './generate.ts';
+import { ReplayMismatch, replayOplog } from './replay.ts';
+import { type Op, serializeOplog } from './schema.ts';
+
+/** Seeds are what generateOplog takes whole: 0 .. 2^31-1; run r uses (seed + r) mod 2^31. */
+export const SEED_LIMIT = 0x80000000;
+
+/** The counters the summary adds up over runs: CPU and device faults, host reclaim, device eviction. */
+export const STRESS_COUNTERS = [
+  'pgfault',
+  'pgmajfault',
+  'pgsteal_direct',
+  'workingset_refault_file',
+  'workingset_device_entry',
+  'nr_written',
+  'device_faults',
+  'device_faults_unique',
+  'device_fault_batches',
+  'device_evictions',
+  'device_revocations',
+  'device_shootdowns',
+] as const;
+export type StressCounter = (typeof STRESS_COUNTERS)[number];
+
+/** The policy a run mounts with, and how to free what it holds (mirror: its DeviceMemory). */
+export interface StressPolicy {
+  policy: CoherencePolicy;
+  close(): void;
+}
+
+export interface StressOptions {
+  seed: number;
+  runs: number;
+  /** Ops a run. */
+  ops: number;
+  /** Generate devread/devwrite (they need a policy with a device). */
+  device: boolean;
+  pageSize: number;
+  hostPages: number;
+  blocks?: number;
+  /** Writes, truncates and direct I/O of the generated logs stay within this size. */
+  maxFileSize: number;
+  /** A fresh policy for each run (default: host-only); made before the run's first op. */
+  policyFor?: () => Promise<StressPolicy>;
+  /** Called after every op that passed its checks: ops done over all runs, their total, the run's seed. */
+  onProgress?: (done: number, total: number, seed: number) => void;
+}
+
+export interface StressRun {
+  seed: number;
+  ops: number;
+  reads: number;
+  diskChecks: number;
+  /** The file at the end of the run, as oplog.md's end line has it: same seed, same file. */
+  size: number;
+  sha256: string;
+  elapsedMs: number;
+}
+
+export interface StressFailure {
+  /** The seed of the failing run. */
+  seed: number;
+  /** 0-based index of the failing run. */
+  run: number;
+  /** 1-based line of the failing op in the run's log (the last op's for the end check). */
+  line: number;
+  /** The failing op (null when the end check after the final unmount failed). */
+  op: Op | null;
+  /** The error code (EIO for a difference from the model); 'BUG' for an error hmmlab did not expect. */
+  code: string;
+  reason: string;
+  /** The log up to and including the failing op: replaying it with --check fails the same way. */
+  log: Op[];
+  /** The error itself (a non-HmmlabError keeps its stack). */
+  error: unknown;
+}
+
+export interface StressResult {
+  options: Omit<StressOptions, 'policyFor' | 'onProgress'>;
+  runs: StressRun[];
+  /** Ops that passed their checks, over all runs. */
+  ops: number;
+  elapsedMs: number;
+  counters: Record<StressCounter, number>;
+  /** Every event counter of vmstat (src/mm and the policy's), added up over the runs that passed. */
+  vmstat: Record<string, number>;
+  failure: StressFailure | null;
+  /** The whole log of the last run (--save-ops without a failure saves it). */
+  lastLog: Op[];
+}
+
+/** Gauges say how things stand after a run; adding them up over runs means nothing. */
+const isGauge = (k: string): boolean =>
+  (k.startsWith('nr_') && k !== 'nr_dirtied' && k !== 'nr_written') ||
+  k === 'blocks_used' ||
+  k.startsWith('device_frames_');
+
+/** Run r's seed. */
+export const runSeed = (seed: number, run: number): number => (seed + run) % SEED_LIMIT;
+
+/** The generated log of one run: the same seed and options always give the same ops. */
+export function stressOplog(
+  o: Pick<StressOptions, 'ops' | 'device' | 'pageSize' | 'maxFileSize'>,
+  seed: number,
+): Op[] {
+  return generateOplog({
+    seed,
+    ops: o.ops,
+    device: o.device,
+    pageSize: o.pageSize,
+    maxFileSize: o.maxFileSize,
+  });
+}
+
+function failureOf(e: unknown, log: Op[], done: number, seed: number, run: number): StressFailure {
+  // Ops before `done` passed every check; the op at `done` failed (in the op, the model compare, the
+  // disk check or the invariants). A failing end check or final unmount is past the last op.
+  const atEnd = (e instanceof ReplayMismatch && e.op.op === 'end') || done >= log.length;
+  const k = atEnd ? log.length - 1 : done;
+  return {
+    seed,
+    run,
+    line: k + 1,
+    op: atEnd ? null : log[k],
+    code: isHmmlabError(e) ? e.code : 'BUG',
+    reason: isHmmlabError(e)
+      ? `${e.code}: ${e.message}`
+      : `${(e as Error)?.name ?? 'Error'}: ${errorMessage(e)}`,
+    log: log.slice(0, k + 1),
+    error: e,
+  };
+}
+
+export async function stressRuns(options: StressOptions): Promise<StressResult> {
+  const { policyFor, onProgress, ...rest } = options;
+  const t0 = performance.now();
+  const total = options.runs * options.ops;
+  const counters = Object.fromEntries(STRESS_COUNTERS.map((k) => [k, 0])) as Record<StressCounter, number>;
+  const vmstat: Record<string, number> = {};
+  const runs: StressRun[] = [];
+  let opsDone = 0;
+  let lastLog: Op[] = [];
+  let failure: StressFailure | null = null;
+  for (let r = 0; r < options.runs && !failure; r++) {
+    const seed = runSeed(options.seed, r);
+    const log = stressOplog(options, seed);
+    lastLog = log;
+    // The policy is set up outside the failure path: an adapter that cannot be opened is the
+    // user's error (exit as such), not a failing op.
+    const held = policyFor ? await policyFor() : null;
+    let done = 0;
+    try {
+      const res = await replayOplog(log, {
+        pageSize: options.pageSize,
+        hostPages: options.hostPages,
+        blocks: options.blocks,
+        policy: held?.policy,
+        check: true,
+        afterOp: async (fs: HmmFs) => {
+          await checkInvariants(fs);
+          done++;
+          opsDone++;
+          onProgress?.(opsDone, total, seed);
+        },
+      });
+      for (const k of STRESS_COUNTERS) counters[k] += res.vmstat[k] ?? 0;
+      for (const [k, v] of Object.entries(res.vmstat)) if (!isGauge(k)) vmstat[k] = (vmstat[k] ?? 0) + v;
+      runs.push({
+        seed,
+        ops: res.ops,
+        reads: res.reads.length,
+        diskChecks: res.diskChecks,
+        size: res.end.size,
+        sha256: res.end.sha256,
+        elapsedMs: res.elapsedMs,
+      });
+    } catch (e) {
+      failure = failureOf(e, log, done, seed, r);
+    } finally {
+      held?.close();
+    }
+  }
+  return {
+    options: rest,
+    runs,
+    ops: opsDone,
+    elapsedMs: performance.now() - t0,
+    counters,
+    vmstat,
+    failure,
+    lastLog,
+  };
+}
+
+/** Where a failing run's log goes when --save-ops names no file: os.tmpdir(), named with the seed. */
+export function defaultFailurePath(seed: number): string {
+  return join(tmpdir(), `hmmlab-stress-seed${seed}.jsonl`);
+}
+
+export async function saveOplog(path: string, ops: readonly Op[]): Promise<void> {
+  await writeFile(path, serializeOplog(ops));
+}
+
+/** A word for a POSIX shell: kept bare when safe, else single-quoted. */
+export function shellWord(s: string): string {
+  return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`;
+}
+
+export interface ReplaySetup {
+  policy: 'mirror' | 'none';
+  pageSize: number;
+  hostPages: number;
+  devicePages?: number;
+  batch?: number;
+  blocks?: number;
+}
+
+/** The `hmmlab replay --check` command line that replays `path` as the stress run did. */
+export function replayCommand(path: string, s: ReplaySetup): string {
+  const args = ['npx', 'hmmlab', 'replay', shellWord(path), '--check', '--policy', s.policy];
+  args.push('--page-size', String(s.pageSize), '--host-pages', String(s.hostPages));
+  if (s.policy === 'mirror') {
+    if (s.devicePages !== undefined) args.push('--device-pages', String(s.devicePages));
+    if (s.batch !== undefined) args.push('--batch', String(s.batch));
+  }
+  if (s.blocks !== undefined) args.push('--blocks', String(s.blocks));
+  return args.join(' ');
+}
