@@ -6,6 +6,7 @@
 export type Errno =
   | 'EINVAL' // bad argument: negative/non-integer offset, misaligned direct I/O, bad option
   | 'ENOSPC' // block budget exhausted (write, page_mkwrite)
+  | 'ENOMEM' // out of device memory (GPU memory exhausted while allocating frames)
   | 'EFBIG' // past the file-size limit
   | 'EBADF' // closed file
   | 'ENOENT' // no such file

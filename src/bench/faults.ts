@@ -314,6 +314,7 @@ function hostEvictionHook(dm: DeviceMemory, file: Uint8Array, pageSize: number):
     dirty.forEach((v, i) => {
       file.set(pages[i], v.index * pageSize);
     });
+    return undefined;
   });
 }
 

@@ -12,7 +12,8 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { parseCount, parsePageSize } from '../bench/units.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
-import { HmmlabError } from '../errors.ts';
+import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { FaultInjector, formatInjected, INJECT_POINTS, parseInjectSpecs } from '../inject/inject.ts';
 import { formatVmstat } from '../mm/vmstat.ts';
 import { parseOplog } from '../oplog/parse.ts';
 import type { ReplayRecord } from '../oplog/replay.ts';
@@ -34,6 +35,8 @@ interface ReplayCliOptions {
   devicePages?: string;
   batch?: string;
   snapshot?: boolean;
+  inject?: string;
+  retries?: string;
 }
 
 async function readLog(path: string): Promise<string> {
@@ -108,6 +111,13 @@ export function registerReplay(program: Command): void {
     )
     .option('--batch <n>', 'device faults serviced per batch (NVIDIA UVM: 256)', '256')
     .option('--snapshot', 'print the page-state table of the whole file to stderr before the final unmount')
+    .option(
+      '--inject <specs>',
+      `fail the K-th attempt at a point, POINT@K[,POINT@K...]; points: ${INJECT_POINTS.join(', ')}. ` +
+        'Each fault prints a line on stderr; an op it fails is reported and run again once, so --json ' +
+        'prints what the run without --inject prints; device-lost ends the run (exit 1)',
+    )
+    .option('--retries <n>', 'with --inject: times an op that an injected fault failed is run again', '1')
     .action(async (logPath: string, opts: ReplayCliOptions, cmd: Command) => {
       const pageSize = parsePageSize(opts.pageSize, 4096);
       const hostPages = parseCount('--host-pages', opts.hostPages, 1024);
@@ -118,6 +128,8 @@ export function registerReplay(program: Command): void {
       }
       const devicePages = parseCount('--device-pages', opts.devicePages, 1024);
       const batchSize = parseCount('--batch', opts.batch, 256);
+      const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
+      const retries = parseCount('--retries', opts.retries, 1, 0);
       // The whole log is parsed (and its EOF rules checked) before anything touches the disk.
       const log = parseOplog(await readLog(logPath));
       // A log without device ops needs no GPU unless the user asked for the mirror policy by name:
@@ -161,7 +173,21 @@ export function registerReplay(program: Command): void {
       try {
         const { formatSnapshotTable } = await import('../policy/snapshot.ts');
         if (log.ops.length > REPLAY_PROGRESS_MIN_OPS) bar = opsProgressBar('replay', log.ops.length);
+        const err = (s: string) => {
+          if (bar) bar.clearLine();
+          process.stderr.write(`${s}\n`);
+        };
+        const inject = specs.length
+          ? new FaultInjector({ specs, onFire: (f) => err(formatInjected(f)) })
+          : undefined;
         const result = await replayOplog(log.ops, {
+          inject,
+          retries,
+          onRetry: (line, _op, e) =>
+            err(
+              `hmmlab: ${isHmmlabError(e) ? `${e.code}: ${e.message}` : String(e)}` +
+                `${line ? '' : ' (final unmount)'}; running it again`,
+            ),
           pageSize,
           hostPages,
           blocks,

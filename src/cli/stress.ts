@@ -16,6 +16,7 @@ import type { Command } from 'commander';
 import { formatBytes, parseCount, parsePageSize } from '../bench/units.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { formatFired } from '../inject/inject.ts';
 import { formatVmstat } from '../mm/vmstat.ts';
 import { formatOp } from '../oplog/schema.ts';
 import type { StressFailure, StressPolicy, StressResult } from '../oplog/stress.ts';
@@ -35,6 +36,7 @@ interface StressCliOptions {
   saveOps?: string;
   json?: boolean;
   stats?: boolean;
+  injectRate?: string;
 }
 
 /** What a run is, parsed and checked whole before the GPU opens or anything runs. */
@@ -53,6 +55,8 @@ export interface StressArgs {
   saveOps?: string;
   json: boolean;
   stats: boolean;
+  /** Probability that each attempt at a transient fault-injection point fails (0: none). */
+  injectRate: number;
 }
 
 /** The host-page and device-frame budgets are small by default: reclaim and eviction run all the time. */
@@ -100,7 +104,17 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
     saveOps: o.saveOps,
     json: o.json === true,
     stats: o.stats === true,
+    injectRate: parseRate(o.injectRate),
   };
+}
+
+function parseRate(text: string | undefined): number {
+  if (text === undefined) return 0;
+  const p = Number(text);
+  if (text.trim() === '' || !Number.isFinite(p) || p < 0 || p > 1) {
+    throw new HmmlabError('EINVAL', `bad --inject-rate "${text}": expected a probability from 0 to 1`);
+  }
+  return p;
 }
 
 /** An ops progress bar on stderr, or null when stderr is not a terminal (CI logs stay small). */
@@ -146,9 +160,10 @@ function setupText(a: StressArgs): string {
       ? `policy mirror ${a.device ? 'with' : 'without'} device ops, ${a.devicePages} device pages, batch ${a.batch}`
       : 'policy none (host only)';
   const blocks = a.blocks === undefined ? '' : `, ${a.blocks} blocks`;
+  const inject = a.injectRate > 0 ? `, injecting faults at rate ${a.injectRate}` : '';
   return (
     `${a.runs} run${a.runs === 1 ? '' : 's'} of ${a.ops} ops, ${device}, page size ${formatBytes(a.pageSize)}, ` +
-    `${a.hostPages} host pages${blocks}, max file size ${formatBytes(a.maxFileSize)}`
+    `${a.hostPages} host pages${blocks}, max file size ${formatBytes(a.maxFileSize)}${inject}`
   );
 }
 
@@ -167,7 +182,10 @@ function summaryText(a: StressArgs, r: StressResult): string {
     `${rate(r.ops, r.elapsedMs)} ops/s (${(r.elapsedMs / 1000).toFixed(1)} s); every read and ${disk} disk images ` +
     'match the reference model, invariants held after every op\n' +
     `host reclaim ${c.pgsteal_direct} pages, refaults ${c.workingset_refault_file}, device entries ${c.workingset_device_entry}; ` +
-    `cpu faults ${c.pgfault} (major ${c.pgmajfault})${device}`
+    `cpu faults ${c.pgfault} (major ${c.pgmajfault})${device}` +
+    (a.injectRate > 0
+      ? `\ninjected faults: ${formatFired(r.injected)}; ${r.retriedOps} failed attempts run again`
+      : '')
   );
 }
 
@@ -201,6 +219,9 @@ function summaryJson(a: StressArgs, r: StressResult, saved?: string, command?: s
     blocks: a.blocks ?? null,
     maxFileSize: a.maxFileSize,
     counters: r.counters,
+    injectRate: a.injectRate,
+    injected: r.injected,
+    retriedOps: r.retriedOps,
     results: r.runs.map(({ elapsedMs, ...x }) => ({ ...x, elapsedMs: Math.round(elapsedMs) })),
     saved: saved ?? null,
     failure: f
@@ -245,10 +266,18 @@ export function registerStress(program: Command): void {
     )
     .option('--json', 'print one JSON summary object on stdout and nothing else there')
     .option('--stats', 'print the vmstat counters added up over the runs to stderr at the end')
+    .option(
+      '--inject-rate <p>',
+      'fail every attempt at a transient fault-injection point with probability p (seeded); each op ' +
+        'a fault failed is run again, the checks are those of a run without faults; the summary ' +
+        'counts the faults that fired, by point',
+    )
     .action(async (opts: StressCliOptions, cmd: Command) => {
       const a = parseStressArgs(opts, cmd.getOptionValueSource('device') === 'cli');
       // Loaded here so that other commands do not load the page cache or the GPU.
-      const { defaultFailurePath, replayCommand, saveOplog, stressRuns } = await import('../oplog/stress.ts');
+      const { defaultFailurePath, RATE_RETRIES, replayCommand, saveOplog, stressRuns } = await import(
+        '../oplog/stress.ts'
+      );
       // The seed first, before anything can fail: whatever happens, the run can be repeated.
       const header = `stress: seed ${a.seed} (--seed ${a.seed} repeats it); ${setupText(a)}`;
       if (a.json) process.stderr.write(`${header}\n`);
@@ -293,6 +322,7 @@ export function registerStress(program: Command): void {
           blocks: a.blocks,
           maxFileSize: a.maxFileSize,
           policyFor,
+          injectRate: a.injectRate,
           onProgress: bar ? (done, _total, seed) => bar.tick(done, seed) : undefined,
         });
       } finally {
@@ -313,6 +343,8 @@ export function registerStress(program: Command): void {
           devicePages: a.devicePages,
           batch: a.batch,
           blocks: a.blocks,
+          inject: f.inject,
+          retries: RATE_RETRIES,
         });
         process.stderr.write(`${failureText(f, a.runs, saved, command)}\n`);
         if (!isHmmlabError(f.error) && f.error instanceof Error && f.error.stack) {

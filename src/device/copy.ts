@@ -8,6 +8,7 @@
  */
 import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
+import { injectedError } from '../inject/inject.ts';
 import type { FramePool } from './frames.ts';
 
 export interface FrameWrite {
@@ -92,6 +93,8 @@ export async function copyFromFrames(
   gpu: GpuDevice,
   pool: FramePool,
   frames: number[],
+  /** Fault injection: the map of the readback times out (the copy itself is submitted). */
+  injectTimeout = false,
 ): Promise<{ pages: Uint8Array[]; bytes: number; runs: number }> {
   if (frames.length === 0) return { pages: [], bytes: 0, runs: 0 };
   for (const f of frames) pool.checkFrame(f);
@@ -115,6 +118,15 @@ export async function copyFromFrames(
       );
     }
     gpu.device.queue.submit([enc.finish()]);
+    if (injectTimeout) {
+      throw injectedError(
+        'copy-from-device',
+        new HmmlabError(
+          'ETIMEDOUT',
+          `mapAsync frames-readback: no answer from the GPU in ${gpu.timeoutMs} ms`,
+        ),
+      );
+    }
     await gpu.map(staging, GPUMapMode.READ);
     const all = new Uint8Array(staging.getMappedRange());
     const at = new Map(sorted.map((f, i) => [f, i]));

@@ -87,6 +87,7 @@ export {
   type DevicePageState,
   type EvictedFrame,
   type EvictionHook,
+  type EvictionOutcome,
   type MapEntry,
   type PteChange,
 } from './memory.ts';

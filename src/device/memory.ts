@@ -10,6 +10,7 @@
  */
 import { type Errno, errorMessage, HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
+import { type FaultInjector, injectedError, NO_INJECT } from '../inject/inject.ts';
 import { copyFromFrames, copyToFrames, type FrameWrite } from './copy.ts';
 import { formatPages } from './fault.ts';
 import { FramePool } from './frames.ts';
@@ -52,15 +53,32 @@ export interface EvictedFrame {
 }
 
 /**
- * The owner's (policy's) eviction hook: copy each dirty frame back (to its host page, or to disk
- * where the host page is gone) before the frames are reused; clean frames are just dropped.
+ * What the owner did with the victims: those it could not take now (`kept`: their page is locked,
+ * or the copy back or the write to disk failed) go back on the device as they were, PTE and DIRTY
+ * bit included; `error` is thrown after that (an eviction that failed loses nothing).
  */
-export type EvictionHook = (victims: EvictedFrame[], memory: DeviceMemory) => Promise<void>;
+export interface EvictionOutcome {
+  kept: EvictedFrame[];
+  error?: unknown;
+}
+
+/**
+ * The owner's (policy's) eviction hook: copy each dirty frame back (to its host page, or to disk
+ * where the host page is gone) before the frames are reused; clean frames are just dropped. It must
+ * not throw: a victim it cannot take is `kept`, with the error.
+ */
+export type EvictionHook = (
+  victims: EvictedFrame[],
+  memory: DeviceMemory,
+) => Promise<EvictionOutcome | undefined>;
 
 export interface PteChange {
   index: number;
   frame: number;
+  /** The device wrote it since it was last cleaned (the DIRTY bit before the change). */
   dirty: boolean;
+  /** The permission before the change (what restore() puts back). */
+  perm: 'ro' | 'rw';
 }
 
 export interface MapEntry {
@@ -93,7 +111,11 @@ export class DeviceMemory {
   private readonly running = new Map<number, Promise<void>>();
   /** Kernel runs queued or in flight, per space. */
   private readonly kernelsOn = new Map<number, number>();
-  private evictionHook: EvictionHook | null = null;
+  /** The owners' eviction hooks, by device address space; `defaultHook` for spaces without one. */
+  private readonly evictionHooks = new Map<number, EvictionHook>();
+  private defaultHook: EvictionHook | null = null;
+  /** Fault injection (frame-alloc, copy-to-device, copy-from-device, kernel-launch, device-lost, ...). */
+  inject: FaultInjector = NO_INJECT;
   private lostReason: string | undefined;
   private readonly unsubscribeLost: () => void;
 
@@ -154,20 +176,32 @@ export class DeviceMemory {
       throw new HmmlabError('EINVAL', `forget device address space ${id}: a kernel is running on it`);
     }
     const owned = this.pool.ownedFrames().filter((f) => this.pool.owner(f)!.space === id);
-    if (t.entries.size > 0 || owned.length > 0) {
-      const pages = [...t.entries.keys(), ...owned.map((f) => this.pool.owner(f)!.index)];
+    if (t.entries.size > 0 || t.pending.size > 0 || owned.length > 0) {
+      const pages = [
+        ...t.entries.keys(),
+        ...t.pending.keys(),
+        ...owned.map((f) => this.pool.owner(f)!.index),
+      ];
       throw new HmmlabError(
         'EINVAL',
         `forget device address space ${id}: pages ${formatPages(pages)} still hold device frames`,
       );
     }
     this.spaces.delete(id);
+    this.evictionHooks.delete(id);
     if (!this.gpu.lost) t.destroy();
     return true;
   }
 
-  setEvictionHook(fn: EvictionHook | null): void {
-    this.evictionHook = fn;
+  /**
+   * The eviction hook of the owner of device address space `space` (a policy registers one for each
+   * space it creates, so that two mounts on one device each take back their own frames), or, with
+   * no space, the hook for spaces that have none.
+   */
+  setEvictionHook(fn: EvictionHook | null, space?: number): void {
+    if (space === undefined) this.defaultHook = fn;
+    else if (fn) this.evictionHooks.set(space, fn);
+    else this.evictionHooks.delete(space);
   }
 
   // ---- frames ----
@@ -180,11 +214,22 @@ export class DeviceMemory {
   allocFrames(space: DevicePageTable, indices: number[]): Promise<(number | null)[]> {
     return this.guard('allocate device frames', async () => {
       this.own(space, 'allocate device frames');
+      if (this.inject.should_fail('frame-alloc')) {
+        throw injectedError(
+          'frame-alloc',
+          new HmmlabError('ENOMEM', `allocate ${indices.length} device frames: out of GPU memory`),
+        );
+      }
       const owners = indices.map((index) => ({ space: space.id, index }));
       const got = this.pool.takeFree(owners);
       if (got.length < owners.length) {
         const victims = this.pool.victims(owners.length - got.length);
-        if (victims.length) await this.evictFrames(victims);
+        try {
+          if (victims.length) await this.evictFrames(victims);
+        } catch (e) {
+          for (const f of got) this.pool.release(f); // an allocation that fails takes nothing
+          throw e;
+        }
         got.push(...this.pool.takeFree(owners.slice(got.length)));
       }
       return indices.map((_, i) => got[i] ?? null);
@@ -195,7 +240,8 @@ export class DeviceMemory {
   freeFrames(frames: number[]): void {
     for (const f of frames) {
       const owner = this.pool.owner(f);
-      const entry = owner ? this.spaces.get(owner.space)?.entries.get(owner.index) : undefined;
+      const t = owner ? this.spaces.get(owner.space) : undefined;
+      const entry = t?.entries.get(owner!.index) ?? t?.pending.get(owner!.index);
       if (entry && entry.frame === f) {
         throw new HmmlabError(
           'EINVAL',
@@ -206,32 +252,57 @@ export class DeviceMemory {
     }
   }
 
-  /** Device eviction: revoke the frames' PTEs (shootdown), let the owner copy dirty ones back, free them. */
+  /**
+   * Device eviction: revoke the frames' PTEs (shootdown), let each owner copy dirty ones back, free
+   * them. A victim its owner kept (or every victim of an owner that failed) is put back as it was:
+   * frame owned, PTE and DIRTY bit restored, on the LRU. Returns the frames freed; throws the owner's
+   * error after the put-back.
+   */
   async evictFrames(frames: number[]): Promise<EvictedFrame[]> {
-    if (!this.evictionHook) {
-      throw new HmmlabError(
-        'ENOSPC',
-        `device memory is full (${this.pool.devicePages} frames) and no eviction hook is set to make room`,
-      );
-    }
     const bySpace = new Map<number, number[]>();
     for (const f of frames) {
       const o = this.pool.owner(f);
       if (!o) continue;
+      if (!this.evictionHooks.has(o.space) && !this.defaultHook) {
+        throw new HmmlabError(
+          'ENOSPC',
+          `device memory is full (${this.pool.devicePages} frames) and no eviction hook is set to make room`,
+        );
+      }
       const list = bySpace.get(o.space);
       if (list) list.push(o.index);
       else bySpace.set(o.space, [o.index]);
-      this.pool.unlist(f);
     }
     const evicted: EvictedFrame[] = [];
+    let error: unknown;
     for (const [id, indices] of bySpace) {
-      const changes = await this.revoke(this.space(id), indices);
-      for (const c of changes) evicted.push({ space: id, index: c.index, frame: c.frame, dirty: c.dirty });
+      const space = this.space(id);
+      const changes = await this.revoke(space, indices);
+      const victims = changes.map((c) => ({ space: id, index: c.index, frame: c.frame, dirty: c.dirty }));
+      const hook = (this.evictionHooks.get(id) ?? this.defaultHook)!;
+      let outcome: EvictionOutcome | undefined;
+      try {
+        outcome = await hook(victims, this);
+      } catch (e) {
+        outcome = { kept: victims, error: e };
+      }
+      const kept = new Set((outcome?.kept ?? []).map((v) => v.frame));
+      if (kept.size)
+        await this.restore(
+          space,
+          changes.filter((c) => kept.has(c.frame)),
+        );
+      for (const v of victims) {
+        if (kept.has(v.frame)) continue;
+        this.pool.release(v.frame);
+        evicted.push(v);
+      }
+      if (outcome?.error !== undefined && error === undefined) error = outcome.error;
+      if (error !== undefined) break;
     }
-    await this.evictionHook(evicted, this);
-    for (const v of evicted) this.pool.release(v.frame);
     this.counters.evictions += evicted.length;
     this.counters.evictionsDirty += evicted.filter((v) => v.dirty).length;
+    if (error !== undefined) throw error;
     return evicted;
   }
 
@@ -267,6 +338,7 @@ export class DeviceMemory {
         // A page moved to another frame: its old frame is no one's now.
         if (old && old.frame !== e.frame) this.pool.release(old.frame);
         space.entries.set(e.index, { frame: e.frame, perm: e.perm });
+        space.pending.delete(e.index);
         this.pool.list(e.frame);
       }
     });
@@ -287,7 +359,8 @@ export class DeviceMemory {
       checkIndices('write-protect device pages', indices);
       const hit = indices.filter((i) => space.entries.get(i)?.perm === 'rw');
       const clear = opts.cleanDirty ? (PTE_WRITE | PTE_DIRTY) >>> 0 : PTE_WRITE;
-      space.invalidate(hit);
+      // mm/hmm.c invalidates the whole range: a page in fault service, not installed yet, is hit too.
+      space.invalidate(indices);
       const olds = await this.pteOps(
         space,
         hit.map((index) => ({ index, clear, set: 0 })),
@@ -295,11 +368,15 @@ export class DeviceMemory {
         true,
       );
       this.counters.writeProtects += hit.length;
+      for (const i of indices) {
+        const p = space.pending.get(i);
+        if (p) p.perm = 'ro'; // granted, not installed: it will be installed read-only
+      }
       return hit.map((index, i) => {
         const e = space.entries.get(index)!;
         e.perm = 'ro';
         if (opts.cleanDirty) space.dirty.delete(index);
-        return { index, frame: e.frame, dirty: pteDirty(olds![i]) };
+        return { index, frame: e.frame, dirty: pteDirty(olds![i]), perm: 'rw' as const };
       });
     });
   }
@@ -313,7 +390,7 @@ export class DeviceMemory {
       this.own(space, 'revoke device pages');
       checkIndices('revoke device pages', indices);
       const hit = indices.filter((i) => space.entries.has(i));
-      space.invalidate(hit);
+      space.invalidate(indices);
       const olds = await this.pteOps(
         space,
         hit.map((index) => ({ index, clear: PTE_ALL, set: 0 })),
@@ -321,13 +398,47 @@ export class DeviceMemory {
         true,
       );
       this.counters.revocations += hit.length;
+      for (const i of indices) space.pending.delete(i); // a grant not installed yet is taken back too
       return hit.map((index, i) => {
         const e = space.entries.get(index)!;
         space.entries.delete(index);
         space.dirty.delete(index);
         this.pool.unlist(e.frame);
-        return { index, frame: e.frame, dirty: pteDirty(olds![i]) };
+        return { index, frame: e.frame, dirty: pteDirty(olds![i]), perm: e.perm as 'ro' | 'rw' };
       });
+    });
+  }
+
+  /**
+   * Put back what a protect() or revoke() took away, when the work it was for failed (a copy back
+   * that did not land): the PTE with its permission and its DIRTY bit, the frame on the LRU. It
+   * only gives permission back, so it needs no shootdown.
+   */
+  restore(space: DevicePageTable, changes: PteChange[]): Promise<void> {
+    return this.guard('restore device pages', async () => {
+      this.own(space, 'restore device pages');
+      if (changes.length === 0) return;
+      for (const c of changes) {
+        const owner = this.pool.owner(c.frame);
+        if (!owner || owner.space !== space.id || owner.index !== c.index) {
+          throw new HmmlabError('EINVAL', `restore page ${c.index}: frame ${c.frame} is no longer its own`);
+        }
+      }
+      await this.pteOps(
+        space,
+        changes.map((c) => ({
+          index: c.index,
+          clear: PTE_ALL,
+          set: (pteEncode(c.frame, c.perm) | (c.dirty ? PTE_DIRTY : 0)) >>> 0,
+        })),
+        false,
+        false,
+      );
+      for (const c of changes) {
+        space.entries.set(c.index, { frame: c.frame, perm: c.perm });
+        if (c.dirty) space.dirty.add(c.index);
+        this.pool.list(c.frame);
+      }
     });
   }
 
@@ -388,6 +499,15 @@ export class DeviceMemory {
   /** Host pages -> frames, batched in runs (copy.ts). Ordered on the queue before later launches. */
   copyToFrames(items: FrameWrite[]): void {
     this.checkLost('copy to device frames');
+    if (items.length && this.inject.should_fail('copy-to-device')) {
+      throw injectedError(
+        'copy-to-device',
+        new HmmlabError(
+          'EGPU',
+          `copy of ${items.length} pages to device frames: GPU error (queue write failed)`,
+        ),
+      );
+    }
     const t0 = performance.now();
     const { bytes } = copyToFrames(this.gpu, this.pool, items);
     this.counters.bytesHostToDevice += bytes;
@@ -399,7 +519,8 @@ export class DeviceMemory {
   copyFromFrames(frames: number[]): Promise<Uint8Array[]> {
     return this.guard('copy from device frames', async () => {
       const t0 = performance.now();
-      const { pages, bytes } = await copyFromFrames(this.gpu, this.pool, frames);
+      const fail = frames.length > 0 && this.inject.should_fail('copy-from-device');
+      const { pages, bytes } = await copyFromFrames(this.gpu, this.pool, frames, fail);
       this.counters.bytesDeviceToHost += bytes;
       this.counters.copiesFromDevice += frames.length;
       this.counters.copyMs += performance.now() - t0;

@@ -40,6 +40,11 @@ export class DevicePageTable {
   readonly entries = new Map<number, InstalledPte>();
   /** Pages whose DIRTY bit was set at the last readback (every launch reads its range back). */
   readonly dirty = new Set<number>();
+  /**
+   * Granted by fault service but not installed: an invalidation raced with the install
+   * (mmu_interval_read_retry). The frame stays the page's; the replay's fault installs it.
+   */
+  readonly pending = new Map<number, InstalledPte>();
   private seq = 0;
   private readonly invalidatedAt = new Map<number, number>();
 

@@ -7,6 +7,7 @@
  * threads' work lands.
  */
 import { type Errno, HmmlabError } from '../errors.ts';
+import { injectedError } from '../inject/inject.ts';
 import {
   coalesceFaults,
   type DeviceFault,
@@ -29,10 +30,19 @@ import { type DeviceCounters, diffCounters, type FaultBatchRecord } from './stat
 export interface FaultServiceContext {
   readonly memory: DeviceMemory;
   readonly space: DevicePageTable;
-  /** The page's installed frame and permission (a permission upgrade reuses the frame). */
+  /**
+   * The page's frame and permission: as installed, or as granted by an earlier service whose install
+   * lost a race (pending: the replay installs it). A permission upgrade reuses the frame.
+   */
   lookup(index: number): InstalledPte | undefined;
   /** Frames for these pages (allocFrames); null where none could be had. Unused ones are freed after. */
   allocFrames(indices: number[]): Promise<(number | null)[]>;
+  /**
+   * Service failed part way (a read of the disk, a copy): the faults answered ok are still
+   * installed, then the kernel run fails with `error`. The servicer must have left every fault it
+   * did not answer ok as it found it (UVM cancels the batch; the next run faults again).
+   */
+  fail(error: unknown): void;
 }
 
 /** The servicer's answer for one fault. */
@@ -188,6 +198,16 @@ export async function runKernel(
     finished = true;
     return result;
   } finally {
+    // A run that failed before its replay re-faulted a raced page: install the grant now, so
+    // no page is left granted but unmapped (the owner's records say it is mapped).
+    if (space.pending.size && !dm.gpu.lost) {
+      const entries = [...space.pending].map(([index, e]) => ({
+        index,
+        frame: e.frame,
+        perm: e.perm as 'ro' | 'rw',
+      }));
+      await dm.map(space, entries).catch(() => {});
+    }
     // A refusal holds for this run only: the next run asks the servicer again.
     if (failedPages.size && !dm.gpu.lost) {
       const clear = dm.markFailed(space, [...failedPages.values()], false);
@@ -265,6 +285,14 @@ async function launch(
     GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   );
   try {
+    if (dm.inject.should_fail('kernel-launch')) {
+      throw injectedError(
+        'kernel-launch',
+        new HmmlabError('EGPU', `launch ${plan.kind}: the GPU refused the dispatch`),
+      );
+    }
+    // The device is destroyed at this launch (permanent): what follows meets a lost device.
+    if (dm.inject.should_fail('device-lost')) g.destroy();
     await g.scoped(`launch ${plan.kind}`, () => {
       const enc = d.createCommandEncoder({ label: `launch ${plan.kind}` });
       enc.clearBuffer(space.faults, 0, 16);
@@ -351,23 +379,32 @@ async function serviceBatch(
     }
   }
   const allocated = new Set<number>();
+  let failed = 0;
+  let retried = 0;
+  let deferred: { error: unknown } | undefined;
   const ctx: FaultServiceContext = {
     memory: dm,
     space,
-    lookup: (index) => space.entries.get(index),
+    lookup: (index) => space.entries.get(index) ?? space.pending.get(index),
     allocFrames: async (indices) => {
       const frames = await dm.allocFrames(space, indices);
       for (const f of frames) if (f !== null) allocated.add(f);
       return frames;
     },
+    fail: (error) => {
+      deferred ??= { error };
+    },
   };
-  let failed = 0;
-  let retried = 0;
   try {
     const seq = space.readBegin();
     const results = await servicer(batch, ctx);
     if (results.length !== batch.length) {
       throw new HmmlabError('EINVAL', `fault servicer answered ${results.length} of ${batch.length} faults`);
+    }
+    if (dm.inject.should_fail('race-invalidate')) {
+      // As a CPU write to a page of the batch would, between the start of service and the install.
+      const k = results.findIndex((r) => r.ok);
+      space.invalidate([batch[Math.max(0, k)].index]);
     }
     const raced = space.readRetry(
       seq,
@@ -379,7 +416,14 @@ async function serviceBatch(
       const r = results[i];
       if (r.ok && !raced.has(f.index)) {
         installs.push({ index: f.index, frame: r.frame, perm: r.perm });
-      } else if (r.ok || 'retry' in r) {
+      } else if (r.ok) {
+        // mmu_interval_read_retry said no: not installed now; the grant stands (the servicer's
+        // records name the frame) and the replay faults the page again and installs it.
+        space.pending.set(f.index, { frame: r.frame, perm: r.perm });
+        allocated.delete(r.frame);
+        retried++;
+        c.mmuIntervalRetries++;
+      } else if ('retry' in r) {
         retried++;
       } else {
         failed++;
@@ -398,13 +442,17 @@ async function serviceBatch(
       }
     });
     await dm.map(space, installs);
+    for (const e of installs) {
+      allocated.delete(e.frame);
+      space.pending.delete(e.index);
+    }
     if (fails.length) await dm.markFailed(space, fails, true);
-    for (const e of installs) allocated.delete(e.frame);
   } finally {
     for (const f of pinned) dm.pool.unpin(f);
-    // Frames taken for faults that were refused or raced go back (their PTEs were never installed).
+    // Frames taken for faults that were refused, left for later or never answered go back.
     if (allocated.size) dm.freeFrames([...allocated]);
   }
+  if (deferred) throw deferred.error;
   c.faultsFailed += failed;
   c.faultsRetried += retried;
   c.batches++;

@@ -16,6 +16,8 @@ export interface DeviceCounters {
   faultsFailed: number;
   /** Faults left for the next replay: an invalidation raced with their service, or no frame was free. */
   faultsRetried: number;
+  /** Of those, grants whose install lost the race with an invalidation (mmu_interval_read_retry). */
+  mmuIntervalRetries: number;
   batches: number;
   /** Kernel dispatches, first launches included. */
   launches: number;
@@ -67,6 +69,7 @@ export function zeroCounters(): DeviceCounters {
     faultsWrite: 0,
     faultsFailed: 0,
     faultsRetried: 0,
+    mmuIntervalRetries: 0,
     batches: 0,
     launches: 0,
     replays: 0,

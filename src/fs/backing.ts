@@ -6,6 +6,7 @@
  */
 import fs from 'node:fs';
 import { HmmlabError } from '../errors.ts';
+import { type FaultInjector, injectedError, NO_INJECT } from '../inject/inject.ts';
 import type { AddressSpaceOps } from '../mm/types.ts';
 
 /** The mount's block budget, shared by its files. limit: Infinity when no budget was given. */
@@ -26,6 +27,8 @@ export class BackingFile implements AddressSpaceOps {
     readonly pageSize: number,
     private readonly budget: BlockBudget,
     create: boolean,
+    /** Fault injection (pread, pwrite, pwrite-short, fdatasync, page_mkwrite). */
+    private readonly inject: FaultInjector = NO_INJECT,
   ) {
     this.fd = fs.openSync(
       path,
@@ -62,19 +65,38 @@ export class BackingFile implements AddressSpaceOps {
     return done;
   }
 
-  private pwriteFull(buf: Uint8Array, pos: number): void {
+  /** A read of the backing file for the page cache: an injected `pread` fails it with EIO. */
+  private pread(buf: Uint8Array, pos: number, what: string): number {
+    if (this.inject.should_fail('pread')) {
+      throw injectedError('pread', new HmmlabError('EIO', `${what} of ${this.path}: pread: I/O error`));
+    }
+    return this.preadFull(buf, pos);
+  }
+
+  /**
+   * A write to the backing file, completed however short each pwrite(2) returns: an injected
+   * `pwrite-short` makes the first one write only part (the loop writes the rest), an injected
+   * `pwrite` fails it with EIO before a byte is written.
+   */
+  private pwriteFull(buf: Uint8Array, pos: number, what: string): void {
+    if (this.inject.should_fail('pwrite')) {
+      throw injectedError('pwrite', new HmmlabError('EIO', `${what} of ${this.path}: pwrite: I/O error`));
+    }
     let done = 0;
+    if (buf.length > 1 && this.inject.should_fail('pwrite-short')) {
+      done += fs.writeSync(this.fd, buf, 0, Math.floor(buf.length / 2), pos);
+    }
     while (done < buf.length) done += fs.writeSync(this.fd, buf, done, buf.length - done, pos + done);
   }
 
   async readpage(index: number, buf: Uint8Array): Promise<number> {
-    const n = this.preadFull(buf, index * this.pageSize);
+    const n = this.pread(buf, index * this.pageSize, `readpage of page ${index}`);
     buf.fill(0, n);
     return n;
   }
 
   async writepage(index: number, buf: Uint8Array, len: number): Promise<void> {
-    this.pwriteFull(buf.subarray(0, len), index * this.pageSize);
+    this.pwriteFull(buf.subarray(0, len), index * this.pageSize, `writepage of page ${index}`);
   }
 
   private enospc(what: string, need: number): HmmlabError {
@@ -85,6 +107,12 @@ export class BackingFile implements AddressSpaceOps {
   }
 
   async page_mkwrite(index: number): Promise<void> {
+    if (this.inject.should_fail('page_mkwrite')) {
+      throw injectedError(
+        'page_mkwrite',
+        new HmmlabError('ENOSPC', `page_mkwrite of page ${index}: the filesystem refused it (no space)`),
+      );
+    }
     if (this.blocks.has(index)) return;
     if (this.budget.used >= this.budget.limit) throw this.enospc(`page_mkwrite of page ${index}`, 1);
     this.blocks.add(index);
@@ -117,19 +145,26 @@ export class BackingFile implements AddressSpaceOps {
     const end = Math.min(off + len, this.size);
     const zeros = new Uint8Array(Math.min(ZERO_CHUNK, Math.max(0, end - off)));
     for (let pos = off; pos < end; pos += zeros.length) {
-      this.pwriteFull(zeros.subarray(0, Math.min(zeros.length, end - pos)), pos);
+      this.pwriteFull(zeros.subarray(0, Math.min(zeros.length, end - pos)), pos, 'punch hole');
     }
   }
 
   async read_direct(off: number, buf: Uint8Array): Promise<number> {
-    return this.preadFull(buf, off);
+    return this.pread(buf, off, `direct read at offset ${off}`);
   }
 
   async write_direct(off: number, buf: Uint8Array): Promise<void> {
-    this.pwriteFull(buf, off);
+    this.pwriteFull(buf, off, `direct write at offset ${off}`);
   }
 
+  /**
+   * fdatasync(2). A failure is reported to this call only (as errseq does); the data the page cache
+   * wrote stays in the backing file, so the next fsync syncs it again: nothing is marked lost.
+   */
   async fsync(): Promise<void> {
+    if (this.inject.should_fail('fdatasync')) {
+      throw injectedError('fdatasync', new HmmlabError('EIO', `fdatasync of ${this.path}: I/O error`));
+    }
     fs.fdatasyncSync(this.fd);
   }
 

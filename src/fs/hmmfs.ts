@@ -12,6 +12,7 @@ import { formatPages } from '../device/fault.ts';
 import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../device/frames.ts';
 import type { KernelKind, KernelParams } from '../device/kernels.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { type FaultInjector, NO_INJECT } from '../inject/inject.ts';
 import { checkBytes, checkDirectAlign, checkFileLimit, checkOffset } from '../mm/args.ts';
 import { dio_read, dio_write } from '../mm/direct.ts';
 import { filemap_read, generic_perform_write } from '../mm/filemap.ts';
@@ -48,6 +49,8 @@ export interface MountOptions {
   maxFileSize?: number;
   /** Coherence policy (default hostOnlyPolicy). */
   policy?: CoherencePolicy;
+  /** Fault injection for the backing files and the policy's device (default: none). */
+  inject?: FaultInjector;
 }
 
 /** A snapshot row: the page cache's columns and the device's (DESIGN.md's state letters). */
@@ -78,7 +81,7 @@ const LAST_PAGE = Number.MAX_SAFE_INTEGER;
 
 function checkMountOptions(
   o: MountOptions,
-): Required<Omit<MountOptions, 'dir' | 'blocks'>> & { blocks: number } {
+): Required<Omit<MountOptions, 'dir' | 'blocks' | 'inject'>> & { blocks: number } {
   const pageSize = o.pageSize ?? 4096;
   if (
     !Number.isInteger(pageSize) ||
@@ -109,6 +112,7 @@ export class HmmFs {
   readonly hostPages: number;
   readonly maxFileSize: number;
   readonly policy: CoherencePolicy;
+  readonly inject: FaultInjector;
   private readonly blockLimit: number;
   private readonly lock = new Mutex();
   private host!: PageCache;
@@ -118,8 +122,9 @@ export class HmmFs {
   /** Bumped at every unmount: File handles of an older mount are closed. */
   private generation = 0;
 
-  private constructor(dir: string, o: ReturnType<typeof checkMountOptions>) {
+  private constructor(dir: string, o: ReturnType<typeof checkMountOptions>, inject: FaultInjector) {
     this.dir = dir;
+    this.inject = inject;
     this.pageSize = o.pageSize;
     this.hostPages = o.hostPages;
     this.maxFileSize = o.maxFileSize;
@@ -133,8 +138,11 @@ export class HmmFs {
     if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
       throw new HmmlabError('ENOENT', `mount: directory ${dir} does not exist`);
     }
-    const hfs = new HmmFs(dir, o);
-    if (isDevicePolicy(o.policy)) o.policy.setSerializer((fn) => hfs.serialize(fn));
+    const hfs = new HmmFs(dir, o, opts.inject ?? NO_INJECT);
+    if (isDevicePolicy(o.policy)) {
+      o.policy.setSerializer((fn) => hfs.serialize(fn));
+      if (opts.inject) o.policy.setInjector(opts.inject);
+    }
     hfs.setup();
     return hfs;
   }
@@ -180,7 +188,7 @@ export class HmmFs {
         const p = path.join(this.dir, name);
         if (!opts.create && !fs.existsSync(p))
           throw new HmmlabError('ENOENT', `open: no file ${name} in ${this.dir}`);
-        const backing = new BackingFile(p, this.pageSize, this.budget, opts.create === true);
+        const backing = new BackingFile(p, this.pageSize, this.budget, opts.create === true, this.inject);
         const mapping = new Mapping(this.host, name, backing, backing.size);
         this.host.mappings.add(mapping);
         inode = { mapping, backing };
@@ -239,10 +247,14 @@ export class HmmFs {
     });
   }
 
+  /**
+   * Write back, sync and drop every file. A file leaves the mount only once it is done, so an
+   * unmount that an I/O error stopped can be run again and goes on where it stopped, losing nothing.
+   */
   private async teardown(): Promise<void> {
     // A lost device is reported once (EIO naming the pages lost); the unmount still completes.
     let lost: unknown;
-    for (const { mapping, backing } of this.inodes.values()) {
+    for (const [name, { mapping, backing }] of [...this.inodes]) {
       try {
         await filemap_write_and_wait_range(mapping, 0, LAST_PAGE, 'unmount');
       } catch (e) {
@@ -256,8 +268,8 @@ export class HmmFs {
       await backing.fsync();
       backing.close();
       this.host.mappings.delete(mapping);
+      this.inodes.delete(name);
     }
-    this.inodes.clear();
     this.mounted = false;
     this.generation++;
     if (lost) throw lost;

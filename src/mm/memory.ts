@@ -16,7 +16,7 @@ import {
   read_cache_page,
 } from './filemap.ts';
 import type { Mapping } from './mapping.ts';
-import { PageLocked, PageUptodate, trylock_page, unlock_page } from './page.ts';
+import { PageLocked, PageUptodate, unlock_page } from './page.ts';
 import { mk_pte, pte_none, pte_slot, pte_write } from './pte.ts';
 import { page_cache_sync_readahead } from './readahead.ts';
 import type { Page } from './types.ts';
@@ -182,7 +182,7 @@ export async function filemap_fault(vma: VmArea, index: number, write: boolean):
   } finally {
     unlock_page(page);
   }
-  if (!write) await filemap_map_pages(vma, index);
+  if (!write) filemap_map_pages(vma, index);
 }
 
 async function do_page_mkwrite(m: Mapping, page: Page): Promise<void> {
@@ -191,33 +191,24 @@ async function do_page_mkwrite(m: Mapping, page: Page): Promise<void> {
 
 /**
  * filemap_map_pages: map read-only the resident neighbours of `index` within the fault-around
- * window that are not yet mapped in `vma`, after the policy made their data current. Pages that are
- * locked or not uptodate after it are skipped, as Linux skips them.
+ * window that are not yet mapped in `vma` and are uptodate already. As Linux's fault-around, it
+ * never does I/O and never asks the policy for data: a page whose newest data is on the device
+ * (not uptodate), a device entry or an absent page is left to fault on its own, so a 1-byte mmap
+ * read does not pull the device's pages back. Locked pages are skipped too.
  */
-export async function filemap_map_pages(vma: VmArea, index: number): Promise<number> {
+export function filemap_map_pages(vma: VmArea, index: number): number {
   const m = vma.mapping;
   const nr = Math.max(1, Math.floor(FAULT_AROUND_BYTES / m.pageSize));
   if (nr <= 1) return 0;
   const start = Math.floor(index / nr) * nr;
   const end = Math.min(start + nr, vma.nrPages, Math.ceil(m.size / m.pageSize));
-  const pages: Page[] = [];
+  let mapped = 0;
   for (let i = start; i < end; i++) {
     if (i === index || !pte_none(Atomics.load(vma.pte, i))) continue;
     const e = m.i_pages.get(i);
-    if (e?.kind !== 'page' || PageLocked(e) || !trylock_page(e)) continue;
-    pages.push(e);
-  }
-  if (pages.length === 0) return 0;
-  let mapped = 0;
-  try {
-    await m.policy.cpuNeedsData(m, pages, 'fault-around');
-    for (const p of pages) {
-      if (!PageUptodate(p) || m.i_pages.get(p.index) !== p) continue;
-      set_pte(vma, p, false);
-      mapped++;
-    }
-  } finally {
-    for (const p of pages) unlock_page(p);
+    if (e?.kind !== 'page' || PageLocked(e) || !PageUptodate(e)) continue;
+    set_pte(vma, e, false);
+    mapped++;
   }
   m.host.vmstat.count('fault_around_pages', mapped);
   return mapped;

@@ -52,18 +52,10 @@ export async function writepage_bounce(
   m.host.vmstat.count('pgpgout', m.pageSize / 1024);
 }
 
-/** Device entries go to disk through the policy's bounce buffers, one batch at a time where it can. */
-async function writeback_device_entries(m: Mapping, entries: DeviceEntry[]): Promise<number> {
-  if (entries.length === 0) return 0;
-  const datas = m.policy.writebackDeviceEntries ? await m.policy.writebackDeviceEntries(m, entries) : [];
-  let written = 0;
-  for (const [k, e] of entries.entries()) {
-    const data = m.policy.writebackDeviceEntries ? datas[k] : await m.policy.writebackDeviceEntry(m, e);
-    if (!data) continue;
-    await writepage_bounce(m, e.index, data);
-    written++;
-  }
-  return written;
+/** Device entries go to disk through the policy's bounce buffers, one batch at a time. */
+function writeback_device_entries(m: Mapping, entries: DeviceEntry[]): Promise<number> {
+  if (entries.length === 0) return Promise.resolve(0);
+  return m.policy.writebackDeviceEntries(m, entries, (index, data) => writepage_bounce(m, index, data));
 }
 
 /**

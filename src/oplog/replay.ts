@@ -22,6 +22,7 @@ import { join } from 'node:path';
 import { firstDifference } from '../bench/random.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { HmmFs } from '../fs/hmmfs.ts';
+import { type FaultInjector, failsOp, NO_INJECT } from '../inject/inject.ts';
 import { checkFileLimit } from '../mm/args.ts';
 import { isDevicePolicy } from '../policy/device.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
@@ -53,6 +54,17 @@ export interface ReplayOptions {
   lines?: readonly number[];
   /** Called for each record as soon as it is known (the CLI streams them). */
   onRecord?: (r: ReplayRecord) => void;
+  /**
+   * Fault injection (replay --inject, stress --inject-rate). An op that an injected fault made fail
+   * is run again, up to `retries` times (default 1): every op of the log format is idempotent, so
+   * the run's records are those of a run without faults. A device-lost fault is not retried.
+   */
+  inject?: FaultInjector;
+  retries?: number;
+  /** An attempt failed and will be run again (the CLI prints the error); `line` 0: the final unmount. */
+  onRetry?: (line: number, op: Op | null, error: unknown) => void;
+  /** Called after an attempt that failed, before it is run again (stress checks the invariants). */
+  afterFailedAttempt?: (fs: HmmFs, line: number) => Promise<void> | void;
 }
 
 export interface ReadRecord {
@@ -243,11 +255,46 @@ async function applyOp(
   }
 }
 
+/** The error of a failed op, its message naming the op's line. */
+function atLine(e: unknown, line: number, op: Op): unknown {
+  if (isHmmlabError(e) && !e.message.startsWith(`line ${line}`)) {
+    return new HmmlabError(e.code, `line ${line} (${describeOp(op)}): ${e.message}`, { cause: e });
+  }
+  return e;
+}
+
+/**
+ * Run one attempt of `fn` and, when an injected fault made it fail, run it again (up to `retries`
+ * times): the engine's error paths leave every page as it was, so the second attempt starts from
+ * the state the first one found. A fault that fired but fails nothing (a short write, a raced
+ * install) or a device loss is no reason to retry.
+ */
+async function withRetries<T>(
+  inject: FaultInjector,
+  retries: number,
+  fn: () => Promise<T>,
+  onFailed: (e: unknown) => Promise<void>,
+): Promise<T> {
+  for (let tries = 0; ; tries++) {
+    const seen = inject.log.length;
+    try {
+      return await fn();
+    } catch (e) {
+      const fired = inject.log.slice(seen);
+      const transient = fired.some(failsOp) && !fired.some((f) => f.point === 'device-lost');
+      if (!transient || tries >= retries) throw e;
+      await onFailed(e);
+    }
+  }
+}
+
 /** Apply `ops` to a fresh file on an HmmFs; see the module comment. */
 export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {}): Promise<ReplayResult> {
   const t0 = performance.now();
   const lineOf = (k: number) => options.lines?.[k] ?? k + 1;
   validateOplog(ops, options.lines);
+  const inject = options.inject ?? NO_INJECT;
+  const retries = options.retries ?? 1;
 
   const ownDir = options.dir === undefined;
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'hmmlab-replay-')));
@@ -266,7 +313,15 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       hostPages: options.hostPages,
       blocks: options.blocks,
       policy: options.policy,
+      inject,
     });
+    const mountedFs = fs;
+    /** Reads of the checker and the snapshot are the lab's own: nothing is injected into them. */
+    const quietly = <T>(fn: () => Promise<T> | T) => inject.suppressed(async () => fn());
+    const onFailed = (line: number, op: Op | null) => async (e: unknown) => {
+      options.onRetry?.(line, op, op ? atLine(e, line, op) : e);
+      if (options.afterFailedAttempt) await quietly(() => options.afterFailedAttempt!(mountedFs, line));
+    };
     mounted = true;
     const t = new Target(fs, await fs.open(name, { create: true }));
     const dev = ops.findIndex(isDeviceOp);
@@ -283,14 +338,12 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
     for (let k = 0; k < ops.length; k++) {
       const op = ops[k];
       const line = lineOf(k);
+      inject.line = line;
       let got: Uint8Array | null;
       try {
-        got = await applyOp(t, op, size, line, name);
+        got = await withRetries(inject, retries, () => applyOp(t, op, size, line, name), onFailed(line, op));
       } catch (e) {
-        if (isHmmlabError(e) && !e.message.startsWith(`line ${line}:`)) {
-          throw new HmmlabError(e.code, `line ${line} (${describeOp(op)}): ${e.message}`, { cause: e });
-        }
-        throw e;
+        throw atLine(e, line, op);
       }
       const want = model ? model.apply(op, line) : null;
       size = sizeAfter(op, size);
@@ -303,7 +356,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       if (op.op === 'fsync' || op.op === 'remount') await diskCheck(line, op);
       if (options.afterOp) {
         try {
-          await options.afterOp(fs, line, op);
+          await quietly(() => options.afterOp!(mountedFs, line, op));
         } catch (e) {
           if (isHmmlabError(e))
             throw new HmmlabError(e.code, `line ${line} (${describeOp(op)}): ${e.message}`, { cause: e });
@@ -311,10 +364,11 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
         }
       }
     }
-    await options.beforeUnmount?.(fs, name);
+    if (options.beforeUnmount) await quietly(() => options.beforeUnmount!(mountedFs, name));
 
+    inject.where = 'final unmount';
+    await withRetries(inject, retries, () => mountedFs.unmount(), onFailed(0, null));
     mounted = false;
-    await fs.unmount();
     const disk = await readFile(backing);
     const end: EndRecord = { op: 'end', size: disk.length, sha256: sha256(disk) };
     if (model) {
@@ -338,8 +392,19 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       elapsedMs: performance.now() - t0,
     };
   } finally {
-    // Stop cleanly: whatever was written so far goes to disk before the error propagates.
-    if (fs && mounted) await fs.unmount().catch(() => {});
+    // Stop cleanly: whatever was written so far goes to disk before the error propagates (an
+    // unmount that an injected fault stopped is run again: it goes on where it stopped).
+    if (fs && mounted) {
+      const f = fs;
+      inject.where = 'unmount after the error';
+      await withRetries(
+        inject,
+        Math.max(retries, 1),
+        () => f.unmount(),
+        async () => {},
+      ).catch(() => {});
+    }
+    inject.where = undefined;
     if (ownDir) await rm(dir, { recursive: true, force: true });
   }
 }

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { errorMessage, isHmmlabError } from '../errors.ts';
 import type { HmmFs } from '../fs/hmmfs.ts';
+import { FaultInjector, INJECT_POINTS, type InjectPoint } from '../inject/inject.ts';
 import { checkInvariants } from '../policy/invariants.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { generateOplog } from './generate.ts';
@@ -59,6 +60,14 @@ export interface StressOptions {
   maxFileSize: number;
   /** A fresh policy for each run (default: host-only); made before the run's first op. */
   policyFor?: () => Promise<StressPolicy>;
+  /**
+   * Every attempt at a transient fault-injection point fails with this probability (seeded with
+   * the run's seed); each op a fault failed is run again until it passes, and the checks are those
+   * of a run without faults. The invariants are checked after every failed attempt too.
+   */
+  injectRate?: number;
+  /** Told about every injected fault as it fires. */
+  onInjected?: (point: InjectPoint, line: number) => void;
   /** Called after every op that passed its checks: ops done over all runs, their total, the run's seed. */
   onProgress?: (done: number, total: number, seed: number) => void;
 }
@@ -90,6 +99,8 @@ export interface StressFailure {
   log: Op[];
   /** The error itself (a non-HmmlabError keeps its stack). */
   error: unknown;
+  /** The injected faults that fired in the failing run, as `--inject` takes them (POINT@K,...). */
+  inject?: string;
 }
 
 export interface StressResult {
@@ -104,7 +115,14 @@ export interface StressResult {
   failure: StressFailure | null;
   /** The whole log of the last run (--save-ops without a failure saves it). */
   lastLog: Op[];
+  /** Injected faults fired, by point, over all runs (--inject-rate). */
+  injected: Record<InjectPoint, number>;
+  /** Attempts that an injected fault made fail and that were run again. */
+  retriedOps: number;
 }
+
+/** Attempts of one op under --inject-rate before the run counts it as failed (each is a fresh draw). */
+export const RATE_RETRIES = 100;
 
 /** Gauges say how things stand after a run; adding them up over runs means nothing. */
 const isGauge = (k: string): boolean =>
@@ -149,7 +167,9 @@ function failureOf(e: unknown, log: Op[], done: number, seed: number, run: numbe
 }
 
 export async function stressRuns(options: StressOptions): Promise<StressResult> {
-  const { policyFor, onProgress, ...rest } = options;
+  const { policyFor, onProgress, onInjected, ...rest } = options;
+  const injected = Object.fromEntries(INJECT_POINTS.map((p) => [p, 0])) as Record<InjectPoint, number>;
+  let retriedOps = 0;
   const t0 = performance.now();
   const total = options.runs * options.ops;
   const counters = Object.fromEntries(STRESS_COUNTERS.map((k) => [k, 0])) as Record<StressCounter, number>;
@@ -166,6 +186,16 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
     // user's error (exit as such), not a failing op.
     const held = policyFor ? await policyFor() : null;
     let done = 0;
+    const inject = options.injectRate
+      ? new FaultInjector({
+          rate: options.injectRate,
+          seed,
+          onFire: (f) => {
+            injected[f.point]++;
+            onInjected?.(f.point, f.line);
+          },
+        })
+      : undefined;
     try {
       const res = await replayOplog(log, {
         pageSize: options.pageSize,
@@ -173,6 +203,12 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
         blocks: options.blocks,
         policy: held?.policy,
         check: true,
+        inject,
+        retries: RATE_RETRIES,
+        onRetry: () => {
+          retriedOps++;
+        },
+        afterFailedAttempt: (fs: HmmFs) => checkInvariants(fs),
         afterOp: async (fs: HmmFs) => {
           await checkInvariants(fs);
           done++;
@@ -193,6 +229,7 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
       });
     } catch (e) {
       failure = failureOf(e, log, done, seed, r);
+      if (inject?.log.length) failure.inject = inject.log.map((f) => `${f.point}@${f.nth}`).join(',');
     } finally {
       held?.close();
     }
@@ -206,6 +243,8 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
     vmstat,
     failure,
     lastLog,
+    injected,
+    retriedOps,
   };
 }
 
@@ -225,6 +264,10 @@ export function shellWord(s: string): string {
 
 export interface ReplaySetup {
   policy: 'mirror' | 'none';
+  /** The faults that fired in the failing run (`POINT@K` each), replayed with --inject. */
+  inject?: string;
+  /** Attempts of an op that an injected fault failed (replay --retries). */
+  retries?: number;
   pageSize: number;
   hostPages: number;
   devicePages?: number;
@@ -241,5 +284,6 @@ export function replayCommand(path: string, s: ReplaySetup): string {
     if (s.batch !== undefined) args.push('--batch', String(s.batch));
   }
   if (s.blocks !== undefined) args.push('--blocks', String(s.blocks));
+  if (s.inject) args.push('--inject', s.inject, '--retries', String(s.retries ?? 1));
   return args.join(' ');
 }

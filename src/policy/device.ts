@@ -6,6 +6,7 @@
  */
 import type { KernelKind, KernelParams } from '../device/index.ts';
 import type { Errno } from '../errors.ts';
+import type { FaultInjector } from '../inject/inject.ts';
 import type { AddressSpace } from '../mm/types.ts';
 import type { CoherencePolicy } from './policy.ts';
 
@@ -49,6 +50,8 @@ export interface DevicePolicy extends CoherencePolicy {
   deviceIndices(mapping: AddressSpace): number[];
   /** HmmFs hands its mutex over at mount, for work the policy starts on its own (detach). */
   setSerializer(serialize: <T>(fn: () => Promise<T>) => Promise<T>): void;
+  /** HmmFs hands its fault injector over at mount (its device's copies, frames and launches). */
+  setInjector(inject: FaultInjector): void;
 }
 
 export function isDevicePolicy(p: CoherencePolicy): p is DevicePolicy {

@@ -14,17 +14,21 @@
  * of any size. The device layer's mmu_interval sequence guards the install against invalidations.
  */
 import {
+  type DeviceFault,
   type DeviceMemory,
   type DevicePageTable,
   type EvictedFrame,
+  type EvictionOutcome,
   type FaultResolution,
+  type FaultServiceContext,
   type FaultServicer,
-  type FrameWrite,
   formatPages,
   type KernelKind,
   type KernelParams,
+  type PteChange,
 } from '../device/index.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
+import type { FaultInjector } from '../inject/inject.ts';
 import {
   type AddressSpace,
   batchPages,
@@ -42,6 +46,7 @@ import {
   page_mkwrite,
   read_cache_page_locked,
   try_to_unmap,
+  trylock_page,
   unlock_page,
   writepage_bounce,
 } from '../mm/index.ts';
@@ -147,12 +152,14 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
   /** Bytes of read-only device entries copied back ahead of their readpage (see pullAhead). */
   private readonly readAhead = new WeakMap<Mirror, Uint8Array>();
 
-  constructor(readonly dm: DeviceMemory) {
-    dm.setEvictionHook((victims) => this.evict(victims));
-  }
+  constructor(readonly dm: DeviceMemory) {}
 
   setSerializer(serialize: Serialize): void {
     this.serialize = serialize;
+  }
+
+  setInjector(inject: FaultInjector): void {
+    this.dm.inject = inject;
   }
 
   // ---- state ----
@@ -163,6 +170,8 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
       r = new Map();
       this.mirrors.set(m.id, r);
       this.mappings.set(m.id, m);
+      // Frames of this space come back to this policy, whoever else shares the device.
+      this.dm.setEvictionHook((victims) => this.evict(victims), m.id);
     }
     return r;
   }
@@ -196,75 +205,131 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
 
   // ---- the device's side: fault service ----
 
-  /** The FaultServicer for `m`'s device address space (dm.runKernel calls it a batch at a time). */
+  /**
+   * The FaultServicer for `m`'s device address space (dm.runKernel calls it a batch at a time).
+   * Frames first, in one allocation (it may evict others); then the faults a step of batchPages
+   * pages at a time, each step locking its pages. A step that fails (a read of the disk, the copy)
+   * leaves its pages as it found them; the steps before it stay granted and the run then fails.
+   */
   private servicer(m: AddressSpace): FaultServicer {
     return async (faults, ctx) => {
       const seq = ctx.space.readBegin();
       const out: FaultResolution[] = faults.map(() => ({ ok: false, retry: true }));
       const recs = this.records(m);
-      // Frames for the pages the device has no copy of, in one allocation (it may evict others).
-      const fresh = faults.filter((f) => !recs.has(f.index));
-      const frames = await ctx.allocFrames(fresh.map((f) => f.index));
-      const frameOf = new Map(fresh.map((f, i) => [f.index, frames[i]]));
+      let frameOf: Map<number, number | null>;
+      try {
+        const fresh = faults.filter((f) => !recs.has(f.index));
+        const frames = await ctx.allocFrames(fresh.map((f) => f.index));
+        frameOf = new Map(fresh.map((f, i) => [f.index, frames[i]]));
+      } catch (e) {
+        ctx.fail(e);
+        return out;
+      }
       const step = batchPages(asMapping(m).host);
       for (let k = 0; k < faults.length; k += step) {
-        const locked: Page[] = [];
-        const copies: FrameWrite[] = [];
         try {
-          for (let i = k; i < Math.min(k + step, faults.length); i++) {
-            const f = faults[i];
-            const rec = recs.get(f.index);
-            const frame = rec?.frame ?? frameOf.get(f.index);
-            if (frame == null) continue; // no frame now: it faults again on the replay
-            const e = m.i_pages.get(f.index);
-            let page: Page | null = null;
-            if (e?.kind !== 'device') {
-              page = await read_cache_page_locked(m, f.index); // readpage if absent
-              locked.push(page);
-            } else if (!rec) {
-              throw new Error(`mirror: device entry ${f.index} of ${m.name} without a device copy`);
-            }
-            const it = this.plan(m, f.index, page, f.write ? 'device-write-fault' : 'device-read-fault');
-            for (const w of it.t.work) {
-              if (!FAULT_WORK.has(w))
-                throw new Error(`mirror: fault service cannot do ${w} (${fmt(it.state)})`);
-            }
-            const wasDirty = page ? PageDirty(page) : (rec?.diskStale ?? false);
-            if (it.t.work.includes('page_mkwrite')) {
-              this.c.device_mkwrite++;
-              try {
-                await page_mkwrite(m, f.index);
-              } catch (err) {
-                if (!isHmmlabError(err) || (err.code !== 'ENOSPC' && err.code !== 'EROFS')) throw err;
-                this.c.device_mkwrite_refused++;
-                out[i] = { ok: false, code: 'EFAULT', message: `page_mkwrite: ${err.code}: ${err.message}` };
-                continue;
-              }
-            }
-            // mmu_interval_read_retry: an invalidation of this page since service began wins.
-            if (ctx.space.readRetry(seq, [f.index]).size) continue;
-            if (page && it.t.work.includes('page_mkclean')) page_mkclean(page);
-            if (page && it.t.work.includes('try_to_unmap')) try_to_unmap(page);
-            if (page && it.t.work.includes('copy-to-device')) copies.push({ frame, data: page.data });
-            if (page && it.t.next.host === 'S') {
-              folio_clear_uptodate(page);
-              folio_mark_dirty(page);
-            }
-            const perm = it.t.next.dev as 'ro' | 'rw';
-            const diskStale = perm === 'rw' && (rec?.perm === 'rw' ? rec.diskStale : wasDirty);
-            recs.set(f.index, { frame, perm, diskStale });
-            out[i] = { ok: true, frame, perm };
-          }
-          if (copies.length) {
-            this.dm.copyToFrames(copies); // one writeBuffer per run of frames; data copied at the call
-            this.c.device_copies_to_device += copies.length;
-          }
-        } finally {
-          for (const p of locked) unlock_page(p);
+          await this.serviceStep(m, faults.slice(k, k + step), k, seq, ctx, frameOf, out);
+        } catch (e) {
+          ctx.fail(e);
+          break;
         }
       }
       return out;
     };
+  }
+
+  /**
+   * One step of fault service. Everything that can fail (readpage, page_mkwrite, the copy to the
+   * device) comes before anything is committed; the commit (page flags, records, answers) cannot
+   * fail. page_mkclean and try_to_unmap come before the copy, so the CPU cannot change A while
+   * it is copied; done for a step that then fails, they only make the CPU fault again.
+   */
+  private async serviceStep(
+    m: AddressSpace,
+    faults: DeviceFault[],
+    base: number,
+    seq: number,
+    ctx: FaultServiceContext,
+    frameOf: Map<number, number | null>,
+    out: FaultResolution[],
+  ): Promise<void> {
+    const recs = this.records(m);
+    const locked: Page[] = [];
+    const ready: {
+      i: number;
+      index: number;
+      page: Page | null;
+      it: Item;
+      frame: number;
+      wasDirty: boolean;
+    }[] = [];
+    try {
+      for (const [j, f] of faults.entries()) {
+        const rec = recs.get(f.index);
+        const frame = rec?.frame ?? frameOf.get(f.index);
+        if (frame == null) continue; // no frame now: it faults again on the replay
+        const e = m.i_pages.get(f.index);
+        let page: Page | null = null;
+        if (e?.kind !== 'device') {
+          page = await read_cache_page_locked(m, f.index); // readpage if absent
+          locked.push(page);
+        } else if (!rec) {
+          throw new Error(`mirror: device entry ${f.index} of ${m.name} without a device copy`);
+        }
+        const it = this.plan(m, f.index, page, f.write ? 'device-write-fault' : 'device-read-fault');
+        for (const w of it.t.work) {
+          if (!FAULT_WORK.has(w)) throw new Error(`mirror: fault service cannot do ${w} (${fmt(it.state)})`);
+        }
+        const wasDirty = page ? PageDirty(page) : (rec?.diskStale ?? false);
+        if (it.t.work.includes('page_mkwrite')) {
+          this.c.device_mkwrite++;
+          try {
+            await page_mkwrite(m, f.index);
+          } catch (err) {
+            if (!isHmmlabError(err) || (err.code !== 'ENOSPC' && err.code !== 'EROFS')) throw err;
+            this.c.device_mkwrite_refused++;
+            out[base + j] = {
+              ok: false,
+              code: 'EFAULT',
+              message: `page_mkwrite: ${err.code}: ${err.message}`,
+            };
+            continue;
+          }
+        }
+        ready.push({ i: base + j, index: f.index, page, it, frame, wasDirty });
+      }
+      // mmu_interval_read_retry: an invalidation of a page since service began wins; it faults again.
+      const raced = ctx.space.readRetry(
+        seq,
+        ready.map((r) => r.index),
+      );
+      const go = ready.filter((r) => !raced.has(r.index));
+      const has = (r: (typeof go)[number], w: Work) => r.page !== null && r.it.t.work.includes(w);
+      for (const r of go) {
+        if (has(r, 'page_mkclean')) page_mkclean(r.page!);
+        if (has(r, 'try_to_unmap')) try_to_unmap(r.page!);
+      }
+      const copies = go
+        .filter((r) => has(r, 'copy-to-device'))
+        .map((r) => ({ frame: r.frame, data: r.page!.data }));
+      if (copies.length) {
+        this.dm.copyToFrames(copies); // one writeBuffer per run of frames; data copied at the call
+        this.c.device_copies_to_device += copies.length;
+      }
+      for (const r of go) {
+        if (r.page && r.it.t.next.host === 'S') {
+          folio_clear_uptodate(r.page);
+          folio_mark_dirty(r.page);
+        }
+        const rec = recs.get(r.index);
+        const perm = r.it.t.next.dev as 'ro' | 'rw';
+        const diskStale = perm === 'rw' && (rec?.perm === 'rw' ? rec.diskStale : r.wasDirty);
+        recs.set(r.index, { frame: r.frame, perm, diskStale });
+        out[r.i] = { ok: true, frame: r.frame, perm };
+      }
+    } finally {
+      for (const p of locked) unlock_page(p);
+    }
   }
 
   async runDeviceKernel(
@@ -396,54 +461,76 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
     await this.guarded(() => this.pull(m, items, []));
   }
 
-  async writebackDeviceEntry(m: AddressSpace, entry: DeviceEntry): Promise<Uint8Array | null> {
-    return (await this.writebackDeviceEntries(m, [entry]))[0];
-  }
-
   /**
    * Writeback of device entries: write-protect every E page A' holds writable (one shootdown),
-   * bounce out (one copy) those the device wrote or whose data the disk lacks; E rw -> E ro.
+   * bounce out (one copy) those the device wrote or whose data the disk lacks, and write each;
+   * E rw -> E ro for each whose write landed. A failed copy or write gives the device back its
+   * write permission and DIRTY bit for those pages: they are still to be written back.
    */
-  async writebackDeviceEntries(m: AddressSpace, entries: DeviceEntry[]): Promise<(Uint8Array | null)[]> {
-    const out: (Uint8Array | null)[] = entries.map(() => null);
+  async writebackDeviceEntries(
+    m: AddressSpace,
+    entries: DeviceEntry[],
+    writepage: (index: number, data: Uint8Array) => Promise<void>,
+  ): Promise<number> {
     if (!this.live(m)) {
       await this.afterLoss();
-      return out;
+      return 0;
     }
     const items = entries
-      .map((e, k) => ({ k, rec: this.record(m, e.index), index: e.index }))
-      .filter((x) => x.rec)
-      .map((x) => ({
-        ...x,
-        rec: x.rec!,
-        it: this.plan(m, x.index, null, 'writeback', { host: 'E', dev: x.rec!.perm, cpu: '-' }),
-      }))
-      .filter((x) => x.it.t.work.includes('bounce-writeback'));
-    if (items.length === 0) return out;
+      .map((e) => ({ index: e.index, rec: this.record(m, e.index) }))
+      .filter((x): x is { index: number; rec: Mirror } => x.rec !== undefined)
+      .filter((x) =>
+        this.plan(m, x.index, null, 'writeback', { host: 'E', dev: x.rec.perm, cpu: '-' }).t.work.includes(
+          'bounce-writeback',
+        ),
+      );
+    if (items.length === 0) return 0;
     return this.guarded(
       async () => {
+        const space = this.space(m);
         const changes = await this.dm.protect(
-          this.space(m),
+          space,
           items.map((x) => x.index),
           { cleanDirty: true },
         );
         const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
         const copy = items.filter((x) => wrote.get(x.index) || x.rec.diskStale);
-        this.c.device_copybacks_spared += items.length - copy.length;
+        let data: Uint8Array[] = [];
+        try {
+          if (copy.length) data = await this.dm.copyFromFrames(copy.map((x) => x.rec.frame));
+        } catch (e) {
+          await this.dm.restore(space, changes);
+          throw e;
+        }
+        const failed = new Set<number>();
+        let error: unknown;
+        for (const [i, x] of copy.entries()) {
+          try {
+            await writepage(x.index, data[i]);
+          } catch (e) {
+            failed.add(x.index);
+            error ??= e;
+            continue;
+          }
+          this.c.device_copybacks++;
+          this.c.device_bounce_writebacks++;
+        }
         for (const x of items) {
+          if (failed.has(x.index)) continue;
           x.rec.perm = 'ro';
           x.rec.diskStale = false;
         }
-        if (copy.length === 0) return out;
-        const data = await this.dm.copyFromFrames(copy.map((x) => x.rec.frame));
-        copy.forEach((x, i) => {
-          out[x.k] = data[i];
-        });
-        this.c.device_copybacks += copy.length;
-        this.c.device_bounce_writebacks += copy.length;
-        return out;
+        this.c.device_copybacks_spared += items.length - copy.length;
+        if (failed.size) {
+          await this.dm.restore(
+            space,
+            changes.filter((c) => failed.has(c.index)),
+          );
+          throw error;
+        }
+        return copy.length;
       },
-      () => out,
+      () => 0,
     );
   }
 
@@ -508,33 +595,45 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
     const revoking = todo.filter((it) => has(it, 'device-revoke'));
     const protecting = todo.filter((it) => has(it, 'device-protect') && !has(it, 'device-revoke'));
     const wrote = new Map<number, boolean>();
-    if (protecting.length) {
-      const changes = await this.dm.protect(
-        space,
-        protecting.map((it) => it.index),
-        { cleanDirty: true },
-      );
-      for (const ch of changes) wrote.set(ch.index, ch.dirty);
-    }
-    if (revoking.length) {
-      const changes = await this.dm.revoke(
-        space,
-        revoking.map((it) => it.index),
-      );
-      for (const ch of changes) wrote.set(ch.index, ch.dirty);
-    }
+    const taken: PteChange[] = [];
     // copy-back: only what the device wrote, unless A is new (E): A's bytes are still valid otherwise.
-    const copy = todo.filter((it) => has(it, 'copy-back') && (it.state.host === 'E' || wrote.get(it.index)));
+    const copyBack = (it: Item) =>
+      has(it, 'copy-back') && (it.state.host === 'E' || wrote.get(it.index) === true);
+    try {
+      if (protecting.length) {
+        const changes = await this.dm.protect(
+          space,
+          protecting.map((it) => it.index),
+          { cleanDirty: true },
+        );
+        for (const ch of changes) wrote.set(ch.index, ch.dirty);
+        taken.push(...changes);
+      }
+      if (revoking.length) {
+        const changes = await this.dm.revoke(
+          space,
+          revoking.map((it) => it.index),
+        );
+        for (const ch of changes) wrote.set(ch.index, ch.dirty);
+        taken.push(...changes);
+      }
+      const copy = todo.filter(copyBack);
+      if (copy.length) {
+        const data = await this.dm.copyFromFrames(copy.map((it) => recs.get(it.index)!.frame));
+        copy.forEach((it, i) => {
+          it.page!.data.set(data[i]);
+        });
+        this.c.device_copybacks += copy.length;
+      }
+    } catch (e) {
+      // The bytes did not land: the device keeps its copy, its permission and its DIRTY bit, so
+      // nothing is lost and the CPU's access can be tried again.
+      if (taken.length) await this.dm.restore(space, taken);
+      throw e;
+    }
     this.c.device_copybacks_spared += todo.filter(
       (it) => has(it, 'copy-back') && it.state.host !== 'E' && !wrote.get(it.index),
     ).length;
-    if (copy.length) {
-      const data = await this.dm.copyFromFrames(copy.map((it) => recs.get(it.index)!.frame));
-      copy.forEach((it, i) => {
-        it.page!.data.set(data[i]);
-      });
-      this.c.device_copybacks += copy.length;
-    }
     for (const it of todo) {
       const { next } = it.t;
       if (it.page && (next.host === 'C' || next.host === 'D')) {
@@ -567,43 +666,69 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
   /**
    * Device eviction (the device layer revoked the victims' PTEs already): a frame the device wrote
    * goes back to its host page (S -> D), or to disk through a bounce page when A is gone (E); a
-   * clean one is dropped. One copy for all the victims that need one.
+   * clean one is dropped. One copy for all the victims that need one. Each host page is changed
+   * under its page lock; a victim whose page is locked now, or whose copy or write fails, is kept
+   * (the device layer puts it back as it was), so an eviction that fails loses nothing.
    */
-  private async evict(victims: EvictedFrame[]): Promise<void> {
+  private async evict(victims: EvictedFrame[]): Promise<EvictionOutcome> {
     const work: { m: AddressSpace; v: EvictedFrame; it: Item; rec: Mirror; copy: boolean }[] = [];
-    for (const v of victims) {
-      const m = this.mappings.get(v.space);
-      const rec = m ? this.record(m, v.index) : undefined;
-      if (!m || !rec || rec.frame !== v.frame) continue;
-      const e = m.i_pages.get(v.index);
-      const it = this.plan(m, v.index, e?.kind === 'page' ? e : null, 'device-evict');
-      const copy =
-        (it.t.work.includes('copy-back') && v.dirty) ||
-        (it.t.work.includes('bounce-writeback') && (v.dirty || rec.diskStale));
-      if (it.t.work.includes('copy-back') && !v.dirty) this.c.device_copybacks_spared++;
-      work.push({ m, v, it, rec, copy });
-    }
-    const copies = work.filter((w) => w.copy);
-    const data = copies.length ? await this.dm.copyFromFrames(copies.map((w) => w.v.frame)) : [];
-    let k = 0;
-    for (const w of work) {
-      const { m, v, it } = w;
-      const bytes = w.copy ? data[k++] : null;
-      if (it.state.host === 'E') {
-        if (bytes) {
-          await writepage_bounce(m, v.index, bytes);
-          this.c.device_bounce_writebacks++;
+    const kept: EvictedFrame[] = [];
+    const locked: Page[] = [];
+    try {
+      for (const v of victims) {
+        const m = this.mappings.get(v.space);
+        const rec = m ? this.record(m, v.index) : undefined;
+        if (!m || !rec || rec.frame !== v.frame) continue;
+        const e = m.i_pages.get(v.index);
+        const page = e?.kind === 'page' ? e : null;
+        if (page) {
+          if (!trylock_page(page)) {
+            kept.push(v); // busy: another victim will do
+            continue;
+          }
+          locked.push(page);
         }
-        if (m.i_pages.get(v.index)?.kind === 'device') m.i_pages.delete(v.index);
-      } else if (it.page && it.t.work.includes('copy-back')) {
-        if (bytes) it.page.data.set(bytes);
-        folio_mark_uptodate(it.page);
-        folio_mark_dirty(it.page);
+        const it = this.plan(m, v.index, page, 'device-evict');
+        const copy =
+          (it.t.work.includes('copy-back') && v.dirty) ||
+          (it.t.work.includes('bounce-writeback') && (v.dirty || rec.diskStale));
+        work.push({ m, v, it, rec, copy });
       }
-      if (bytes) this.c.device_copybacks++;
-      this.records(m).delete(v.index);
-      this.c.device_evictions++;
-      if (v.dirty) this.c.device_evictions_dirty++;
+      const copies = work.filter((w) => w.copy);
+      let data: Uint8Array[] = [];
+      try {
+        if (copies.length) data = await this.dm.copyFromFrames(copies.map((w) => w.v.frame));
+      } catch (error) {
+        return { kept: [...kept, ...work.map((w) => w.v)], error };
+      }
+      let k = 0;
+      for (const [n, w] of work.entries()) {
+        const { m, v, it } = w;
+        const bytes = w.copy ? data[k++] : null;
+        if (it.state.host === 'E') {
+          if (bytes) {
+            try {
+              await writepage_bounce(m, v.index, bytes);
+            } catch (error) {
+              return { kept: [...kept, ...work.slice(n).map((x) => x.v)], error };
+            }
+            this.c.device_bounce_writebacks++;
+          }
+          if (m.i_pages.get(v.index)?.kind === 'device') m.i_pages.delete(v.index);
+        } else if (it.page && it.t.work.includes('copy-back')) {
+          if (bytes) it.page.data.set(bytes);
+          else this.c.device_copybacks_spared++;
+          folio_mark_uptodate(it.page);
+          folio_mark_dirty(it.page);
+        }
+        if (bytes) this.c.device_copybacks++;
+        this.records(m).delete(v.index);
+        this.c.device_evictions++;
+        if (v.dirty) this.c.device_evictions_dirty++;
+      }
+      return { kept };
+    } finally {
+      for (const p of locked) unlock_page(p);
     }
   }
 
@@ -665,10 +790,12 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
   }
 
   /**
-   * The device is gone without a detach. Pages whose newest data was on it are lost: their host
-   * pages are no longer dirty and are read from disk again; pages the device could not have
-   * written keep A's data (an S page whose DIRTY bit was clear is D again). Device entries leave
-   * the index. Returns EIO naming the lost pages, or null when nothing dirty was lost.
+   * The device is gone without a detach. Pages whose newest data was only on it are lost and
+   * named: those the device wrote (or may have written: a kernel was running), and device entries
+   * whose data the disk lacks. Every host page keeps its data: an S page is uptodate again with
+   * A's bytes (the newest the host has), dirty when they are newer than the disk, so they are
+   * written back. Device entries leave the index (their pages read the disk again). Returns EIO
+   * naming the lost pages, or null when nothing was lost.
    */
   private onLoss(): HmmlabError | null {
     const reason = this.dm.gpu.lostReason ?? 'device lost';
@@ -690,12 +817,11 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
           if (wrote || (rec.perm === 'rw' && rec.diskStale)) gone.push(index);
           m.i_pages.delete(index);
         } else if (e && rec.perm === 'rw' && PageDirty(e) && !PageUptodate(e)) {
-          if (wrote) {
-            gone.push(index);
-            folio_clear_dirty(e); // not uptodate, not dirty: the next access reads the disk
-          } else {
-            folio_mark_uptodate(e); // the device never wrote it: A's bytes are the data
-          }
+          if (wrote) gone.push(index);
+          // A's bytes are the data as it was before the device took the page: keep them, dirty
+          // only when the disk lacks them (A was dirty when the device got write access).
+          folio_mark_uptodate(e);
+          if (!rec.diskStale) folio_clear_dirty(e);
         }
       }
       if (gone.length) lost.push(`${formatPages(gone)} of ${m.name}`);

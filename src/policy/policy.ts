@@ -54,17 +54,18 @@ export interface CoherencePolicy {
   cpuWillWrite(mapping: AddressSpace, pages: Page[]): Promise<void>;
 
   /**
-   * Writeback of a device entry (A reclaimed, the device holds dirty data): return the page's
-   * current bytes (through a bounce buffer) so writeback can write them to disk, and mark the device
-   * copy clean (write-protected). null when there is nothing to write.
+   * Writeback of device entries (A reclaimed, the device may hold data the disk lacks): for each
+   * entry whose data the disk lacks, bring its bytes back through a bounce buffer and write them with
+   * `writepage(index, bytes)`; the device copy is write-protected, and counts as clean only once its
+   * write landed (folio_clear_dirty_for_io hands the dirty state on to the I/O). A failed copy or
+   * write leaves that entry as it was, still to be written back; the first error is thrown after
+   * the other entries were tried. Returns the entries written. One shootdown, one copy a batch.
    */
-  writebackDeviceEntry(mapping: AddressSpace, entry: DeviceEntry): Promise<Uint8Array | null>;
-
-  /**
-   * writebackDeviceEntry for a batch of entries (optional): one answer per entry, in order, with one
-   * shootdown and one copy for the whole batch. Writeback uses it when the policy has it.
-   */
-  writebackDeviceEntries?(mapping: AddressSpace, entries: DeviceEntry[]): Promise<(Uint8Array | null)[]>;
+  writebackDeviceEntries(
+    mapping: AddressSpace,
+    entries: DeviceEntry[],
+    writepage: (index: number, data: Uint8Array) => Promise<void>,
+  ): Promise<number>;
 
   /**
    * Drop every device copy and device entry of pages [first, last] of `mapping` (truncate, punch,
@@ -100,8 +101,8 @@ export const hostOnlyPolicy: CoherencePolicy = {
     return false;
   },
   async cpuWillWrite() {},
-  async writebackDeviceEntry() {
-    return null;
+  async writebackDeviceEntries() {
+    return 0;
   },
   async invalidateRange() {},
   reclaimDecision: () => 'free',

@@ -26,6 +26,7 @@ export class HostBacking {
       dirty.forEach((v, i) => {
         this.bytes(v.space).set(pages[i], v.index * pageSize);
       });
+      return undefined;
     });
   }
 

@@ -242,7 +242,7 @@ describe.each([4096, 65536])('device memory, page size %i', (pageSize) => {
     const space = dm.space(10);
     await dm.runKernel('devwrite', space, { off: 0, len: 2 * pageSize, tag: 6 }, hb.servicer);
     const revoked = await dm.revoke(space, [0]);
-    expect(revoked).toEqual([{ index: 0, frame: revoked[0].frame, dirty: true }]);
+    expect(revoked).toEqual([{ index: 0, frame: revoked[0].frame, dirty: true, perm: 'rw' }]);
     const [page0] = await dm.copyFromFrames([revoked[0].frame]);
     expectBytes(page0, patternBytes(0, pageSize, 6), 'revoked frame');
     hb.page(10, 0).set(page0);

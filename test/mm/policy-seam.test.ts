@@ -46,12 +46,21 @@ class RamDevicePolicy implements CoherencePolicy {
     this.calls.push(`cpuWillWrite:${pages.map((p) => p.index).join(',')}`);
     for (const p of pages) this.copies.delete(this.key(m, p.index));
   }
-  async writebackDeviceEntry(m: AddressSpace, entry: DeviceEntry): Promise<Uint8Array | null> {
-    this.calls.push(`writebackDeviceEntry:${entry.index}`);
-    const c = this.copies.get(this.key(m, entry.index));
-    if (!c?.dirty) return null;
-    c.dirty = false;
-    return c.data.slice();
+  async writebackDeviceEntries(
+    m: AddressSpace,
+    entries: DeviceEntry[],
+    writepage: (index: number, data: Uint8Array) => Promise<void>,
+  ): Promise<number> {
+    let n = 0;
+    for (const entry of entries) {
+      this.calls.push(`writebackDeviceEntry:${entry.index}`);
+      const c = this.copies.get(this.key(m, entry.index));
+      if (!c?.dirty) continue;
+      await writepage(entry.index, c.data.slice());
+      c.dirty = false; // only once the write landed
+      n++;
+    }
+    return n;
   }
   async invalidateRange(m: AddressSpace, first: number, last: number): Promise<void> {
     this.calls.push(`invalidateRange:${first}-${last === Number.MAX_SAFE_INTEGER ? 'end' : last}`);
@@ -95,7 +104,9 @@ describe('policy hooks on every CPU path', () => {
     expect(policy.take()).toEqual(['cpuNeedsData:read:1,2']);
     const vma = f.mmap();
     await vma.load(0, 1);
-    expect(policy.take()).toEqual(['cpuNeedsData:fault:0', 'cpuNeedsData:fault-around:1,2,3']);
+    // Fault-around maps the uptodate neighbours without asking the policy (no I/O, no pull).
+    expect(policy.take()).toEqual(['cpuNeedsData:fault:0']);
+    expect([1, 2, 3].map((i) => lab!.fs.snapshot('a', i, i)[0].cpu)).toEqual(['ro', 'ro', 'ro']);
     await vma.store(0, new Uint8Array([7]));
     expect(policy.take()).toEqual(['cpuNeedsData:fault:0', 'cpuWillWrite:0']);
     await f.fsync();
