@@ -8,9 +8,9 @@
  * updates, launches), so a copy queued before a PTE install is visible to the launch after it.
  * A permission is only taken away after the queue drained (shootdown).
  */
-import { type Errno, errorMessage, HmmlabError } from '../errors.ts';
+import { type Errno, errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
-import { type FaultInjector, injectedError, NO_INJECT } from '../inject/inject.ts';
+import { type FaultInjector, injectedError, injectedPoint, NO_INJECT } from '../inject/inject.ts';
 import { copyFromFrames, copyToFrames, type FrameWrite } from './copy.ts';
 import { formatPages } from './fault.ts';
 import { FramePool } from './frames.ts';
@@ -643,7 +643,7 @@ export class DeviceMemory {
     try {
       return await fn();
     } catch (e) {
-      if (await this.deviceGone()) {
+      if (await this.deviceGone(e)) {
         if (
           e instanceof HmmlabError &&
           (e.code === 'EIO' || e.code === 'EGPU') &&
@@ -657,9 +657,20 @@ export class DeviceMemory {
     }
   }
 
-  /** Whether the device is lost, giving Dawn a moment to deliver the loss after a failed wait. */
-  private async deviceGone(): Promise<boolean> {
+  /**
+   * Whether the device is lost, giving Dawn a moment to deliver the loss after a failed wait. A
+   * GPU error or a timeout may be the loss itself, not delivered yet: wait up to 250 ms for it. Any
+   * other failure (an injected one, a bad argument) is not caused by a loss; Dawn delivers one that
+   * already happened within an event-loop turn, so a couple of turns tell.
+   */
+  private async deviceGone(e: unknown): Promise<boolean> {
     if (this.lostReason !== undefined || this.gpu.lost) return true;
+    const gpuError =
+      !isHmmlabError(e) || (injectedPoint(e) === undefined && (e.code === 'EGPU' || e.code === 'ETIMEDOUT'));
+    if (!gpuError) {
+      for (let turn = 0; turn < 2 && !this.gpu.lost; turn++) await new Promise((r) => setImmediate(r));
+      return this.lostReason !== undefined || this.gpu.lost;
+    }
     let timer: NodeJS.Timeout | undefined;
     const gone = await Promise.race([
       this.gpu.device.lost.then(() => true),

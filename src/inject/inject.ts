@@ -154,6 +154,16 @@ export class FaultInjector {
     return true;
   }
 
+  /**
+   * Make an attempt to come at `point` fail: the next one, or the one `skip` attempts after it
+   * (tests aim a fault at one step of a path this way).
+   */
+  failNext(point: InjectPoint, skip = 0): void {
+    const set = this.nth.get(point) ?? new Set<number>();
+    set.add(this.attempts[point] + 1 + skip);
+    this.nth.set(point, set);
+  }
+
   /** Run `fn` with nothing firing (attempts are still counted). */
   async suppressed<T>(fn: () => Promise<T>): Promise<T> {
     this.quiet++;

@@ -79,7 +79,14 @@ export async function truncate_setsize(mapping: AddressSpace, size: number): Pro
   const old = m.size;
   if (size < old) {
     m.size = size;
-    if (size % ps !== 0) await zero_page_range(m, Math.floor(size / ps), size % ps, ps);
+    try {
+      if (size % ps !== 0) await zero_page_range(m, Math.floor(size / ps), size % ps, ps);
+    } catch (e) {
+      // Nothing was cut yet (the tail is zeroed only once the device gave the page back): the
+      // file keeps its size, so the truncate can simply be run again.
+      m.size = old;
+      throw e;
+    }
     const firstGone = Math.ceil(size / ps);
     await truncate_inode_pages_range(m, firstGone, Number.MAX_SAFE_INTEGER);
     m.a_ops.free_blocks(firstGone, Number.MAX_SAFE_INTEGER);

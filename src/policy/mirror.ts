@@ -71,6 +71,7 @@ export const MIRROR_COUNTERS = [
   'device_write_faults',
   'device_faults_failed', // refused accesses (page_mkwrite said no): SIGBUS-like
   'device_faults_retried', // left for the next replay (no frame, or an invalidation raced)
+  'device_mmu_interval_retries', // of those, grants whose install an invalidation raced (mmu_interval_read_retry)
   'device_fault_batches',
   'device_launches',
   'device_replays',
@@ -104,6 +105,11 @@ interface Mirror {
    * device got write access (its data moved into A' with it). Cleared when it reaches the disk.
    */
   diskStale: boolean;
+  /**
+   * The device's writes are on their way back: the DIRTY bit was taken from the PTE (write-protect,
+   * revoke, eviction) and the bytes have not landed yet. A loss now loses them, so it names the page.
+   */
+  copyBack?: boolean;
 }
 
 /** The work fault service does itself; the rest of a fault's row would be a table bug. */
@@ -495,11 +501,14 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
         );
         const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
         const copy = items.filter((x) => wrote.get(x.index) || x.rec.diskStale);
+        const recs = this.records(m);
+        this.markCopyBack(recs, changes, true);
         let data: Uint8Array[] = [];
         try {
           if (copy.length) data = await this.dm.copyFromFrames(copy.map((x) => x.rec.frame));
         } catch (e) {
           await this.dm.restore(space, changes);
+          this.markCopyBack(recs, changes, false);
           throw e;
         }
         const failed = new Set<number>();
@@ -519,13 +528,13 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
           if (failed.has(x.index)) continue;
           x.rec.perm = 'ro';
           x.rec.diskStale = false;
+          x.rec.copyBack = false;
         }
         this.c.device_copybacks_spared += items.length - copy.length;
         if (failed.size) {
-          await this.dm.restore(
-            space,
-            changes.filter((c) => failed.has(c.index)),
-          );
+          const back = changes.filter((c) => failed.has(c.index));
+          await this.dm.restore(space, back);
+          this.markCopyBack(recs, back, false);
           throw error;
         }
         return copy.length;
@@ -617,6 +626,7 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
         for (const ch of changes) wrote.set(ch.index, ch.dirty);
         taken.push(...changes);
       }
+      this.markCopyBack(recs, taken, true);
       const copy = todo.filter(copyBack);
       if (copy.length) {
         const data = await this.dm.copyFromFrames(copy.map((it) => recs.get(it.index)!.frame));
@@ -625,10 +635,12 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
         });
         this.c.device_copybacks += copy.length;
       }
+      this.markCopyBack(recs, taken, false);
     } catch (e) {
       // The bytes did not land: the device keeps its copy, its permission and its DIRTY bit, so
       // nothing is lost and the CPU's access can be tried again.
       if (taken.length) await this.dm.restore(space, taken);
+      this.markCopyBack(recs, taken, false);
       throw e;
     }
     this.c.device_copybacks_spared += todo.filter(
@@ -650,6 +662,14 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
       const frames = revoking.map((it) => recs.get(it.index)!.frame);
       for (const it of revoking) recs.delete(it.index);
       this.dm.freeFrames(frames);
+    }
+  }
+
+  /** Mark the records of the pages whose DIRTY bit `changes` took as on their way back (or not). */
+  private markCopyBack(recs: Map<number, Mirror>, changes: PteChange[], on: boolean): void {
+    for (const ch of changes) {
+      const rec = recs.get(ch.index);
+      if (rec && ch.dirty) rec.copyBack = on;
     }
   }
 
@@ -689,6 +709,7 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
           locked.push(page);
         }
         const it = this.plan(m, v.index, page, 'device-evict');
+        if (v.dirty) rec.copyBack = true; // the DIRTY bit went with the revoke
         const copy =
           (it.t.work.includes('copy-back') && v.dirty) ||
           (it.t.work.includes('bounce-writeback') && (v.dirty || rec.diskStale));
@@ -812,7 +833,7 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
       const gone: number[] = [];
       for (const [index, rec] of recs) {
         const e = m.i_pages.get(index);
-        const wrote = rec.perm === 'rw' && (this.running || dirty.has(index));
+        const wrote = rec.copyBack === true || (rec.perm === 'rw' && (this.running || dirty.has(index)));
         if (e?.kind === 'device') {
           if (wrote || (rec.perm === 'rw' && rec.diskStale)) gone.push(index);
           m.i_pages.delete(index);
@@ -867,6 +888,7 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
     s.device_write_faults = d.faultsWrite;
     s.device_faults_failed = d.faultsFailed;
     s.device_faults_retried = d.faultsRetried;
+    s.device_mmu_interval_retries = d.mmuIntervalRetries;
     s.device_fault_batches = d.batches;
     s.device_launches = d.launches;
     s.device_replays = d.replays;

@@ -10,6 +10,7 @@ import { expect } from 'vitest';
 import { DeviceMemory } from '../../src/device/index.ts';
 import { HmmFs } from '../../src/fs/hmmfs.ts';
 import { GpuDevice } from '../../src/gpu/device.ts';
+import type { FaultInjector } from '../../src/inject/inject.ts';
 import { patternBytes } from '../../src/oplog/pattern.ts';
 import { firstDifference } from '../../src/oplog/replay.ts';
 import { MirrorPolicy } from '../../src/policy/mirror.ts';
@@ -30,6 +31,10 @@ export interface MirrorOptions {
   devicePages: number;
   blocks?: number;
   batchSize?: number;
+  /** Fault injection for the mount's files and device. */
+  inject?: FaultInjector;
+  /** An existing device memory to mount over (two mounts sharing one device). */
+  dm?: DeviceMemory;
 }
 
 export interface MirrorLab {
@@ -44,11 +49,14 @@ export interface MirrorLab {
 
 export async function mountMirror(gpu: GpuDevice, o: MirrorOptions): Promise<MirrorLab> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-policy-'));
-  const dm = await DeviceMemory.create(gpu, {
-    devicePages: o.devicePages,
-    pageSize: o.pageSize,
-    batchSize: o.batchSize ?? 256,
-  });
+  const shared = o.dm !== undefined;
+  const dm =
+    o.dm ??
+    (await DeviceMemory.create(gpu, {
+      devicePages: o.devicePages,
+      pageSize: o.pageSize,
+      batchSize: o.batchSize ?? 256,
+    }));
   const mirror = new MirrorPolicy(dm);
   const hfs = await HmmFs.mount({
     dir,
@@ -56,6 +64,7 @@ export async function mountMirror(gpu: GpuDevice, o: MirrorOptions): Promise<Mir
     hostPages: o.hostPages,
     blocks: o.blocks,
     policy: mirror,
+    inject: o.inject,
   });
   return {
     gpu,
@@ -65,7 +74,7 @@ export async function mountMirror(gpu: GpuDevice, o: MirrorOptions): Promise<Mir
     dir,
     async cleanup() {
       await hfs.unmount().catch(() => {});
-      dm.destroy();
+      if (!shared) dm.destroy();
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };

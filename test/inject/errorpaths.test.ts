@@ -1,0 +1,415 @@
+/**
+ * Every error path keeps the data (the mirror policy, on the real adapter and real files, page
+ * sizes 4 KiB and 64 KiB). A fault is injected at one step of one path (src/inject): the operation
+ * fails with the error the real failure would give, and every page is left as it was (host flags,
+ * device permission and DIRTY bit, frame ownership), so the operation can simply be run again and
+ * then gives the data of a run without the fault. A lost device is the one failure that may lose
+ * data, and it names exactly which pages.
+ */
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { DeviceMemory } from '../../src/device/index.ts';
+import type { GpuDevice } from '../../src/gpu/device.ts';
+import { FaultInjector } from '../../src/inject/inject.ts';
+import { checkInvariants } from '../../src/policy/invariants.ts';
+import { rejection } from '../helpers/rejection.ts';
+import {
+  delta,
+  diskBytes,
+  expectBytes,
+  type MirrorLab,
+  mountMirror,
+  openGpu,
+  pattern,
+} from '../policy/helpers.ts';
+
+const NAME = 'f';
+let gpu: GpuDevice;
+beforeAll(async () => {
+  gpu = await openGpu();
+});
+afterAll(() => gpu?.destroy());
+
+const labs: MirrorLab[] = [];
+const ownGpus: GpuDevice[] = [];
+afterEach(async () => {
+  for (const l of labs.splice(0)) await l.cleanup();
+  for (const g of ownGpus.splice(0)) if (!g.lost) g.destroy();
+});
+
+async function setup(P: number, o: { hostPages?: number; devicePages?: number; gpu?: GpuDevice } = {}) {
+  const inject = new FaultInjector();
+  const lab = await mountMirror(o.gpu ?? gpu, {
+    pageSize: P,
+    hostPages: o.hostPages ?? 16,
+    devicePages: o.devicePages ?? 16,
+    inject,
+  });
+  labs.push(lab);
+  const f = await lab.fs.open(NAME, { create: true });
+  return { lab, f, inject };
+}
+
+/** host/cpu/dev/frame/dirty of each page: what a failed operation must leave as it found. */
+const rows = (lab: MirrorLab, first: number, last: number) =>
+  lab.fs.snapshot(NAME, first, last).map((r) => `${r.host}/${r.cpu}/${r.dev}/${r.frame}/${r.devDirty}`);
+
+/** The PTEs as the GPU holds them (not the host's shadow). */
+async function gpuPtes(lab: MirrorLab, f: { mapping: { id: number } }, first: number, last: number) {
+  const t = await lab.dm.snapshot(lab.dm.space(f.mapping.id), first, last);
+  return t.map((r) => `${r.perm}/${r.frame}/${r.dirty}`);
+}
+
+describe.each([4096, 65536])('error paths keep the data (mirror), page size %i', (P) => {
+  it('a failed read of the disk in fault service leaves the pages faultable (pread: EIO)', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 4 * P, 1));
+    await f.fsync();
+    await lab.fs.dropCaches();
+    const before = rows(lab, 0, 3);
+    inject.failNext('pread');
+    const e = await rejection(f.deviceRead(0, 4 * P));
+    expect(e.code).toBe('EIO');
+    expect(e.message).toMatch(/readpage of page 0 .*pread: I\/O error/);
+    expect(rows(lab, 0, 3)).toEqual(before);
+    expect(lab.dm.pool.freeCount).toBe(16); // no frame kept for a fault that was not served
+    await checkInvariants(lab.fs);
+    expectBytes(await f.deviceRead(0, 4 * P), pattern(0, 4 * P, 1), 'devread run again');
+  });
+
+  it('a failed copy to the device leaves its pages as they were; earlier steps stay granted', async () => {
+    // 16 host pages: fault service locks 4 pages a step; the copy of the second step fails.
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 8 * P, 1));
+    await f.fsync();
+    inject.failNext('copy-to-device', 1);
+    const v0 = lab.fs.vmstat();
+    const e = await rejection(f.deviceWrite(0, 8 * P, 2));
+    expect(e.code).toBe('EGPU');
+    expect(e.message).toMatch(/copy of 4 pages to device frames/);
+    // Step 1 was granted and installed (the replay that would have written it never ran);
+    // step 2 is as the fault found it: clean, no device copy, no frame.
+    expect(rows(lab, 0, 3).every((r) => /^S\/-\/rw\/\d+\/false$/.test(r))).toBe(true);
+    expect(rows(lab, 4, 7)).toEqual(Array.from({ length: 4 }, () => 'C/-/-/null/false'));
+    expect(lab.dm.pool.freeCount).toBe(12);
+    expect(delta(v0, lab.fs.vmstat()).device_copies_to_device).toBe(4);
+    await checkInvariants(lab.fs);
+    // The device never wrote step 1's pages: reading them copies nothing back.
+    const v1 = lab.fs.vmstat();
+    expectBytes(await f.read(0, 8 * P), pattern(0, 8 * P, 1), 'read after the failed devwrite');
+    expect(delta(v1, lab.fs.vmstat()).device_copybacks).toBe(0);
+    expect(delta(v1, lab.fs.vmstat()).device_copybacks_spared).toBe(4);
+    await f.deviceWrite(0, 8 * P, 2);
+    expectBytes(await f.read(0, 8 * P), pattern(0, 8 * P, 2), 'read after the devwrite ran again');
+  });
+
+  it("a failed copy-back keeps the device's copy, its write permission and its DIRTY bit", async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, 2 * P, 2);
+    const before = rows(lab, 0, 1);
+    expect(before.every((r) => /^S\/-\/rw\/\d+\/true$/.test(r))).toBe(true);
+    const ptes = await gpuPtes(lab, f, 0, 1);
+    inject.failNext('copy-from-device');
+    const e = await rejection(f.read(0, 2 * P));
+    expect(e.code).toBe('ETIMEDOUT');
+    expect(rows(lab, 0, 1)).toEqual(before);
+    expect(await gpuPtes(lab, f, 0, 1)).toEqual(ptes);
+    await checkInvariants(lab.fs);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 2), 'read run again');
+    await f.fsync();
+    expectBytes(diskBytes(lab.dir, NAME), pattern(0, 2 * P, 2), 'disk');
+  });
+
+  it('writeback that fails keeps the pages dirty: nothing is marked clean that is not on disk', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    inject.failNext('pwrite');
+    const e = await rejection(f.fsync());
+    expect(e.code).toBe('EIO');
+    expect(f.nrDirty).toBe(2);
+    expectBytes(diskBytes(lab.dir, NAME), new Uint8Array(2 * P), 'disk after the failed fsync');
+    await f.fsync();
+    expect(f.nrDirty).toBe(0);
+    expectBytes(diskBytes(lab.dir, NAME), pattern(0, 2 * P, 1), 'disk after fsync ran again');
+  });
+
+  it('a failed fdatasync is reported; the next fsync syncs the data again', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, P, 1));
+    inject.failNext('fdatasync');
+    expect((await rejection(f.fsync())).code).toBe('EIO');
+    await f.fsync();
+    expectBytes(diskBytes(lab.dir, NAME), pattern(0, P, 1), 'disk');
+  });
+
+  it('a short write to the backing file is completed', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 3 * P, 1));
+    inject.failNext('pwrite-short');
+    await f.fsync();
+    expect(inject.fired['pwrite-short']).toBe(1);
+    expectBytes(diskBytes(lab.dir, NAME), pattern(0, 3 * P, 1), 'disk');
+  });
+
+  it('writeback of device entries: a failed write keeps that entry to be written back, the rest land', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, 2 * P, 2);
+    await lab.fs.dropCaches();
+    expect(rows(lab, 0, 1).every((r) => /^E\/-\/rw\/\d+\/true$/.test(r))).toBe(true);
+    const before = rows(lab, 0, 1);
+    inject.failNext('pwrite');
+    expect((await rejection(f.fsync())).code).toBe('EIO');
+    // Page 0's write failed: it is E rw again with its DIRTY bit; page 1 was written (E ro).
+    expect(rows(lab, 0, 0)).toEqual(before.slice(0, 1));
+    expect(rows(lab, 1, 1)[0]).toMatch(/^E\/-\/ro\/\d+\/false$/);
+    const want = pattern(0, 2 * P, 1);
+    want.set(pattern(P, P, 2), P);
+    expectBytes(diskBytes(lab.dir, NAME), want, 'disk: page 1 written, page 0 not yet');
+    await checkInvariants(lab.fs);
+    await f.fsync();
+    expectBytes(diskBytes(lab.dir, NAME), pattern(0, 2 * P, 2), 'disk after fsync ran again');
+  });
+
+  it('an eviction whose copy-back fails leaves the frames owned and mapped', async () => {
+    const { lab, f, inject } = await setup(P, { devicePages: 4 });
+    await f.write(0, pattern(0, 8 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, 4 * P, 2);
+    const before = rows(lab, 0, 3);
+    const ptes = await gpuPtes(lab, f, 0, 3);
+    inject.failNext('copy-from-device');
+    expect((await rejection(f.deviceRead(4 * P, 4 * P))).code).toBe('ETIMEDOUT');
+    expect(rows(lab, 0, 3)).toEqual(before);
+    expect(await gpuPtes(lab, f, 0, 3)).toEqual(ptes);
+    expect(lab.fs.vmstat().device_evictions).toBe(0);
+    await checkInvariants(lab.fs);
+    expectBytes(await f.deviceRead(4 * P, 4 * P), pattern(4 * P, 4 * P, 1), 'devread run again');
+    const want = pattern(0, 8 * P, 1);
+    want.set(pattern(0, 4 * P, 2));
+    expectBytes(await f.read(0, 8 * P), want, 'read');
+  });
+
+  it('a device entry whose eviction cannot write it to disk stays on the device', async () => {
+    const { lab, f, inject } = await setup(P, { devicePages: 2 });
+    await f.write(0, pattern(0, 4 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, 2 * P, 2);
+    await lab.fs.dropCaches(); // E rw: the device holds the only copy
+    const before = rows(lab, 0, 1);
+    inject.failNext('pwrite');
+    expect((await rejection(f.deviceRead(2 * P, 2 * P))).code).toBe('EIO');
+    expect(rows(lab, 0, 1)).toEqual(before);
+    await checkInvariants(lab.fs);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 2), 'read of the device entries');
+  });
+
+  it('a refused page_mkwrite of an mmap store (SIGBUS) leaves the page clean and read-only', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, P, 1));
+    await f.fsync();
+    const vma = f.mmap();
+    await vma.load(0, 1);
+    const before = rows(lab, 0, 0);
+    expect(before[0]).toMatch(/^C\/ro\//);
+    inject.failNext('page_mkwrite');
+    const e = await rejection(vma.store(0, pattern(0, 8, 2)));
+    expect(e.code).toBe('ENOSPC');
+    expect(e.message).toMatch(/SIGBUS/);
+    expect(rows(lab, 0, 0)).toEqual(before);
+    await vma.store(0, pattern(0, 8, 2));
+    const want = pattern(0, P, 1);
+    want.set(pattern(0, 8, 2));
+    expectBytes(await f.read(0, P), want, 'read after the store ran again');
+  });
+
+  it('a refused page_mkwrite of a device write fails that page (EFAULT); the others land', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    inject.failNext('page_mkwrite');
+    const e = await rejection(f.deviceWrite(0, 2 * P, 2));
+    expect(e.code).toBe('EFAULT');
+    expect(e.message).toMatch(/^SIGBUS: device write to page 0 of f refused/);
+    expect(lab.fs.vmstat().device_mkwrite_refused).toBe(1);
+    const want = pattern(0, 2 * P, 2);
+    want.set(pattern(0, P, 1));
+    expectBytes(await f.read(0, 2 * P), want, 'page 0 refused, page 1 written');
+    await checkInvariants(lab.fs);
+  });
+
+  it('a failed frame allocation (ENOMEM) changes nothing', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    const before = rows(lab, 0, 1);
+    inject.failNext('frame-alloc');
+    const e = await rejection(f.deviceWrite(0, 2 * P, 2));
+    expect(e.code).toBe('ENOMEM');
+    expect(rows(lab, 0, 1)).toEqual(before);
+    expect(lab.dm.pool.freeCount).toBe(16);
+    await checkInvariants(lab.fs);
+    await f.deviceWrite(0, 2 * P, 2);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 2), 'read');
+  });
+
+  it('a failed replay launch (EGPU) leaves granted pages the device never wrote: their copy-back is spared', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, P, 2); // page 0: written by the device
+    inject.failNext('kernel-launch', 1); // the launch after the fault service of page 1
+    const e = await rejection(f.deviceWrite(0, 2 * P, 3));
+    expect(e.code).toBe('EGPU');
+    expect(e.message).toMatch(/launch devwrite/);
+    // Both pages writable on the device; only page 0's DIRTY bit is set (the GPU says so).
+    expect(await gpuPtes(lab, f, 0, 1)).toEqual([
+      expect.stringMatching(/^rw\/\d+\/true$/),
+      expect.stringMatching(/^rw\/\d+\/false$/),
+    ]);
+    await checkInvariants(lab.fs);
+    const v = lab.fs.vmstat();
+    // The first launch wrote page 0 (already writable); page 1 faulted, was granted, never written.
+    const want = pattern(0, 2 * P, 1);
+    want.set(pattern(0, P, 3));
+    expectBytes(await f.read(0, 2 * P), want, 'read');
+    const d = delta(v, lab.fs.vmstat());
+    expect(d.device_copybacks).toBe(1);
+    expect(d.device_copybacks_spared).toBe(1);
+    expect(d.device_bytes_d2h).toBe(P);
+  });
+
+  it('an invalidation that races with fault service makes that fault retry; the data is right', async () => {
+    const { lab, f, inject } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    const v = lab.fs.vmstat();
+    inject.failNext('race-invalidate');
+    await f.deviceWrite(0, 2 * P, 2);
+    const d = delta(v, lab.fs.vmstat());
+    expect(d.device_mmu_interval_retries).toBe(1);
+    expect(d.device_faults_retried).toBe(1);
+    expect(d.device_faults_unique).toBe(3); // two pages, one of them faulting again
+    expect(d.device_replays).toBe(2);
+    await checkInvariants(lab.fs);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 2), 'read');
+  });
+
+  it('fault-around maps only uptodate pages: a 1-byte mmap read takes nothing more from the device', async () => {
+    const { lab, f } = await setup(P, { hostPages: 64, devicePages: 64 });
+    await f.write(0, pattern(0, 32 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, 32 * P, 2);
+    const v = lab.fs.vmstat();
+    const vma = f.mmap();
+    expectBytes(await vma.load(5 * P, 1), pattern(5 * P, 1, 2), 'the byte');
+    expect(delta(v, lab.fs.vmstat()).device_copybacks).toBe(1);
+    const w = lab.fs.vmstat();
+    await f.deviceWrite(6 * P, 26 * P, 3);
+    expect(delta(w, lab.fs.vmstat()).device_write_faults).toBe(0);
+    await checkInvariants(lab.fs);
+  });
+
+  it('two mounts on one device: eviction gives each frame back to the mount that owns it', async () => {
+    const dm = await DeviceMemory.create(gpu, { devicePages: 4, pageSize: P });
+    try {
+      const a = await mountMirror(gpu, { pageSize: P, hostPages: 16, devicePages: 4, dm });
+      const b = await mountMirror(gpu, { pageSize: P, hostPages: 16, devicePages: 4, dm });
+      labs.push(a, b);
+      const fa = await a.fs.open(NAME, { create: true });
+      const fb = await b.fs.open(NAME, { create: true });
+      await fa.write(0, pattern(0, 4 * P, 1));
+      await fb.write(0, pattern(0, 4 * P, 3));
+      await fa.deviceWrite(0, 4 * P, 2); // every frame: mount a's, dirty
+      await fb.deviceRead(0, 4 * P); // evicts them all
+      expect(a.fs.vmstat().device_evictions).toBe(4);
+      expect(rows(a, 0, 3)).toEqual(Array.from({ length: 4 }, () => 'D/-/-/null/false'));
+      expectBytes(await fa.read(0, 4 * P), pattern(0, 4 * P, 2), "mount a's pages");
+      await checkInvariants(a.fs);
+      await checkInvariants(b.fs);
+      for (const l of labs.splice(0)) await l.cleanup();
+    } finally {
+      dm.destroy();
+    }
+  });
+});
+
+describe.each([4096, 65536])('device loss (mirror), page size %i: only the device-held data goes', (P) => {
+  async function lossSetup() {
+    const own = await openGpu(5_000);
+    ownGpus.push(own);
+    return setup(P, { gpu: own });
+  }
+
+  /** Pages 0-1 dirty on the host (newer than disk), 2-3 clean; the device then writes 0-3. */
+  async function fileWithNewerHostData(f: Awaited<ReturnType<typeof setup>>['f']) {
+    await f.write(0, pattern(0, 4 * P, 1));
+    await f.fsync();
+    await f.write(0, pattern(0, 2 * P, 2));
+  }
+  const hostData = () => {
+    const want = pattern(0, 4 * P, 1);
+    want.set(pattern(0, 2 * P, 2));
+    return want;
+  };
+
+  it('lost mid-kernel (at the replay launch): EIO naming the pages; host data newer than disk is kept', async () => {
+    const { lab, f, inject } = await lossSetup();
+    await fileWithNewerHostData(f);
+    inject.failNext('device-lost', 1);
+    const e = await rejection(f.deviceWrite(0, 4 * P, 3));
+    expect(e.code).toBe('EIO');
+    expect(e.message).toMatch(/^device lost: dirty data of pages 0-3 of f lost/);
+    expect(rows(lab, 0, 3)).toEqual([
+      'D/-/-/null/false',
+      'D/-/-/null/false',
+      'C/-/-/null/false',
+      'C/-/-/null/false',
+    ]);
+    expectBytes(await f.read(0, 4 * P), hostData(), 'read after the loss');
+    expect((await rejection(f.deviceRead(0, 4))).code).toBe('ENODEV');
+    await lab.fs.unmount();
+    expectBytes(diskBytes(lab.dir, NAME), hostData(), 'disk after unmount');
+  });
+
+  it('lost in the middle of fault service: EIO, the host keeps its data', async () => {
+    const own = await openGpu(5_000);
+    ownGpus.push(own);
+    const inject = new FaultInjector({ onFire: () => own.destroy() });
+    const lab = await mountMirror(own, { pageSize: P, hostPages: 16, devicePages: 16, inject });
+    labs.push(lab);
+    const f = await lab.fs.open(NAME, { create: true });
+    await fileWithNewerHostData(f);
+    inject.failNext('race-invalidate'); // fires between service and the PTE install
+    const e = await rejection(f.deviceWrite(0, 4 * P, 3));
+    expect(e.code).toBe('EIO');
+    expect(e.message).toMatch(/lost/);
+    expectBytes(await f.read(0, 4 * P), hostData(), 'read after the loss');
+    await lab.fs.unmount();
+    expectBytes(diskBytes(lab.dir, NAME), hostData(), 'disk after unmount');
+  });
+
+  it('lost during a copy-back: EIO naming the pages the device wrote; the rest is intact', async () => {
+    const own = await openGpu(5_000);
+    ownGpus.push(own);
+    const inject = new FaultInjector({ onFire: () => own.destroy() });
+    const lab = await mountMirror(own, { pageSize: P, hostPages: 16, devicePages: 16, inject });
+    labs.push(lab);
+    const f = await lab.fs.open(NAME, { create: true });
+    await f.write(0, pattern(0, 4 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(2 * P, 2 * P, 3); // pages 2-3: only on the device
+    await f.write(0, pattern(0, P, 2)); // page 0: newer on the host
+    inject.failNext('copy-from-device');
+    const e = await rejection(f.read(2 * P, 2 * P));
+    expect(e.code).toBe('EIO');
+    expect(e.message).toMatch(/^device lost: dirty data of pages 2-3 of f lost/);
+    const want = pattern(0, 4 * P, 1);
+    want.set(pattern(0, P, 2));
+    expectBytes(await f.read(0, 4 * P), want, 'read after the loss: pages 2-3 as the disk has them');
+    await lab.fs.unmount();
+    expectBytes(diskBytes(lab.dir, NAME), want, 'disk after unmount');
+  });
+});
