@@ -566,6 +566,11 @@ export class DeviceMemory {
     const bytes = await this.gpu.readBuffer(space.pte, first * 4, (last - first + 1) * 4);
     return new Uint32Array(bytes.buffer, bytes.byteOffset, last - first + 1);
   }
+
+  /** The device address spaces alive now, for the invariant checker (it reads every page table whole). */
+  liveSpaces(): DevicePageTable[] {
+    return [...this.spaces.values()];
+  }
 }
 
 export type { InstalledPte };

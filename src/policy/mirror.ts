@@ -754,4 +754,9 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
     s.device_frames_used = this.dm.pool.devicePages - this.dm.pool.freeCount;
     return { ...s };
   }
+
+  /** The invariant checker's read-only view (DevicePolicy.checkView): the device memory and the records. */
+  checkView() {
+    return { memory: this.dm, record: (m: AddressSpace, index: number) => this.record(m, index) };
+  }
 }
