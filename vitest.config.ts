@@ -4,7 +4,7 @@ export default defineConfig({
   test: {
     include: ['test/**/*.test.ts'],
     reporters: ['default', './test/summaryReporter.ts'],
-    // Dawn is a native addon: forks isolate a crash to one file (webgpu-notes.md).
+    // Dawn is a native addon: forks isolate a crash to one file (docs/webgpu-findings.md).
     pool: 'forks',
     // Two cores: more than two GPU-heavy files at once only slows each down on lavapipe.
     maxWorkers: 2,

@@ -15,7 +15,7 @@ try {
   const info = adapter.info;
   console.log(`adapter: ${info.vendor} ${info.description || info.device} (${info.architecture})`);
   device.destroy();
-  // Keep gpu reachable until here (see webgpu-notes: a collected instance crashes Dawn).
+  // Keep gpu reachable until here (docs/webgpu-findings.md: a collected instance crashes Dawn).
   if (gpu) process.exit(0);
 } catch (e) {
   console.error(`probe: ${e instanceof Error ? e.message : e}`);

@@ -1,5 +1,5 @@
 // devwrite: one work item per 4-byte word of [off, off + len); writes the op log's pattern
-// byte(x) = (x + 7 * tag) mod 251 at file offset x (oplog.md), computed here on the GPU.
+// byte(x) = (x + 7 * tag) mod 251 at file offset x (docs/oplog.md), computed here on the GPU.
 //!include mmu.wgsl
 
 fn pattern_word(x: u32) -> u32 {

@@ -20,7 +20,7 @@ import { runCopyBench } from './bench.ts';
 import { adapterReport, formatAdapterReport, withGpu } from './info.ts';
 
 export interface DemoContext {
-  /** The device every chapter shares (an adapter gives one device; webgpu-notes.md). */
+  /** The device every chapter shares (an adapter gives one device; docs/webgpu-findings.md). */
   gpu: GpuDevice;
   /** Print text (a chapter's output goes to stdout). */
   print: (text: string) => void;

@@ -28,7 +28,7 @@ export function buildProgram(): Command {
   return program;
 }
 
-/** Exit status per error code: a malformed op log is 2 (oplog.md); other user errors 1. */
+/** Exit status per error code: a malformed op log is 2 (docs/oplog.md); other user errors 1. */
 export function exitCodeFor(code: string): number {
   return code === 'EOPLOG' || code === 'EINVAL' ? 2 : 1;
 }

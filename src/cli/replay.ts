@@ -1,6 +1,6 @@
 /**
  * `hmmlab replay LOG`: apply an op log (docs/oplog.md) to a file on the page cache.
- * With --json, stdout carries exactly oplog.md's output: one `{i, op, len, sha256}` object per
+ * With --json, stdout carries exactly docs/oplog.md's output: one `{i, op, len, sha256}` object per
  * read-like op, then the `{op:"end", size, sha256}` line, last. Statistics, the fault-batch
  * summary and the page-state snapshot go to stderr.
  *

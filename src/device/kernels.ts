@@ -210,7 +210,7 @@ export class KernelPipelines {
 
 // ---- the host's reference for what the kernels compute ----
 
-/** The op log's byte at file offset x for an op with `tag` (oplog.md). */
+/** The op log's byte at file offset x for an op with `tag` (docs/oplog.md). */
 export function patternByte(x: number, tag: number): number {
   return (x + 7 * tag) % 251;
 }

@@ -698,6 +698,16 @@ export class DeviceMemory {
     const bytes = await this.gpu.readBuffer(space.pte, first * 4, (last - first + 1) * 4);
     return new Uint32Array(bytes.buffer, bytes.byteOffset, last - first + 1);
   }
+
+  /** The device address spaces alive now, for the invariant checker (it reads every page table whole). */
+  liveSpaces(): DevicePageTable[] {
+    return [...this.spaces.values()];
+  }
+
+  /** Whether an owner (a policy) registered an eviction hook for space `id`: it is someone's. */
+  hasOwner(id: number): boolean {
+    return this.evictionHooks.has(id);
+  }
 }
 
 export type { InstalledPte };

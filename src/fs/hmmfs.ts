@@ -53,7 +53,7 @@ export interface MountOptions {
   inject?: FaultInjector;
 }
 
-/** A snapshot row: the page cache's columns and the device's (DESIGN.md's state letters). */
+/** A snapshot row: the page cache's columns and the device's (docs/DESIGN.md's state letters). */
 export interface FsPageSnapshot extends PageSnapshot, DevicePageColumns {}
 
 const NO_DEVICE: DevicePageColumns = { dev: '-', frame: null, devDirty: false };
@@ -447,7 +447,7 @@ export class File {
     });
   }
 
-  /** devwrite: one device thread per 4-byte word stores oplog.md's pattern for `tag`. */
+  /** devwrite: one device thread per 4-byte word stores docs/oplog.md's pattern for `tag`. */
   async deviceWrite(off: number, len: number, tag: number): Promise<DeviceRun> {
     checkOffset('deviceWrite tag', tag);
     const r = await this.device('deviceWrite', 'devwrite', { off, len, tag });

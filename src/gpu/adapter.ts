@@ -57,7 +57,7 @@ export function gpuOptionsFromEnv(opts: GpuOptions = {}): GpuOptions {
 }
 
 export interface OpenedAdapter {
-  /** The Dawn instance: must stay reachable as long as the adapter and device live (webgpu-notes.md). */
+  /** The Dawn instance: it must outlive the adapter and the device (docs/webgpu-findings.md). */
   gpu: GPU;
   adapter: GPUAdapter;
   info: AdapterInfo;
@@ -72,6 +72,8 @@ export async function requestAdapter(options: GpuOptions = {}): Promise<OpenedAd
   let adapter: GPUAdapter | null;
   try {
     gpu = create(flags);
+    // On lavapipe Dawn prints two maxDynamic* limit-clamp warnings on stderr here, from native code
+    // that no create() flag, toggle or callback reaches; they are harmless (docs/webgpu-findings.md).
     adapter = await gpu.requestAdapter({
       powerPreference: 'high-performance',
       forceFallbackAdapter: options.software === true,

@@ -5,7 +5,7 @@
  *
  *   host -> device   writeDevice        queue.writeBuffer (Dawn copies the data at the call)
  *   host -> device   StagingRing.write  a ring of MAP_WRITE buffers + copyBufferToBuffer; each buffer
- *                                       is re-mapped as soon as its copy is submitted (webgpu-notes.md)
+ *                                       is re-mapped once its copy is submitted (docs/webgpu-findings.md)
  *   device -> host   ReadbackRing.read  copyBufferToBuffer into a ring of MAP_READ buffers + mapAsync
  *   device -> device copyDevice         copyBufferToBuffer
  *   host -> host     copyHost           TypedArray.set, the memcpy baseline

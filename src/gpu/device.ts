@@ -4,7 +4,7 @@
  * timeout (Dawn waits on llvmpipe have been seen to hang), and the buffer helpers every layer uses.
  *
  * The Dawn instance (`gpu`) is held here for as long as the device lives: if it is collected the
- * process crashes at the next submit (webgpu-notes.md).
+ * process crashes at the next submit (docs/webgpu-findings.md).
  */
 import { errorMessage, HmmlabError } from '../errors.ts';
 import {
@@ -157,7 +157,7 @@ export class GpuDevice {
 
   /**
    * queue.writeBuffer that is safe for shared memory: Dawn crashes on a view of a
-   * SharedArrayBuffer (webgpu-notes.md), so such data is copied to a plain buffer first.
+   * SharedArrayBuffer (docs/webgpu-findings.md), so such data is copied to a plain buffer first.
    * Sizes not a multiple of 4 are padded with zeros (writeBuffer requires it).
    */
   writeBuffer(dst: GPUBuffer, dstOffset: number, data: Uint8Array): void {

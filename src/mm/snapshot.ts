@@ -1,5 +1,5 @@
 /**
- * A page-state snapshot of a range (like test_hmm's SNAPSHOT): each page's host state in DESIGN.md's
+ * A page-state snapshot of a range (like test_hmm's SNAPSHOT): each page's host state in docs/DESIGN.md's
  * letters, its flags, mapcount and widest CPU permission. The device half adds its own columns.
  */
 import { asMapping } from './mapping.ts';

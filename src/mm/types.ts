@@ -77,7 +77,7 @@ export interface AddressSpaceOps {
   fsync(): Promise<void>;
 }
 
-/** A page's host state in DESIGN.md's table: absent, clean, dirty, stale (device newer), device entry. */
+/** A page's host state (docs/DESIGN.md): absent, clean, dirty, stale (device newer), device entry. */
 export type HostState = '-' | 'C' | 'D' | 'S' | 'E';
 
 /** One row of a page-state snapshot (like test_hmm's SNAPSHOT); the device half adds its columns. */

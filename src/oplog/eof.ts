@@ -5,7 +5,7 @@
  */
 import { isDeviceOp, type Op } from './schema.ts';
 
-/** i_size after `op`, given i_size before it (oplog.md's rules; a zero-length write changes nothing). */
+/** i_size after `op`, given i_size before it (docs/oplog.md's rules; a zero-length write changes nothing). */
 export function sizeAfter(op: Op, size: number): number {
   switch (op.op) {
     case 'write':

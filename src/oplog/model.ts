@@ -1,5 +1,5 @@
 /**
- * The reference model of oplog.md: the file as a plain growable byte array, every op applied by
+ * The reference model of docs/oplog.md: the file as a plain growable byte array, every op applied by
  * its rule and nothing else (no pages, no cache, no device). Replay --check and the fsx-style test
  * compare hmmlab against it. Bytes past `size` in the array are kept zero, so growing the file
  * (write past EOF, truncate up) reads zeros without extra work.

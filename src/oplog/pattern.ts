@@ -1,5 +1,5 @@
 /**
- * The data pattern of oplog.md: the op with tag `t` writes byte (x + 7t) mod 251 at file offset x,
+ * The data pattern of docs/oplog.md: the op with tag `t` writes byte (x + 7t) mod 251 at file offset x,
  * so every byte on disk says which op wrote it. 251 is prime and not a power of two, so the pattern
  * never lines up with a page, a sector or a 4-byte word.
  */

@@ -1,6 +1,6 @@
 /**
  * The replay runner: apply an op log to one file on an HmmFs (the file starts empty) and report,
- * as oplog.md says, `{i, op, len, sha256}` for each read-like op and finally `{op:'end', size,
+ * as docs/oplog.md says, `{i, op, len, sha256}` for each read-like op and finally `{op:'end', size,
  * sha256}` of the backing file on disk after the final unmount.
  *
  * With `check`, the reference model (model.ts) runs alongside: every read is compared with it,

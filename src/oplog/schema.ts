@@ -1,5 +1,5 @@
 /**
- * The op-log format (/work/shared/oplog.md): one operation a line, applied in order to one file
+ * The op-log format (docs/oplog.md): one operation a line, applied in order to one file
  * that starts empty. This module holds the zod schemas, the `Op` type and the per-op rules that do
  * not depend on the file's state (alignment). The EOF rule of device ops depends on the ops before
  * them and lives in eof.ts.
@@ -78,7 +78,7 @@ export function alignmentOf(op: Op): number {
   }
 }
 
-/** The alignment rule of oplog.md: null when `op` keeps it, else the reason. */
+/** The alignment rule of docs/oplog.md: null when `op` keeps it, else the reason. */
 export function alignmentError(op: Op): string | null {
   const a = alignmentOf(op);
   if (a === 1 || !('off' in op)) return null;

@@ -77,7 +77,7 @@ export interface StressRun {
   ops: number;
   reads: number;
   diskChecks: number;
-  /** The file at the end of the run, as oplog.md's end line has it: same seed, same file. */
+  /** The file at the end of the run, as docs/oplog.md's end line has it: same seed, same file. */
   size: number;
   sha256: string;
   elapsedMs: number;

@@ -4,10 +4,11 @@
  * snapshot, and the mount's lock for work started outside an operation (detach). HmmFs asks
  * `isDevicePolicy` and never branches on a policy's name.
  */
-import type { KernelKind, KernelParams } from '../device/index.ts';
+import type { DeviceMemory, KernelKind, KernelParams } from '../device/index.ts';
 import type { Errno } from '../errors.ts';
 import type { FaultInjector } from '../inject/inject.ts';
 import type { AddressSpace } from '../mm/types.ts';
+import type { PageState } from './mirrorTable.ts';
 import type { CoherencePolicy } from './policy.ts';
 
 /** What one device kernel run cost and what failed (the contract's DeviceRun). */
@@ -40,6 +41,24 @@ export interface DevicePageColumns {
   devDirty: boolean;
 }
 
+/** A policy's record of one device copy A', as the invariant checker reads it. */
+export interface DeviceCopyRecord {
+  readonly frame: number;
+  readonly perm: 'ro' | 'rw';
+  /** A' holds data the disk lacks even where the device never wrote it. */
+  readonly diskStale: boolean;
+}
+
+/** What the invariant checker (invariants.ts) reads of a policy with a device, read-only. */
+export interface DeviceCheckView {
+  /** The device memory whose page tables and frames hold the policy's copies. */
+  readonly memory: DeviceMemory;
+  /** The policy's record of page `index` of `mapping`, if it holds a device copy of it. */
+  record(mapping: AddressSpace, index: number): DeviceCopyRecord | undefined;
+  /** Whether device address space `id` is this policy's (another mount may share the device). */
+  ownsSpace(id: number): boolean;
+}
+
 export interface DevicePolicy extends CoherencePolicy {
   readonly hasDevice: true;
   /** Run a device kernel over `mapping`'s pages; faults are serviced by the policy. */
@@ -52,6 +71,10 @@ export interface DevicePolicy extends CoherencePolicy {
   setSerializer(serialize: <T>(fn: () => Promise<T>) => Promise<T>): void;
   /** HmmFs hands its fault injector over at mount (its device's copies, frames and launches). */
   setInjector(inject: FaultInjector): void;
+  /** The legal page states of this policy's scheme; the checker defaults to the mirror table's. */
+  isLegal?(state: PageState): boolean;
+  /** The device memory and the records, for the checker to compare with the GPU itself. */
+  checkView?(): DeviceCheckView;
 }
 
 export function isDevicePolicy(p: CoherencePolicy): p is DevicePolicy {

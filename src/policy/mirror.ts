@@ -144,6 +144,8 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
   readonly hasDevice = true as const;
   /** Records of device copies, by address-space id then page index. */
   private readonly mirrors = new Map<number, Map<number, Mirror>>();
+  /** The device address spaces this policy made (and must forget): another mount may share the device. */
+  private readonly ownSpaces = new Set<number>();
   /** The mappings the device has seen (eviction reaches a page through its space id). */
   private readonly mappings = new Map<number, AddressSpace>();
   private readonly c = Object.fromEntries(MIRROR_COUNTERS.map((k) => [k, 0])) as Record<
@@ -178,6 +180,7 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
       this.mappings.set(m.id, m);
       // Frames of this space come back to this policy, whoever else shares the device.
       this.dm.setEvictionHook((victims) => this.evict(victims), m.id);
+      this.ownSpaces.add(m.id);
     }
     return r;
   }
@@ -564,6 +567,7 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
       this.mirrors.delete(m.id);
       this.mappings.delete(m.id);
       this.dm.forget(m.id);
+      this.ownSpaces.delete(m.id);
     }
   }
 
@@ -766,6 +770,11 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
       await this.guarded(async () => {
         await this.dm.detach();
       });
+      // Every frame came back: the address spaces (page tables, fault buffers) go too.
+      for (const id of this.mirrors.keys()) {
+        if (!this.dm.gpu.lost) this.dm.forget(id);
+        this.ownSpaces.delete(id);
+      }
       this.mirrors.clear();
       this.gone = 'detached';
     });
@@ -901,5 +910,14 @@ export class MirrorPolicy implements CoherencePolicy, DevicePolicy {
     s.device_frames_total = this.dm.pool.devicePages;
     s.device_frames_used = this.dm.pool.devicePages - this.dm.pool.freeCount;
     return { ...s };
+  }
+
+  /** The invariant checker's read-only view (DevicePolicy.checkView): the device memory and the records. */
+  checkView() {
+    return {
+      memory: this.dm,
+      record: (m: AddressSpace, index: number) => this.record(m, index),
+      ownsSpace: (id: number) => this.ownSpaces.has(id),
+    };
   }
 }

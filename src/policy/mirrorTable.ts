@@ -81,7 +81,7 @@ const LEGAL: ReadonlyArray<[HostState[], DevicePerm, CpuPerm[]]> = [
   [['E'], 'ro', ['-']],
 ];
 
-/** DESIGN.md's legal states. Invariant 1 (single writer) is part of it. */
+/** docs/DESIGN.md's legal states. Invariant 1 (single writer) is part of it. */
 export function isLegal(s: PageState): boolean {
   return LEGAL.some(([hosts, dev, cpus]) => hosts.includes(s.host) && dev === s.dev && cpus.includes(s.cpu));
 }

@@ -4,7 +4,7 @@
  * schemes need to act, and never branches on the policy's name. The host-only policy
  * (`hostOnlyPolicy`) makes every hook a no-op, which is what issue 3's page cache runs with.
  *
- * Vocabulary (DESIGN.md's state table): host page A (`Page`, in the address_space's xarray),
+ * Vocabulary (docs/DESIGN.md's state table): host page A (`Page`, in the address_space's xarray),
  * device copy A' (a frame in GPU memory, owned by the policy), device entry E (an xarray entry
  * that says "this index's data lives on the device": left when A is reclaimed while A' holds data).
  */

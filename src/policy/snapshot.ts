@@ -1,5 +1,5 @@
 /**
- * The page-state table (like test_hmm's SNAPSHOT), one row a page: host state in DESIGN.md's
+ * The page-state table (like test_hmm's SNAPSHOT), one row a page: host state in docs/DESIGN.md's
  * letters, page flags, mapcount, CPU permission, device permission, frame and the device's DIRTY bit.
  */
 import type { FsPageSnapshot } from '../fs/hmmfs.ts';

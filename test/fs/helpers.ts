@@ -25,7 +25,7 @@ export async function mountLab(opts: Omit<MountOptions, 'dir'> = {}): Promise<La
   };
 }
 
-/** oplog.md's data (byte(x) = (x + 7 * tag) mod 251): the one implementation, checked in test/oplog/pattern.test.ts. */
+/** docs/oplog.md's data (byte(x) = (x + 7 * tag) mod 251): the one implementation, checked in test/oplog/pattern.test.ts. */
 export { patternBytes as pattern };
 
 /** The backing file's bytes, read straight from disk. */

@@ -1,5 +1,5 @@
 /**
- * `hmmlab replay` as a user runs it (a child process): oplog.md's --json output, the exit status 2
+ * `hmmlab replay` as a user runs it (a child process): docs/oplog.md's --json output, the exit status 2
  * and a one-line message naming the line for a malformed log (no stack trace), EINVAL for bad
  * options, stdin as '-'.
  */

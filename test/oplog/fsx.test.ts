@@ -2,7 +2,8 @@
  * fsx-style property test (issue 3): random op sequences replayed on HmmFs with the reference
  * model checking every read, and the backing file on disk after every fsync and remount and at
  * the end (replayOplog's check mode), under host-page budgets of 4-16 pages so that reclaim and
- * writeback interleave with every path, for page sizes 4 KiB and 64 KiB.
+ * writeback interleave with every path, for page sizes 4 KiB and 64 KiB. checkInvariants runs after
+ * every op (the host side: index, LRU, mapcount, CPU PTEs, page locks, writeback, page states).
  *
  * A failure prints the fast-check seed, shrinks the log, saves it as JSON Lines and prints the
  * `hmmlab replay` command that reproduces it. HMMLAB_FSX_SEED=<seed> reruns a given seed;
@@ -16,6 +17,7 @@ import fc from 'fast-check';
 import { expect, test } from 'vitest';
 import { replayOplog } from '../../src/oplog/replay.ts';
 import { type Op, serializeOplog } from '../../src/oplog/schema.ts';
+import { checkInvariants } from '../../src/policy/invariants.ts';
 import { oplogArbitrary } from './arbitrary.ts';
 
 const SEED = process.env.HMMLAB_FSX_SEED ? Number(process.env.HMMLAB_FSX_SEED) : Date.now() % 0x7fffffff;
@@ -48,12 +50,21 @@ for (const pageSize of [4096, 65536]) {
     let ops = 0;
     let reads = 0;
     let diskChecks = 0;
+    let invariantChecks = 0;
     // Rounds of RUNS sequences until MIN_OPS ops have run: lengths are random, the total is not.
     for (let round = 0; round === 0 || ops < MIN_OPS; round++) {
       const seed = SEED + round;
       const details = await fc.check(
         fc.asyncProperty(arb, async (c) => {
-          const r = await replayOplog(c.ops, { pageSize, hostPages: c.hostPages, check: true });
+          const r = await replayOplog(c.ops, {
+            pageSize,
+            hostPages: c.hostPages,
+            check: true,
+            afterOp: async (fs) => {
+              await checkInvariants(fs);
+              invariantChecks++;
+            },
+          });
           ops += r.ops;
           reads += r.reads.length;
           diskChecks += r.diskChecks;
@@ -77,6 +88,7 @@ for (const pageSize of [4096, 65536]) {
       `fsx page size ${pageSize}: ${ops} ops, ${reads} reads checked, ${diskChecks} disk images checked`,
     );
     expect(ops).toBeGreaterThanOrEqual(MIN_OPS);
+    expect(invariantChecks).toBeGreaterThanOrEqual(ops);
     expect(diskChecks).toBeGreaterThan(RUNS);
   }, 600_000);
 }

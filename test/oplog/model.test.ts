@@ -1,4 +1,4 @@
-/** The reference model follows each rule of oplog.md's table. */
+/** The reference model follows each rule of docs/oplog.md's table. */
 import { describe, expect, test } from 'vitest';
 import { modelOplog, OplogModel } from '../../src/oplog/model.ts';
 import { patternBytes } from '../../src/oplog/pattern.ts';

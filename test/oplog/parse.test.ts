@@ -1,5 +1,5 @@
 /**
- * The op-log parser: every rule of oplog.md rejects its line with HmmlabError('EOPLOG') whose
+ * The op-log parser: every rule of docs/oplog.md rejects its line with HmmlabError('EOPLOG') whose
  * message names the 1-based line number and the reason; valid logs round-trip through the serializer.
  */
 import { describe, expect, test } from 'vitest';

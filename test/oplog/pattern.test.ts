@@ -1,4 +1,4 @@
-/** The data pattern of oplog.md: byte(x) = (x + 7*tag) mod 251, filled fast for large lengths. */
+/** The data pattern of docs/oplog.md: byte(x) = (x + 7*tag) mod 251, filled fast for large lengths. */
 import { expect, test } from 'vitest';
 import { fillPattern, patternByte, patternBytes, tagOf } from '../../src/oplog/pattern.ts';
 

@@ -1,5 +1,5 @@
 /**
- * The replay runner on HmmFs: oplog.md's output (a record per read-like op, the end line last
+ * The replay runner on HmmFs: docs/oplog.md's output (a record per read-like op, the end line last
  * with the sha256 of the backing file on disk), check mode catching a difference, device ops
  * refused before anything runs, and a filesystem error that stops the run with nothing lost.
  */

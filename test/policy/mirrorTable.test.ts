@@ -30,7 +30,7 @@ const EVENTS: MirrorEvent[] = [
 const holdsNewestOnDevice = (s: PageState) => s.host === 'S' || (s.host === 'E' && s.dev === 'rw');
 
 describe('mirror state table', () => {
-  it('lists the legal states of DESIGN.md and nothing else', () => {
+  it('lists the legal states of docs/DESIGN.md and nothing else', () => {
     const states = allLegalStates();
     expect(states.length).toBe(9 + 4 + 2 + 1);
     expect(isLegal({ host: 'S', dev: 'rw', cpu: 'ro' })).toBe(false); // single writer
