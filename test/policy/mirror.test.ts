@@ -2,7 +2,8 @@
  * Jan Kara's mirror scheme, one step a test, on the real adapter and real files, for page sizes
  * 4 KiB and 64 KiB: each step of the scheme (device read fault, device write fault, CPU read, CPU
  * write), reclaim leaving a device entry that readpage pulls from, fsync, direct I/O, truncate and
- * punch, unmount, device eviction, a refused page_mkwrite, and the DIRTY bit sparing a copy-back.
+ * punch, unmount, device eviction, a refused page_mkwrite, and the DIRTY bit sparing a copy-back
+ * (of a page a failed launch left writable and unwritten).
  * Page states are read with fs.snapshot (test_hmm's SNAPSHOT); invariants checked after each test.
  */
 import fs from 'node:fs';
@@ -13,6 +14,7 @@ import { DeviceMemory } from '../../src/device/index.ts';
 import { HmmlabError } from '../../src/errors.ts';
 import { HmmFs } from '../../src/fs/hmmfs.ts';
 import { GpuDevice } from '../../src/gpu/device.ts';
+import { FaultInjector } from '../../src/inject/inject.ts';
 import { patternBytes } from '../../src/oplog/pattern.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
 import { MirrorPolicy } from '../../src/policy/mirror.ts';
@@ -41,7 +43,7 @@ afterEach(async () => {
 
 async function mount(
   pageSize: number,
-  o: { hostPages?: number; devicePages?: number; blocks?: number } = {},
+  o: { hostPages?: number; devicePages?: number; blocks?: number; inject?: FaultInjector } = {},
 ): Promise<Lab> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-mirror-'));
   const dm = await DeviceMemory.create(gpu, { devicePages: o.devicePages ?? 32, pageSize });
@@ -52,6 +54,7 @@ async function mount(
     hostPages: o.hostPages ?? 32,
     blocks: o.blocks,
     policy: mirror,
+    inject: o.inject,
   });
   lab = { fs: hfs, dm, mirror, dir };
   return lab;
@@ -261,13 +264,19 @@ describe.each([4096, 65536])('mirror policy, page size %i', (ps) => {
   });
 
   it('the device DIRTY bit spares the copy-back of a writable page it never wrote', async () => {
-    const l = await mount(ps);
+    const inject = new FaultInjector();
+    const l = await mount(ps, { inject });
     const f = await cleanFile(l, 2);
-    await f.deviceWrite(0, 2 * ps, 1); // the bytes A already holds
-    // The device's stores to page 1 never came (the DIRTY bit says so): nothing to copy back.
-    await l.dm.clearDirty(l.dm.space(f.mapping.id), [1]);
+    await f.deviceWrite(0, ps, 2); // page 0: written by the device
+    // A write over both pages: its first launch writes page 0 and faults on page 1, whose service
+    // makes it writable; the launch that would replay page 1's stores fails. Page 1 is now writable
+    // on the device, and the device never wrote it: its DIRTY bit is clear.
+    inject.failNext('kernel-launch', 1);
+    await expect(f.deviceWrite(0, 2 * ps, 3)).rejects.toMatchObject({ code: 'EGPU' });
     const before = vm(l);
-    expectBytes(await f.read(0, 2 * ps), patternBytes(0, 2 * ps, 1), 'read');
+    const want = patternBytes(0, 2 * ps, 1);
+    want.set(patternBytes(0, ps, 3));
+    expectBytes(await f.read(0, 2 * ps), want, 'read');
     const after = vm(l);
     expect(after.device_copybacks - before.device_copybacks).toBe(1);
     expect(after.device_copybacks_spared - before.device_copybacks_spared).toBe(1);
