@@ -10,6 +10,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DeviceMemory } from '../../src/device/index.ts';
 import type { GpuDevice } from '../../src/gpu/device.ts';
 import { FaultInjector } from '../../src/inject/inject.ts';
+import { type Page, trylock_page, unlock_page } from '../../src/mm/index.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
 import { rejection } from '../helpers/rejection.ts';
 import {
@@ -310,6 +311,40 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
     await f.deviceWrite(6 * P, 26 * P, 3);
     expect(delta(w, lab.fs.vmstat()).device_write_faults).toBe(0);
     await checkInvariants(lab.fs);
+  });
+
+  it('eviction changes a host page only under its page lock: a locked page is kept on the device', async () => {
+    const { lab, f } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, 2 * P, 2);
+    const page0 = f.mapping.i_pages.get(0) as Page;
+    const frames = [0, 1].map((i) => lab.fs.snapshot(NAME, i, i)[0].frame!);
+    expect(trylock_page(page0)).toBe(true); // someone holds page 0 (a read in progress, say)
+    let evicted: number[];
+    try {
+      evicted = (await lab.dm.evictFrames(frames)).map((v) => v.index);
+    } finally {
+      unlock_page(page0);
+    }
+    expect(evicted).toEqual([1]);
+    expect(rows(lab, 0, 0)[0]).toBe(`S/-/rw/${frames[0]}/true`); // kept as it was
+    expect(rows(lab, 1, 1)[0]).toBe('D/-/-/null/false'); // copied back under its lock
+    await checkInvariants(lab.fs);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 2), 'read');
+  });
+
+  it('write-protect and revoke bump the mmu_interval sequence for every page asked, installed or not', async () => {
+    const { lab, f } = await setup(P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.deviceRead(0, P); // page 0 installed read-only; page 1 not on the device
+    const space = lab.dm.space(f.mapping.id);
+    let seq = space.readBegin();
+    await lab.dm.revoke(space, [1]);
+    expect([...space.readRetry(seq, [0, 1])]).toEqual([1]);
+    seq = space.readBegin();
+    await lab.dm.protect(space, [1]);
+    expect([...space.readRetry(seq, [0, 1])]).toEqual([1]);
   });
 
   it('two mounts on one device: eviction gives each frame back to the mount that owns it', async () => {
