@@ -372,10 +372,13 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
 });
 
 describe.each([4096, 65536])('device loss (mirror), page size %i: only the device-held data goes', (P) => {
-  async function lossSetup() {
+  /** A mount on a GPU of its own; with `lossOnFire`, the GPU is destroyed when a fault fires. */
+  async function lossSetup(lossOnFire = false) {
     const own = await openGpu(5_000);
     ownGpus.push(own);
-    return setup(P, { gpu: own });
+    const lab = await setup(P, { gpu: own });
+    if (lossOnFire) lab.inject.options.onFire = () => own.destroy();
+    return lab;
   }
 
   /** Pages 0-1 dirty on the host (newer than disk), 2-3 clean; the device then writes 0-3. */
@@ -410,12 +413,7 @@ describe.each([4096, 65536])('device loss (mirror), page size %i: only the devic
   });
 
   it('lost in the middle of fault service: EIO, the host keeps its data', async () => {
-    const own = await openGpu(5_000);
-    ownGpus.push(own);
-    const inject = new FaultInjector({ onFire: () => own.destroy() });
-    const lab = await mountMirror(own, { pageSize: P, hostPages: 16, devicePages: 16, inject });
-    labs.push(lab);
-    const f = await lab.fs.open(NAME, { create: true });
+    const { lab, f, inject } = await lossSetup(true);
     await fileWithNewerHostData(f);
     inject.failNext('race-invalidate'); // fires between service and the PTE install
     const e = await rejection(f.deviceWrite(0, 4 * P, 3));
@@ -427,12 +425,7 @@ describe.each([4096, 65536])('device loss (mirror), page size %i: only the devic
   });
 
   it('lost during a copy-back: EIO naming the pages the device wrote; the rest is intact', async () => {
-    const own = await openGpu(5_000);
-    ownGpus.push(own);
-    const inject = new FaultInjector({ onFire: () => own.destroy() });
-    const lab = await mountMirror(own, { pageSize: P, hostPages: 16, devicePages: 16, inject });
-    labs.push(lab);
-    const f = await lab.fs.open(NAME, { create: true });
+    const { lab, f, inject } = await lossSetup(true);
     await f.write(0, pattern(0, 4 * P, 1));
     await f.fsync();
     await f.deviceWrite(2 * P, 2 * P, 3); // pages 2-3: only on the device
