@@ -203,6 +203,8 @@ export function registerReplay(program: Command): void {
                   bar?.tick(++done);
                 }
               : undefined,
+          // An attempt an injected fault failed must leave a legal state too.
+          afterFailedAttempt: opts.check ? (fs) => checkInvariants(fs) : undefined,
           beforeUnmount: opts.snapshot
             ? (fs, file) => {
                 bar?.stop();
