@@ -68,9 +68,9 @@ describe('hmmlab CLI', () => {
     expect(ourStderr(r.stderr)).toEqual([expect.stringMatching(/^hmmlab: EINVAL: bad size "lots"/)]);
   });
 
-  it('a size over maxBufferSize is ELIMIT', async () => {
+  it('a size over maxBufferSize is ELIMIT (bad input: exit 2)', async () => {
     const r = await hmmlab(['bench', 'copy', '--sizes', '64G', '--paths', 'd2d-copy']);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(ourStderr(r.stderr)).toEqual([expect.stringMatching(/^hmmlab: ELIMIT: .*68719476736/)]);
   });
 });
