@@ -1,7 +1,8 @@
 /**
  * Errors a user can cause (bad input, ENOSPC, a missing adapter, a lost device) are HmmlabErrors:
- * an errno-like code and a message that names what was wrong. The CLI prints them without a
- * stack trace; anything else is a bug and keeps its stack.
+ * an errno-like code and a message that names what was wrong. The CLI prints them in one line and
+ * exits with the status src/cli/exit.ts gives the code; anything else is a bug (EINTERNAL), whose
+ * stack the CLI shows only under HMMLAB_DEBUG=1.
  */
 export type Errno =
   | 'EINVAL' // bad argument: negative/non-integer offset, misaligned direct I/O, bad option
@@ -18,7 +19,14 @@ export type Errno =
   | 'ESHADER' // WGSL compile error
   | 'EGPU' // GPU validation/out-of-memory error, device lost
   | 'ETIMEDOUT' // a wait on the GPU that did not finish in time
-  | 'EOPLOG'; // malformed op log
+  | 'EOPLOG' // malformed op log
+  | 'EUSAGE' // the command line: an unknown option or command, a missing argument
+  | 'EEXIST' // a file hmmlab would replace exists (--overwrite replaces it)
+  | 'ENOTDIR' // a directory argument names something else
+  | 'EISDIR' // a file argument names a directory
+  | 'EACCES' // a file or directory that cannot be written
+  | 'EEXPECT' // an op of a log with "expect" did not fail as it said
+  | 'EINTERNAL'; // a bug in hmmlab: an exception nobody expected
 
 export class HmmlabError extends Error {
   readonly code: Errno;

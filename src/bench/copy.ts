@@ -72,6 +72,20 @@ export function defaultCopySizes(cap: number): number[] {
   return sizes.length ? sizes : [Math.max(4, cap - (cap % 4))];
 }
 
+/** The smallest copy: WebGPU copies and writeBuffer move whole 4-byte words. */
+export const MIN_COPY_SIZE = 4;
+
+/** Reject sizes under MIN_COPY_SIZE (EINVAL) before anything runs. */
+export function checkMinCopySizes(sizes: readonly number[]): void {
+  const small = sizes.find((s) => s < MIN_COPY_SIZE);
+  if (small !== undefined) {
+    throw new HmmlabError(
+      'EINVAL',
+      `bad size ${small}: a copy is at least ${MIN_COPY_SIZE} bytes (WebGPU copies whole 4-byte words)`,
+    );
+  }
+}
+
 /** Reject sizes over the cap with ELIMIT, naming the size and the limit. */
 export function checkCopySizes(sizes: readonly number[], cap: number, gpu: GpuDevice): void {
   for (const s of sizes) {
@@ -195,7 +209,8 @@ export async function benchCopy(gpu: GpuDevice, options: CopyBenchOptions = {}):
   }
   if (sizes.length === 0) throw new HmmlabError('EINVAL', 'bench copy: no sizes');
   for (const s of sizes) {
-    if (!Number.isSafeInteger(s) || s <= 0) throw new HmmlabError('EINVAL', `bench copy: bad size ${s}`);
+    if (!Number.isSafeInteger(s) || s < MIN_COPY_SIZE)
+      throw new HmmlabError('EINVAL', `bench copy: bad size ${s}`);
   }
   const largest = deviceSpan(Math.max(...sizes));
   const total = sizes.length * paths.length;
@@ -236,14 +251,19 @@ export async function benchCopy(gpu: GpuDevice, options: CopyBenchOptions = {}):
 }
 
 /** The terminal table: path, size, GB/s median, min, max, samples. */
+/** A rate in GB/s with two decimals, or in MB/s where that rounds to zero (tiny copies). */
+export function formatRate(gbps: number): string {
+  return gbps >= 0.005 || gbps === 0 ? gbps.toFixed(2) : `${(gbps * 1000).toFixed(2)} MB/s`;
+}
+
 export function formatCopyTable(rows: readonly CopyBenchRow[]): string {
   const head = ['path', 'size', 'GB/s', 'min', 'max', 'samples'];
   const body = rows.map((r) => [
     r.path,
     formatBytes(r.bytes),
-    r.gbps.toFixed(2),
-    r.min.toFixed(2),
-    r.max.toFixed(2),
+    formatRate(r.gbps),
+    formatRate(r.min),
+    formatRate(r.max),
     `${r.samples}x${r.copies}`,
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));

@@ -76,3 +76,8 @@ export function formatBytes(n: number): string {
   }
   return `${n} B`;
 }
+
+/** "1 page", "2 pages", "1 batch", "3 batches": a count and its noun, in the number it takes. */
+export function plural(n: number, one: string, many = `${one}s`): string {
+  return `${n} ${n === 1 ? one : many}`;
+}

@@ -13,6 +13,7 @@ import {
   type CopyBenchRow,
   type CopyPath,
   checkCopySizes,
+  checkMinCopySizes,
   copyChartSpec,
   copySizeCap,
   defaultCopySizes,
@@ -33,7 +34,6 @@ import {
 import { formatBytes, parseCount, parseSizeList } from '../bench/units.ts';
 import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
-import { renderSvg } from '../plot/svg.ts';
 import { adapterName, withGpu } from './info.ts';
 
 export interface BenchCopyOptions {
@@ -45,8 +45,10 @@ export interface BenchCopyOptions {
 }
 
 /** With --svg, write the chart there; say so unless stdout carries JSON. */
-async function writeChart(opts: { svg?: string; json?: boolean }, spec: Parameters<typeof renderSvg>[0]) {
+async function writeChart(opts: { svg?: string; json?: boolean }, spec: Record<string, unknown>) {
   if (!opts.svg) return;
+  // Loaded here: vega takes half a second to load, which every other command would pay.
+  const { renderSvg } = await import('../plot/svg.ts');
   writeFileSync(opts.svg, await renderSvg(spec));
   if (!opts.json) process.stdout.write(`chart written to ${opts.svg}\n`);
 }
@@ -139,6 +141,7 @@ export function registerBench(program: Command): void {
     .action(async (opts: BenchCopyOptions, cmd: Command) => {
       // Parse everything before opening the device, so that bad input fails fast.
       const sizes = opts.sizes === undefined ? undefined : parseSizeList(opts.sizes);
+      if (sizes) checkMinCopySizes(sizes);
       const iters = parseCount('--iters', opts.iters, 5);
       const paths = parsePaths(opts.paths);
       await withGpu(cmd, async (gpu) => {

@@ -1,24 +1,33 @@
 /**
  * `hmmlab replay LOG`: apply an op log (docs/oplog.md) to a file on the page cache.
- * With --json, stdout carries exactly docs/oplog.md's output: one `{i, op, len, sha256}` object per
+ * With --json, stdout carries exactly oplog.md's output: one `{i, op, len, sha256}` object per
  * read-like op, then the `{op:"end", size, sha256}` line, last. Statistics, the fault-batch
  * summary and the page-state snapshot go to stderr.
  *
  * The default policy is mirror (Kara's scheme on the GPU: device ops run); `--policy none` is the
- * host-only page cache, which refuses a log with device ops before anything runs. A log without
- * device ops runs host-only unless --policy mirror is given by name, so it needs no GPU.
+ * host-only page cache, which refuses a log with device ops before anything runs (exit 2). A log
+ * without device ops runs host-only unless --policy mirror is given by name, so it needs no GPU.
+ *
+ * Everything a user can get wrong is checked before the disk is touched: the options, the whole
+ * log (EOF rules and the file-size limit included), the output paths, and the backing directory
+ * (--dir: its oplog.dat is kept afterwards, and an existing one is not replaced without
+ * --overwrite). --stats and --snapshot report a failed run too, as it stood when it failed.
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { parseCount, parsePageSize } from '../bench/units.ts';
-import type { FaultBatchRecord } from '../device/stats.ts';
-import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { parseCount, parsePageSize, plural } from '../bench/units.ts';
+import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
+import type { HmmFs } from '../fs/hmmfs.ts';
 import { FaultInjector, formatInjected, INJECT_POINTS, parseInjectSpecs } from '../inject/inject.ts';
-import { formatVmstat } from '../mm/vmstat.ts';
+import { DEFAULT_FILE_SIZE_LIMIT } from '../oplog/eof.ts';
 import { parseOplog } from '../oplog/parse.ts';
 import type { ReplayRecord } from '../oplog/replay.ts';
-import { isDeviceOp } from '../oplog/schema.ts';
-import { type OpsProgress, opsProgressBar } from './stress.ts';
+import { formatOp, isDeviceOp } from '../oplog/schema.ts';
+import { EXIT, errorCode, setReproduceHint, withExitStatus } from './exit.ts';
+import { checkBackingDir, checkOutputFile } from './paths.ts';
+import { POLICY_HELP, parsePolicy, policyHasDevice } from './policy.ts';
+import { type OpsProgress, opsProgressBar } from './progress.ts';
+import { FaultBatchCollector, formatStats, runStats, writeStatsJson } from './stats.ts';
 
 /** Logs longer than this show a progress bar on stderr when it is a terminal. */
 export const REPLAY_PROGRESS_MIN_OPS = 2000;
@@ -29,7 +38,9 @@ interface ReplayCliOptions {
   hostPages?: string;
   blocks?: string;
   dir?: string;
+  overwrite?: boolean;
   stats?: boolean;
+  statsJson?: string;
   check?: boolean;
   policy?: string;
   devicePages?: string;
@@ -48,41 +59,28 @@ async function readLog(path: string): Promise<string> {
     }
     return await readFile(path, 'utf8');
   } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code === 'ENOENT' ? 'ENOENT' : 'EIO';
+    const node = (e as NodeJS.ErrnoException).code;
+    const code = node === 'ENOENT' || node === 'EISDIR' || node === 'EACCES' ? node : 'EIO';
     // Node says "ENOENT: no such file or directory, open 'x'": keep the reason, the code and path are said once.
     const reason = (e as Error).message.replace(/^E[A-Z]+: /, '').replace(/, \w+ '.*'$/, '');
-    throw new HmmlabError(code, `cannot read op log '${path}': ${reason}`);
+    // A log that cannot be read is bad input, whatever the reason.
+    throw withExitStatus(new HmmlabError(code, `cannot read op log '${path}': ${reason}`), EXIT.usage);
   }
 }
+
+/** What --help says about the snapshot's columns and letters. */
+export const SNAPSHOT_HELP = [
+  'Snapshot (--snapshot) columns, one row a page:',
+  '  host   C clean, D dirty, S stale (the device holds newer data), E device entry (page reclaimed,',
+  '         data on the device), - absent',
+  '  flags  L locked, U uptodate, D dirty, W writeback, R referenced, A on the LRU',
+  "  map    CPU mappings of the page (mapcount); cpu, dev: the CPU's and the device's access (-, ro, rw)",
+  "  frame  the device frame holding A'; dirty: the device PTE's DIRTY bit (a kernel stored to it)",
+].join('\n');
 
 function humanLine(r: ReplayRecord): string {
   if (r.op === 'end') return `end         size ${r.size}  sha256 ${r.sha256}`;
   return `line ${String(r.i + 1).padEnd(6)} ${r.op.padEnd(8)} ${String(r.len).padStart(8)} bytes  sha256 ${r.sha256}`;
-}
-
-/** The fault batches in a few lines: totals, then the largest batches (Allen & Ge's per-batch log). */
-export function formatBatchSummary(log: readonly FaultBatchRecord[], top = 10): string {
-  if (log.length === 0) return 'fault batches: none';
-  const sum = (f: (b: FaultBatchRecord) => number) => log.reduce((s, b) => s + f(b), 0);
-  const lines = [
-    `fault batches: ${log.length}; faults raw ${sum((b) => b.faultsRaw)}, duplicate ${sum((b) => b.faultsDuplicate)}, ` +
-      `unique ${sum((b) => b.faultsUnique)} (read ${sum((b) => b.read)}, write ${sum((b) => b.write)}), ` +
-      `failed ${sum((b) => b.failed)}, retried ${sum((b) => b.retried)}; ` +
-      `bytes h2d ${sum((b) => b.bytesHostToDevice)}, d2h ${sum((b) => b.bytesDeviceToHost)}; ` +
-      `service ${sum((b) => b.serviceMs).toFixed(1)} ms, copy ${sum((b) => b.copyMs).toFixed(1)} ms`,
-    'kernel    launch batch      raw     dup  unique  read write    h2d bytes    d2h bytes  service ms',
-  ];
-  const biggest = [...log].sort((a, b) => b.faultsRaw - a.faultsRaw).slice(0, top);
-  for (const b of biggest) {
-    lines.push(
-      `${b.kernel.padEnd(9)} ${String(b.launch).padStart(6)} ${String(b.batch).padStart(5)} ` +
-        `${String(b.faultsRaw).padStart(8)} ${String(b.faultsDuplicate).padStart(7)} ${String(b.faultsUnique).padStart(7)} ` +
-        `${String(b.read).padStart(5)} ${String(b.write).padStart(5)} ${String(b.bytesHostToDevice).padStart(12)} ` +
-        `${String(b.bytesDeviceToHost).padStart(12)} ${b.serviceMs.toFixed(2).padStart(11)}`,
-    );
-  }
-  if (log.length > top) lines.push(`(the ${top} largest of ${log.length} batches by raw faults)`);
-  return lines.join('\n');
 }
 
 export function registerReplay(program: Command): void {
@@ -96,14 +94,23 @@ export function registerReplay(program: Command): void {
     .option('--page-size <bytes>', 'page size, a power of two from 4K to 2M', '4096')
     .option('--host-pages <n>', 'host page budget: reclaim runs past it', '1024')
     .option('--blocks <n>', 'block budget of the filesystem: writes past it fail with ENOSPC')
-    .option('--dir <dir>', 'directory for the backing file (default: a temporary one, removed afterwards)')
-    .option('--stats', 'print the vmstat counters to stderr at the end')
+    .option(
+      '--dir <dir>',
+      'directory for the backing file DIR/oplog.dat, which is kept afterwards (default: a temporary ' +
+        'directory, removed afterwards); an existing oplog.dat there is an error (EEXIST)',
+    )
+    .option('--overwrite', 'with --dir: replace an existing DIR/oplog.dat')
+    .option('--stats', 'print the vmstat counters and a fault-batch summary to stderr at the end')
+    .option(
+      '--stats-json <file>',
+      'write every counter and the fault batches (in time order, each with its op line) to FILE as JSON',
+    )
     .option(
       '--check',
       'compare every read, and the disk after each fsync and remount, with the reference model; ' +
         'check the invariants (single writer, legal page states, device entries) after every op',
     )
-    .option('--policy <name>', "coherence policy: 'mirror' (Kara's scheme on the GPU) or 'none'", 'mirror')
+    .option('--policy <name>', POLICY_HELP, 'mirror')
     .option(
       '--device-pages <n>',
       'device frames (GPU memory, in pages): device eviction runs past it',
@@ -114,27 +121,43 @@ export function registerReplay(program: Command): void {
     .option(
       '--inject <specs>',
       `fail the K-th attempt at a point, POINT@K[,POINT@K...]; points: ${INJECT_POINTS.join(', ')}. ` +
-        'Each fault prints a line on stderr; an op it fails is reported and run again once, so --json ' +
-        'prints what the run without --inject prints; device-lost ends the run (exit 1)',
+        'Each fault prints a line on stderr; an op it fails is reported and run again, so --json ' +
+        'prints what the run without --inject prints; device-lost ends the run (exit 1). See docs/fault-injection.md',
     )
     .option('--retries <n>', 'with --inject: times an op that an injected fault failed is run again', '1')
+    .addHelpText(
+      'after',
+      `\n${SNAPSHOT_HELP}\n\nExample:\n  hmmlab replay examples/dev.jsonl --check --stats --host-pages 8 --device-pages 64`,
+    )
     .action(async (logPath: string, opts: ReplayCliOptions, cmd: Command) => {
       const pageSize = parsePageSize(opts.pageSize, 4096);
       const hostPages = parseCount('--host-pages', opts.hostPages, 1024);
       const blocks = opts.blocks === undefined ? undefined : parseCount('--blocks', opts.blocks, 0, 0);
-      let policyName = opts.policy ?? 'mirror';
-      if (policyName !== 'mirror' && policyName !== 'none') {
-        throw new HmmlabError('EINVAL', `--policy must be 'mirror' or 'none', got '${policyName}'`);
-      }
+      let policyName = parsePolicy(opts.policy);
       const devicePages = parseCount('--device-pages', opts.devicePages, 1024);
       const batchSize = parseCount('--batch', opts.batch, 256);
       const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
       const retries = parseCount('--retries', opts.retries, 1, 0);
-      // The whole log is parsed (and its EOF rules checked) before anything touches the disk.
-      const log = parseOplog(await readLog(logPath));
+      if (opts.overwrite && opts.dir === undefined) {
+        throw new HmmlabError('EINVAL', '--overwrite goes with --dir (the backing file it would replace)');
+      }
+      // The whole log is parsed (its EOF rules and the file-size limit checked) before anything
+      // touches the disk.
+      const log = parseOplog(await readLog(logPath), { maxFileSize: DEFAULT_FILE_SIZE_LIMIT });
       // A log without device ops needs no GPU unless the user asked for the mirror policy by name:
       // the host-only page cache then runs it the same, also on a machine with no adapter.
-      if (cmd.getOptionValueSource('policy') === 'default' && !log.ops.some(isDeviceOp)) policyName = 'none';
+      const dev = log.ops.findIndex(isDeviceOp);
+      if (cmd.getOptionValueSource('policy') === 'default' && dev < 0) policyName = 'none';
+      if (dev >= 0 && !policyHasDevice(policyName)) {
+        const err = new HmmlabError(
+          'ENODEV',
+          `line ${log.lines[dev]}: ${log.ops[dev].op} needs a device: policy '${policyName}' has none; ` +
+            'replay with --policy mirror',
+        );
+        throw withExitStatus(err, EXIT.usage); // an op the policy refuses is bad input
+      }
+      if (opts.statsJson !== undefined) checkOutputFile('--stats-json', opts.statsJson);
+      if (opts.dir !== undefined) checkBackingDir(opts.dir, 'oplog.dat', opts.overwrite === true);
       // The bar is on stderr only; a line for stdout first clears it when both share the terminal.
       // Made just before the first op (the GPU may fail to open first); stopped before anything else
       // writes to stderr.
@@ -147,93 +170,111 @@ export function registerReplay(program: Command): void {
       // Loaded here so that other commands do not load the page cache or the GPU.
       const { replayOplog } = await import('../oplog/replay.ts');
       const { checkInvariants } = await import('../policy/invariants.ts');
-      let device: { close(): void; batchLog: readonly FaultBatchRecord[] } | null = null;
-      let policy: import('../policy/policy.ts').CoherencePolicy | undefined;
-      if (policyName === 'mirror') {
-        const { GpuDevice } = await import('../gpu/device.ts');
-        const { DeviceMemory } = await import('../device/index.ts');
-        const { MirrorPolicy } = await import('../policy/mirror.ts');
-        const { gpuOptionsOf } = await import('./info.ts');
-        const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
-        try {
-          const dm = await DeviceMemory.create(gpu, { devicePages, pageSize, batchSize });
-          policy = new MirrorPolicy(dm);
-          device = {
-            batchLog: dm.batchLog,
-            close: () => {
-              dm.destroy();
-              gpu.destroy();
-            },
-          };
-        } catch (e) {
-          gpu.destroy();
-          throw e;
-        }
-      }
+      const { openPolicy } = await import('./policy.ts');
+      const { gpuOptionsOf } = await import('./info.ts');
+      const host = await openPolicy(policyName, {
+        gpuOptions: gpuOptionsOf(cmd),
+        devicePages,
+        pageSize,
+        batch: batchSize,
+      });
+      const batches = new FaultBatchCollector(pageSize);
+      // The file system as the run left it, before its final unmount (also when it failed).
+      let lastFs: HmmFs | null = null;
+      let before: Record<string, number> = {};
       try {
+        const mount = await host.forMount();
+        batches.attach(mount.batchLog);
         const { formatSnapshotTable } = await import('../policy/snapshot.ts');
         if (log.ops.length > REPLAY_PROGRESS_MIN_OPS) bar = opsProgressBar('replay', log.ops.length);
-        const err = (s: string) => {
-          if (bar) bar.clearLine();
-          process.stderr.write(`${s}\n`);
+        let result: Awaited<ReturnType<typeof replayOplog>> | null = null;
+        let failure: unknown = null;
+        const err = (line: string) => {
+          bar?.clearLine();
+          process.stderr.write(`${line}\n`);
         };
         const inject = specs.length
           ? new FaultInjector({ specs, onFire: (f) => err(formatInjected(f)) })
           : undefined;
-        const result = await replayOplog(log.ops, {
-          inject,
-          retries,
-          onRetry: (line, _op, e) =>
-            err(
-              `hmmlab: ${isHmmlabError(e) ? `${e.code}: ${e.message}` : String(e)}` +
-                `${line ? '' : ' (final unmount)'}; running it again`,
-            ),
-          pageSize,
-          hostPages,
-          blocks,
-          policy,
-          dir: opts.dir,
-          check: opts.check,
-          lines: log.lines,
-          onRecord: (r) => out(opts.json ? JSON.stringify(r) : humanLine(r)),
-          afterOp:
-            opts.check || bar
-              ? async (fs) => {
-                  if (opts.check) await checkInvariants(fs);
-                  bar?.tick(++done);
-                }
-              : undefined,
-          // An attempt an injected fault failed must leave a legal state too.
-          afterFailedAttempt: opts.check ? (fs) => checkInvariants(fs) : undefined,
-          beforeUnmount: opts.snapshot
-            ? (fs, file) => {
-                bar?.stop();
-                const f = fs.openMappings.find((m) => m.name === file);
-                const pages = f ? Math.ceil(f.size / pageSize) : 0;
-                const rows = pages > 0 ? fs.snapshot(file, 0, pages - 1) : [];
-                process.stderr.write(
-                  `page states of ${file} before the final unmount:\n${formatSnapshotTable(rows)}\n`,
-                );
-              }
-            : undefined,
-        });
-        bar?.stop();
-        if (!opts.json) {
+        try {
+          result = await replayOplog(log.ops, {
+            inject,
+            retries,
+            onRetry: (line, _op, e) =>
+              err(
+                `hmmlab: ${isHmmlabError(e) ? `${e.code}: ${e.message}` : String(e)}` +
+                  `${line ? '' : ' (final unmount)'}; running it again`,
+              ),
+            // An attempt an injected fault failed must leave a legal state too.
+            afterFailedAttempt: opts.check ? (fs) => checkInvariants(fs) : undefined,
+            pageSize,
+            hostPages,
+            blocks,
+            policy: mount.policy,
+            dir: opts.dir,
+            check: opts.check,
+            lines: log.lines,
+            onRecord: (r) => out(opts.json ? JSON.stringify(r) : humanLine(r)),
+            beforeOp: (line, op) => {
+              batches.opStarts(line, op);
+              setReproduceHint(
+                `line ${line} of ${logPath === '-' ? 'the log on stdin' : logPath}: ${formatOp(op)}`,
+              );
+            },
+            afterOp:
+              opts.check || bar
+                ? async (fs) => {
+                    if (opts.check) await checkInvariants(fs);
+                    bar?.tick(++done);
+                  }
+                : undefined,
+            beforeUnmount: (fs, file, failed) => {
+              lastFs = fs;
+              before = fs.vmstat();
+              if (!opts.snapshot) return;
+              bar?.stop();
+              const f = fs.openMappings.find((m) => m.name === file);
+              const pages = f ? Math.ceil(f.size / pageSize) : 0;
+              const rows = pages > 0 ? fs.snapshot(file, 0, pages - 1) : [];
+              const when = failed === undefined ? 'before the final unmount' : 'when the run failed';
+              process.stderr.write(`page states of ${file} ${when}:\n${formatSnapshotTable(rows)}\n`);
+            },
+          });
+        } catch (e) {
+          failure = e;
+          // An injected device loss (or a fault that failed an op again) ended the run: a problem
+          // the run found (exit 1), not the environment's.
+          if (inject && inject.total > 0 && e && typeof e === 'object') withExitStatus(e, EXIT.problem);
+        } finally {
+          bar?.stop();
+          batches.collect();
+          mount.close();
+        }
+        if (result && !opts.json) {
           const checked = opts.check
-            ? `; every read and ${result.diskChecks} disk image${result.diskChecks === 1 ? '' : 's'} match the reference model, invariants hold`
+            ? `; every read and ${plural(result.diskChecks, 'disk image')} match the reference model, invariants hold`
             : '';
           out(
-            `replayed ${result.ops} ops (${result.reads.length} reads) in ${result.elapsedMs.toFixed(0)} ms, ` +
-              `page size ${pageSize}, ${hostPages} host pages, policy ${policyName}${checked}`,
+            `replayed ${plural(result.ops, 'op')} (${plural(result.reads.length, 'read')}) in ${result.elapsedMs.toFixed(0)} ms, ` +
+              `page size ${pageSize}, ${plural(hostPages, 'host page')}, policy ${policyName}${checked}`,
           );
         }
-        if (opts.stats) {
-          process.stderr.write(`${formatVmstat(result.vmstat)}\n`);
-          if (device) process.stderr.write(`${formatBatchSummary(device.batchLog)}\n`);
+        if (opts.stats || opts.statsJson !== undefined) {
+          // Events after the final unmount (its writeback included); gauges as they stood before it.
+          const fsAtEnd = lastFs as HmmFs | null;
+          const after = result?.vmstat ?? fsAtEnd?.vmstat() ?? {};
+          const s = runStats(after, before);
+          const device = policyHasDevice(policyName) ? batches.batches : null;
+          if (opts.stats) process.stderr.write(`${formatStats(s, device)}\n`);
+          if (opts.statsJson !== undefined) {
+            const f = failure === null ? null : { code: errorCode(failure), message: errorMessage(failure) };
+            await writeStatsJson(opts.statsJson, 'replay', s, batches.batches, f);
+          }
         }
+        if (failure !== null) throw failure;
       } finally {
         bar?.stop();
-        device?.close();
+        host.close();
       }
     });
 }

@@ -3,23 +3,25 @@
  * the reference model and the invariant checker after every op (src/oplog/stress.ts), run after run
  * with seeds S, S+1, ... The seed comes first in the output, so that any run can be repeated.
  *
- * The first failure stops it: the seed, the failing op's line and the reason go to stderr, the log
- * up to and including that op is saved (--save-ops FILE, else a file in os.tmpdir() named with the
- * seed), and the `hmmlab replay --check` command that reproduces it is printed; exit status 1.
- * With --json, stdout carries one JSON summary object and nothing else.
- *
- * Also here: the ops progress bar on stderr that stress and `hmmlab replay` show on a terminal.
+ * The first failure stops it: the seed, the failing op's line and the reason go to stderr first,
+ * the log up to and including that op is saved (--save-ops FILE, else a file in os.tmpdir() named
+ * with the seed) with the `hmmlab replay --check` command that reproduces it; then the log is
+ * shrunk (delta debugging, at most --shrink-replays replays, each on a fresh mount) and the shrunk
+ * log saved next to it (FILE.min.jsonl) with its own command; exit status 1. Output paths are
+ * checked before the first run. With --json, stdout carries one JSON summary object and nothing else.
  */
-import { randomInt } from 'node:crypto';
-import { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import { formatBytes, parseCount, parsePageSize } from '../bench/units.ts';
-import type { FaultBatchRecord } from '../device/stats.ts';
-import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { formatBytes, parseCount, parsePageSize, plural } from '../bench/units.ts';
+import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import { formatFired } from '../inject/inject.ts';
-import { formatVmstat } from '../mm/vmstat.ts';
 import { formatOp } from '../oplog/schema.ts';
-import type { StressFailure, StressPolicy, StressResult } from '../oplog/stress.ts';
+import type { ReplaySetup, StressFailure, StressReplaySetup, StressResult } from '../oplog/stress.ts';
+import { debugEnabled, errorCode, setReproduceHint } from './exit.ts';
+import { checkBackingDir, checkOutputFile } from './paths.ts';
+import { POLICY_HELP, parsePolicy, policyHasDevice } from './policy.ts';
+import { opsProgressBar, stepsProgressBar } from './progress.ts';
+import { FaultBatchCollector, formatStats, writeStatsJson } from './stats.ts';
+import { addOpMixOptions, DEFAULT_FILE_PAGES, opMixOf, parseMaxFileSize, parseSeed } from './workload.ts';
 
 interface StressCliOptions {
   ops?: string;
@@ -34,9 +36,15 @@ interface StressCliOptions {
   blocks?: string;
   maxFileSize?: string;
   saveOps?: string;
+  dir?: string;
+  overwrite?: boolean;
+  shrink?: boolean;
+  shrinkReplays?: string;
   json?: boolean;
   stats?: boolean;
+  statsJson?: string;
   injectRate?: string;
+  [name: string]: unknown;
 }
 
 /** What a run is, parsed and checked whole before the GPU opens or anything runs. */
@@ -52,9 +60,17 @@ export interface StressArgs {
   batch: number;
   blocks?: number;
   maxFileSize: number;
+  /** The op mix: weights 0 for the ops the --no-X switches leave out, and those switches' names. */
+  weights: Partial<Record<import('../oplog/schema.ts').OpName, number>>;
+  without: string[];
   saveOps?: string;
+  dir?: string;
+  overwrite: boolean;
+  /** Replays the shrinking may take (0: no shrinking). */
+  shrinkReplays: number;
   json: boolean;
   stats: boolean;
+  statsJson?: string;
   /** Probability that each attempt at a transient fault-injection point fails (0: none). */
   injectRate: number;
 }
@@ -66,29 +82,22 @@ export const STRESS_DEFAULTS = {
   hostPages: 16,
   devicePages: 16,
   batch: 256,
-  filePages: 32,
+  filePages: DEFAULT_FILE_PAGES,
+  shrinkReplays: 100,
 };
 
-/** The file-size limit of HmmFs (mount default): a larger --max-file-size could only fail with EFBIG. */
-const MAX_FILE_SIZE_LIMIT = 2 ** 30;
-
 export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): StressArgs {
-  const policy = o.policy ?? 'mirror';
-  if (policy !== 'mirror' && policy !== 'none') {
-    throw new HmmlabError('EINVAL', `bad --policy "${policy}": expected 'mirror' or 'none'`);
-  }
-  if (policy === 'none' && deviceGiven && o.device) {
+  const policy = parsePolicy(o.policy);
+  if (!policyHasDevice(policy) && deviceGiven && o.device) {
     throw new HmmlabError('EINVAL', '--device needs --policy mirror: device ops run on the GPU');
   }
+  if (o.overwrite && o.dir === undefined) {
+    throw new HmmlabError('EINVAL', '--overwrite goes with --dir (the backing file it would replace)');
+  }
   const pageSize = parsePageSize(o.pageSize, 4096);
-  const seed = o.seed === undefined ? randomInt(0, 0x80000000) : parseCount('--seed', o.seed, 0, 0);
-  if (seed >= 0x80000000) {
-    throw new HmmlabError('EINVAL', `bad --seed "${o.seed}": expected an integer from 0 to 2147483647`);
-  }
-  const maxFileSize = parseCount('--max-file-size', o.maxFileSize, STRESS_DEFAULTS.filePages * pageSize, 512);
-  if (maxFileSize > MAX_FILE_SIZE_LIMIT) {
-    throw new HmmlabError('EINVAL', `bad --max-file-size "${o.maxFileSize}": at most 1 GiB`);
-  }
+  const seed = parseSeed(o.seed);
+  const maxFileSize = parseMaxFileSize(o.maxFileSize, pageSize);
+  const mix = opMixOf(o);
   return {
     ops: parseCount('--ops', o.ops, STRESS_DEFAULTS.ops),
     seed,
@@ -101,9 +110,18 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
     batch: parseCount('--batch', o.batch, STRESS_DEFAULTS.batch),
     blocks: o.blocks === undefined ? undefined : parseCount('--blocks', o.blocks, 0, 0),
     maxFileSize,
+    weights: mix.weights,
+    without: mix.without,
     saveOps: o.saveOps,
+    dir: o.dir,
+    overwrite: o.overwrite === true,
+    shrinkReplays:
+      o.shrink === false
+        ? 0
+        : parseCount('--shrink-replays', o.shrinkReplays, STRESS_DEFAULTS.shrinkReplays, 0),
     json: o.json === true,
     stats: o.stats === true,
+    statsJson: o.statsJson,
     injectRate: parseRate(o.injectRate),
   };
 }
@@ -117,53 +135,18 @@ function parseRate(text: string | undefined): number {
   return p;
 }
 
-/** An ops progress bar on stderr, or null when stderr is not a terminal (CI logs stay small). */
-export interface OpsProgress {
-  tick(done: number, seed?: number): void;
-  /** Clear the bar's line before something else writes to the same terminal (it redraws itself). */
-  clearLine(): void;
-  stop(): void;
-}
-
-export function opsProgressBar(label: string, total: number): OpsProgress | null {
-  const stream = process.stderr;
-  if (!stream.isTTY) return null;
-  const bar = new SingleBar({
-    stream,
-    format: `${label} [{bar}] {value}/{total} ops | {rate} ops/s{seedText}`,
-    hideCursor: true,
-    clearOnComplete: true,
-    barsize: 30,
-  });
-  const t0 = performance.now();
-  bar.start(total, 0, { rate: '0', seedText: '' });
-  return {
-    tick(done, seed) {
-      const s = (performance.now() - t0) / 1000;
-      bar.update(done, {
-        rate: s > 0 ? (done / s).toFixed(0) : '0',
-        seedText: seed === undefined ? '' : ` | seed ${seed}`,
-      });
-    },
-    clearLine() {
-      stream.cursorTo(0);
-      stream.clearLine(0);
-    },
-    stop: () => bar.stop(),
-  };
-}
-
 /** Pages and bytes as the header names them. */
 function setupText(a: StressArgs): string {
   const device =
     a.policy === 'mirror'
-      ? `policy mirror ${a.device ? 'with' : 'without'} device ops, ${a.devicePages} device pages, batch ${a.batch}`
+      ? `policy mirror ${a.device ? 'with' : 'without'} device ops, ${plural(a.devicePages, 'device page')}, batch ${a.batch}`
       : 'policy none (host only)';
-  const blocks = a.blocks === undefined ? '' : `, ${a.blocks} blocks`;
+  const blocks = a.blocks === undefined ? '' : `, ${plural(a.blocks, 'block')}`;
+  const without = a.without.length ? `, without ${a.without.join(', ')}` : '';
   const inject = a.injectRate > 0 ? `, injecting faults at rate ${a.injectRate}` : '';
   return (
-    `${a.runs} run${a.runs === 1 ? '' : 's'} of ${a.ops} ops, ${device}, page size ${formatBytes(a.pageSize)}, ` +
-    `${a.hostPages} host pages${blocks}, max file size ${formatBytes(a.maxFileSize)}${inject}`
+    `${plural(a.runs, 'run')} of ${plural(a.ops, 'op')}, ${device}, page size ${formatBytes(a.pageSize)}, ` +
+    `${plural(a.hostPages, 'host page')}${blocks}, max file size ${formatBytes(a.maxFileSize)}${without}${inject}`
   );
 }
 
@@ -178,29 +161,49 @@ function summaryText(a: StressArgs, r: StressResult): string {
         `device evictions ${c.device_evictions}, revocations ${c.device_revocations}`
       : '';
   return (
-    `stress passed: ${r.ops} ops in ${r.runs.length} run${r.runs.length === 1 ? '' : 's'}, ` +
-    `${rate(r.ops, r.elapsedMs)} ops/s (${(r.elapsedMs / 1000).toFixed(1)} s); every read and ${disk} disk images ` +
+    `stress passed: ${plural(r.ops, 'op')} in ${plural(r.runs.length, 'run')}, ` +
+    `${rate(r.ops, r.elapsedMs)} ops/s (${(r.elapsedMs / 1000).toFixed(1)} s); every read and ${plural(disk, 'disk image')} ` +
     'match the reference model, invariants held after every op\n' +
-    `host reclaim ${c.pgsteal_direct} pages, refaults ${c.workingset_refault_file}, device entries ${c.workingset_device_entry}; ` +
+    `host reclaim ${plural(c.pgsteal_direct, 'page')}, refaults ${c.workingset_refault_file}, device entries ${c.workingset_device_entry}; ` +
     `cpu faults ${c.pgfault} (major ${c.pgmajfault})${device}` +
     (a.injectRate > 0
-      ? `\ninjected faults: ${formatFired(r.injected)}; ${r.retriedOps} failed attempts run again`
+      ? `\ninjected faults: ${formatFired(r.injected)}; ${plural(r.retriedOps, 'failed attempt')} run again`
       : '')
   );
 }
 
-function failureText(f: StressFailure, runs: number, saved: string, command: string): string {
+/** The failure itself: where and why (printed first, before anything can go wrong saving it). */
+function failureText(f: StressFailure, runs: number): string {
   const where = f.op ? `line ${f.line}: ${formatOp(f.op)}` : `end of log (after line ${f.line})`;
-  return [
+  const lines = [
     `stress FAILED: seed ${f.seed} (run ${f.run + 1} of ${runs}), ${where}`,
     `reason: ${f.reason}`,
-    `saved the log up to and including line ${f.line} (${f.log.length} ops) to ${saved}`,
-    `reproduce: ${command}`,
-  ].join('\n');
+  ];
+  // Not a user error: hmmlab has a bug; where it was is for HMMLAB_DEBUG=1.
+  if (!isHmmlabError(f.error)) {
+    const stack = f.error instanceof Error ? f.error.stack : undefined;
+    lines.push(debugEnabled() && stack ? stack : 'HMMLAB_DEBUG=1 prints the stack of the EINTERNAL');
+  }
+  return lines.join('\n');
+}
+
+/** A shrunk failure, saved with the command that replays it. */
+interface Shrunk {
+  path: string;
+  ops: number;
+  replays: number;
+  bounded: boolean;
+  command: string;
 }
 
 /** The summary object of --json: one on stdout, success or failure. */
-function summaryJson(a: StressArgs, r: StressResult, saved?: string, command?: string) {
+function summaryJson(
+  a: StressArgs,
+  r: StressResult,
+  saved?: string,
+  command?: string,
+  shrunk?: Shrunk | null,
+) {
   const f = r.failure;
   return {
     seed: a.seed,
@@ -218,6 +221,7 @@ function summaryJson(a: StressArgs, r: StressResult, saved?: string, command?: s
     batch: a.policy === 'mirror' ? a.batch : null,
     blocks: a.blocks ?? null,
     maxFileSize: a.maxFileSize,
+    without: a.without,
     counters: r.counters,
     injectRate: a.injectRate,
     injected: r.injected,
@@ -227,11 +231,50 @@ function summaryJson(a: StressArgs, r: StressResult, saved?: string, command?: s
     failure: f
       ? { seed: f.seed, run: f.run, line: f.line, op: f.op, code: f.code, reason: f.reason, replay: command }
       : null,
+    shrunk: shrunk ?? null,
   };
 }
 
+/**
+ * Shrink a failing log (each attempt a replay with `setup` on a fresh mount), save it next to the
+ * full one, and print its replay command.
+ */
+async function shrinkAndSave(
+  a: StressArgs,
+  f: StressFailure,
+  full: string,
+  setup: StressReplaySetup,
+  replaySetup: ReplaySetup,
+): Promise<Shrunk> {
+  const { replayCommand, saveOplog, shrinkFailure, shrunkPath, stressReplay } = await import(
+    '../oplog/stress.ts'
+  );
+  const bar = stepsProgressBar('shrink', 'replays', a.shrinkReplays);
+  let r: Awaited<ReturnType<typeof shrinkFailure>>;
+  try {
+    r = await shrinkFailure(f, setup, {
+      maxReplays: a.shrinkReplays,
+      onProgress: (n, _max, ops) => bar?.tick(n, `${plural(ops, 'op')} of ${f.log.length}`),
+    });
+  } finally {
+    bar?.stop();
+  }
+  const path = shrunkPath(full);
+  await saveOplog(path, r.ops);
+  // Under --inject-rate the shrunk log meets other faults: replay it once more for the ones it meets.
+  const inject = a.injectRate > 0 ? (await stressReplay(r.ops, setup))?.inject : undefined;
+  const command = replayCommand(path, { ...replaySetup, ...(inject ? { inject } : {}) });
+  const bound = r.bounded ? `; stopped at --shrink-replays ${a.shrinkReplays}` : '';
+  process.stderr.write(
+    `shrunk it to ${plural(r.ops.length, 'op')} that still fail with ${f.code} ` +
+      `(${plural(r.replays, 'replay')}${bound}): saved to ${path}\n` +
+      `reproduce the shrunk log: ${command}\n`,
+  );
+  return { path, ops: r.ops.length, replays: r.replays, bounded: r.bounded, command };
+}
+
 export function registerStress(program: Command): void {
-  program
+  const stress = program
     .command('stress')
     .description(
       'fsx as a command: seeded random op logs applied to fresh files, checked against the reference ' +
@@ -243,7 +286,7 @@ export function registerStress(program: Command): void {
     .option('--runs <n>', `runs, each on a fresh file and mount (default ${STRESS_DEFAULTS.runs})`)
     .option('--device', 'generate device ops (devread, devwrite): the default with --policy mirror')
     .option('--no-device', 'generate no device ops (the mirror policy still runs)')
-    .option('--policy <name>', "coherence policy: 'mirror' (Kara's scheme on the GPU) or 'none'", 'mirror')
+    .option('--policy <name>', POLICY_HELP, 'mirror')
     .option('--page-size <bytes>', 'page size, a power of two from 4K to 2M (default 4096)')
     .option(
       '--host-pages <n>',
@@ -261,114 +304,166 @@ export function registerStress(program: Command): void {
     )
     .option(
       '--save-ops <file>',
-      'write the failing log here (default: a file in the temporary directory named with the seed); ' +
-        'with no failure, the whole log of the last run',
+      'write the failing log here (default: a file in the temporary directory named with the seed), ' +
+        'and the shrunk one next to it (FILE.min.jsonl); with no failure, the whole log of the last run',
     )
+    .option('--no-shrink', 'save the failing log as it is, without shrinking it')
+    .option(
+      '--shrink-replays <n>',
+      `replays the shrinking of a failing log may take, each on a fresh mount (default ${STRESS_DEFAULTS.shrinkReplays})`,
+    )
+    .option(
+      '--dir <dir>',
+      "directory for the backing file DIR/oplog.dat (each run replaces it; the last run's is kept); " +
+        'an existing oplog.dat there is an error (EEXIST)',
+    )
+    .option('--overwrite', 'with --dir: replace an existing DIR/oplog.dat')
     .option('--json', 'print one JSON summary object on stdout and nothing else there')
     .option('--stats', 'print the vmstat counters added up over the runs to stderr at the end')
     .option(
+      '--stats-json <file>',
+      'write every counter and the fault batches (in time order, each with its run and op line) to FILE as JSON',
+    )
+    .option(
       '--inject-rate <p>',
-      'fail every attempt at a transient fault-injection point with probability p (seeded); each op ' +
-        'a fault failed is run again, the checks are those of a run without faults; the summary ' +
-        'counts the faults that fired, by point',
+      'fail every attempt at a transient fault-injection point with probability p (seeded with the ' +
+        "run's seed); each op a fault failed is run again until it passes, the checks are those of a run " +
+        'without faults; the summary counts the faults that fired, by point (docs/fault-injection.md)',
+    );
+  addOpMixOptions(stress)
+    .addHelpText(
+      'after',
+      '\nExample:\n  hmmlab stress --ops 500 --runs 3 --seed 7 --host-pages 8 --device-pages 8 --no-dio',
     )
     .action(async (opts: StressCliOptions, cmd: Command) => {
       const a = parseStressArgs(opts, cmd.getOptionValueSource('device') === 'cli');
       // Loaded here so that other commands do not load the page cache or the GPU.
-      const { defaultFailurePath, RATE_RETRIES, replayCommand, saveOplog, stressRuns } = await import(
-        '../oplog/stress.ts'
-      );
+      const { defaultFailurePath, RATE_RETRIES, replayCommand, saveOplog, shrunkPath, stressRuns } =
+        await import('../oplog/stress.ts');
+      // Every path the run will write is checked before it starts: a long run must not end in a
+      // failure report that cannot be saved.
+      if (a.saveOps !== undefined) {
+        checkOutputFile('--save-ops', a.saveOps);
+        if (a.shrinkReplays > 0) checkOutputFile('--save-ops', shrunkPath(a.saveOps));
+      }
+      if (a.statsJson !== undefined) checkOutputFile('--stats-json', a.statsJson);
+      if (a.dir !== undefined) checkBackingDir(a.dir, 'oplog.dat', a.overwrite);
       // The seed first, before anything can fail: whatever happens, the run can be repeated.
       const header = `stress: seed ${a.seed} (--seed ${a.seed} repeats it); ${setupText(a)}`;
       if (a.json) process.stderr.write(`${header}\n`);
       else process.stdout.write(`${header}\n`);
 
-      const batchLogs: FaultBatchRecord[] = [];
-      let gpu: import('../gpu/device.ts').GpuDevice | null = null;
-      let policyFor: (() => Promise<StressPolicy>) | undefined;
-      if (a.policy === 'mirror') {
-        const { GpuDevice } = await import('../gpu/device.ts');
-        const { DeviceMemory } = await import('../device/index.ts');
-        const { MirrorPolicy } = await import('../policy/mirror.ts');
-        const { gpuOptionsOf } = await import('./info.ts');
-        const opened = await GpuDevice.open(gpuOptionsOf(cmd));
-        gpu = opened;
-        // One GPU for all runs; each run gets fresh device memory, as `hmmlab replay` does.
-        policyFor = async () => {
-          const dm = await DeviceMemory.create(opened, {
-            devicePages: a.devicePages,
-            pageSize: a.pageSize,
-            batchSize: a.batch,
-          });
-          return {
-            policy: new MirrorPolicy(dm),
-            close: () => {
-              batchLogs.push(...dm.batchLog);
-              dm.destroy();
-            },
-          };
-        };
-      }
+      const { openPolicy } = await import('./policy.ts');
+      const { gpuOptionsOf } = await import('./info.ts');
+      // One GPU for all runs; each run (and each replay of the shrinking) gets fresh device memory.
+      const host = await openPolicy(a.policy, {
+        gpuOptions: gpuOptionsOf(cmd),
+        devicePages: a.devicePages,
+        pageSize: a.pageSize,
+        batch: a.batch,
+      });
+      const batches = new FaultBatchCollector(a.pageSize);
+      const setup = {
+        pageSize: a.pageSize,
+        hostPages: a.hostPages,
+        blocks: a.blocks,
+        injectRate: a.injectRate,
+      };
+      const replaySetup = {
+        policy: a.policy,
+        pageSize: a.pageSize,
+        hostPages: a.hostPages,
+        devicePages: a.devicePages,
+        batch: a.batch,
+        blocks: a.blocks,
+        retries: a.injectRate > 0 ? RATE_RETRIES : undefined,
+      };
       const bar = opsProgressBar('stress', a.runs * a.ops);
       let result: StressResult;
+      let saved: string | undefined;
+      let command: string | undefined;
+      let shrunk: Shrunk | null = null;
       try {
-        result = await stressRuns({
-          seed: a.seed,
-          runs: a.runs,
-          ops: a.ops,
-          device: a.device,
-          pageSize: a.pageSize,
-          hostPages: a.hostPages,
-          blocks: a.blocks,
-          maxFileSize: a.maxFileSize,
-          policyFor,
-          injectRate: a.injectRate,
-          onProgress: bar ? (done, _total, seed) => bar.tick(done, seed) : undefined,
-        });
+        try {
+          result = await stressRuns({
+            seed: a.seed,
+            runs: a.runs,
+            ops: a.ops,
+            device: a.device,
+            ...setup,
+            maxFileSize: a.maxFileSize,
+            weights: a.weights,
+            dir: a.dir,
+            policyFor: async () => {
+              const mount = await host.forMount();
+              batches.attach(mount.batchLog);
+              return {
+                policy: mount.policy,
+                close: () => {
+                  batches.collect();
+                  mount.close();
+                },
+              };
+            },
+            onProgress: bar ? (done, _total, seed) => bar.tick(done, seed) : undefined,
+            beforeOp: (run, seed, line, op) => {
+              batches.opStarts(line, op, { run, seed });
+              setReproduceHint(
+                `stress --seed ${seed} --runs 1 with the same options, line ${line}: ${formatOp(op)}`,
+              );
+            },
+          });
+        } finally {
+          bar?.stop();
+        }
+
+        const f = result.failure;
+        if (f) {
+          // The report first: whatever happens next (saving, shrinking), it has been said.
+          process.stderr.write(`${failureText(f, a.runs)}\n`);
+          process.exitCode = 1;
+          saved = a.saveOps ?? defaultFailurePath(f.seed);
+          await saveOplog(saved, f.log);
+          command = replayCommand(saved, { ...replaySetup, inject: f.inject });
+          process.stderr.write(
+            `saved the log up to and including line ${f.line} (${plural(f.log.length, 'op')}) to ${saved}\n` +
+              `reproduce: ${command}\n`,
+          );
+          if (a.shrinkReplays > 0 && f.log.length > 1) {
+            const forMount = () => host.forMount();
+            shrunk = await shrinkAndSave(
+              a,
+              f,
+              saved,
+              { ...setup, seed: f.seed, policyFor: forMount },
+              replaySetup,
+            );
+          }
+        } else if (a.saveOps) {
+          saved = a.saveOps;
+          await saveOplog(saved, result.lastLog);
+        }
       } finally {
-        bar?.stop();
-        gpu?.destroy();
+        host.close();
       }
 
       const f = result.failure;
-      let saved: string | undefined;
-      let command: string | undefined;
-      if (f) {
-        saved = a.saveOps ?? defaultFailurePath(f.seed);
-        await saveOplog(saved, f.log);
-        command = replayCommand(saved, {
-          policy: a.policy,
-          pageSize: a.pageSize,
-          hostPages: a.hostPages,
-          devicePages: a.devicePages,
-          batch: a.batch,
-          blocks: a.blocks,
-          inject: f.inject,
-          retries: RATE_RETRIES,
-        });
-        process.stderr.write(`${failureText(f, a.runs, saved, command)}\n`);
-        if (!isHmmlabError(f.error) && f.error instanceof Error && f.error.stack) {
-          process.stderr.write(`${f.error.stack}\n`); // not a user error: hmmlab has a bug, keep where
-        }
-        process.exitCode = 1;
-      } else if (a.saveOps) {
-        saved = a.saveOps;
-        await saveOplog(saved, result.lastLog);
-      }
-      if (a.json) process.stdout.write(`${JSON.stringify(summaryJson(a, result, saved, command))}\n`);
+      if (a.json) process.stdout.write(`${JSON.stringify(summaryJson(a, result, saved, command, shrunk))}\n`);
       else if (!f) {
         process.stdout.write(`${summaryText(a, result)}\n`);
         if (saved) {
           process.stdout.write(
-            `saved the log of the last run (seed ${result.runs.at(-1)?.seed}, ${result.lastLog.length} ops) to ${saved}\n`,
+            `saved the log of the last run (seed ${result.runs.at(-1)?.seed}, ${plural(result.lastLog.length, 'op')}) to ${saved}\n`,
           );
         }
       }
-      if (a.stats) {
-        process.stderr.write(`${formatVmstat(result.vmstat)}\n`);
-        if (a.policy === 'mirror') {
-          const { formatBatchSummary } = await import('./replay.ts');
-          process.stderr.write(`${formatBatchSummary(batchLogs)}\n`);
+      if (a.stats || a.statsJson !== undefined) {
+        const s = { counters: result.vmstat, gauges: result.gauges };
+        const device = policyHasDevice(a.policy) ? batches.batches : null;
+        if (a.stats) process.stderr.write(`${formatStats(s, device)}\n`);
+        if (a.statsJson !== undefined) {
+          const failure = f ? { code: errorCode(f.error), message: errorMessage(f.error) } : null;
+          await writeStatsJson(a.statsJson, 'stress', s, batches.batches, failure);
         }
       }
     });

@@ -135,9 +135,8 @@ export class HmmFs {
   static async mount(opts: MountOptions = {}): Promise<HmmFs> {
     const o = checkMountOptions(opts);
     const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-'));
-    if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) {
-      throw new HmmlabError('ENOENT', `mount: directory ${dir} does not exist`);
-    }
+    if (!fs.existsSync(dir)) throw new HmmlabError('ENOENT', `mount: directory ${dir} does not exist`);
+    if (!fs.statSync(dir).isDirectory()) throw new HmmlabError('ENOTDIR', `mount: ${dir} is not a directory`);
     const hfs = new HmmFs(dir, o, opts.inject ?? NO_INJECT);
     if (isDevicePolicy(o.policy)) {
       o.policy.setSerializer((fn) => hfs.serialize(fn));
@@ -206,7 +205,8 @@ export class HmmFs {
   /**
    * drop_caches: every host page that can go without losing data goes: clean pages (unmapped from
    * the CPU first) and pages whose data the device holds (the policy leaves a device entry).
-   * Dirty host-only pages stay. Returns the pages dropped.
+   * Dirty host-only pages stay. No shadow entries are left (those of earlier reclaim are cleared):
+   * a page read again after drop_caches is not a workingset refault. Returns the pages dropped.
    */
   dropCaches(): Promise<number> {
     return this.serialize(async () => {
@@ -214,11 +214,12 @@ export class HmmFs {
       this.host.vmstat.count('drop_pagecache');
       let dropped = 0;
       for (const m of this.host.mappings) {
+        m.shadows.clear(); // invalidate_mapping_pages clears shadow entries too
         for (const e of [...m.i_pages.values()]) {
           if (e.kind !== 'page' || PageLocked(e) || PageWriteback(e) || !trylock_page(e)) continue;
           let gone = false;
           try {
-            gone = await shrink_page(e, false);
+            gone = await shrink_page(e, 'drop_caches');
           } finally {
             if (!gone) unlock_page(e);
           }

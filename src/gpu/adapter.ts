@@ -91,9 +91,41 @@ export async function requestAdapter(options: GpuOptions = {}): Promise<OpenedAd
     throw new HmmlabError('ENODEV', `${what}${tail}`, { cause: e });
   }
   if (!adapter) {
+    if (options.backend || options.adapter) {
+      // Say which adapters do exist (on the default backends), rather than to install one.
+      const others = await adaptersWithoutChoice(options.software === true);
+      if (others.length) {
+        const what = options.backend ? `on backend "${options.backend}"` : `named "${options.adapter}"`;
+        const gl = /^opengl/.test(options.backend ?? '')
+          ? " (Dawn's GL backends give only compatibility-mode adapters; hmmlab needs a core one)"
+          : '';
+        throw new HmmlabError(
+          'ENODEV',
+          `no WebGPU adapter ${what}${gl}; these exist: ${others.join('; ')}: ` +
+            `leave out --backend/--adapter (and HMMLAB_BACKEND/HMMLAB_ADAPTER), or name one of them`,
+        );
+      }
+    }
     throw new HmmlabError('ENODEV', `no WebGPU adapter found. ${INSTALL_HINT}`);
   }
   return { gpu, adapter, info: describeAdapter(adapter) };
+}
+
+/** The adapters Dawn finds with no backend or name asked for, as "description [backend]". */
+async function adaptersWithoutChoice(software: boolean): Promise<string[]> {
+  try {
+    const gpu = create([]);
+    const a = await gpu.requestAdapter({
+      powerPreference: 'high-performance',
+      forceFallbackAdapter: software,
+    });
+    if (!a) return [];
+    const info = describeAdapter(a);
+    const backend = (a.info as { backendType?: string }).backendType ?? platformBackend();
+    return [`${info.description || info.device} [${backend}]`];
+  } catch {
+    return [];
+  }
 }
 
 /** "name [backend]" for each adapter that Dawn's error message lists (" * backend: 'vulkan', name: '...'"). */
@@ -114,7 +146,8 @@ export function describeAdapter(adapter: GPUAdapter): AdapterInfo {
   return {
     vendor: i.vendor ?? '',
     architecture: i.architecture ?? '',
-    device: i.device ?? '',
+    // Dawn makes the device name from the description with dashes ("llvmpipe-llvm-15-0-6-256-bits-").
+    device: (i.device ?? '').replace(/-+$/, ''),
     description,
     backend: i.backendType ?? guessBackend(),
     software,
@@ -122,7 +155,11 @@ export function describeAdapter(adapter: GPUAdapter): AdapterInfo {
 }
 
 function guessBackend(): string {
-  if (process.env.HMMLAB_BACKEND) return process.env.HMMLAB_BACKEND;
+  return process.env.HMMLAB_BACKEND || platformBackend();
+}
+
+/** The backend Dawn picks by default on this platform. */
+function platformBackend(): string {
   if (process.platform === 'darwin') return 'metal';
   if (process.platform === 'win32') return 'd3d12';
   return 'vulkan';

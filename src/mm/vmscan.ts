@@ -4,6 +4,10 @@
  * writeback is passed over. A page that can go is unmapped from the CPU first, written back if
  * dirty, then the policy decides: free it (a shadow entry remembers it for workingset_refault), or
  * replace it by a device entry (the device holds its data), or keep it.
+ *
+ * drop_caches frees pages through the same function but, as Linux's invalidate_mapping_pages, leaves
+ * no shadow entries (and clears those of earlier reclaim): only a page that reclaim evicted counts
+ * as a refault when it is read again.
  */
 import { delete_from_page_cache } from './filemap.ts';
 import { asMapping } from './mapping.ts';
@@ -23,11 +27,15 @@ import { PG_referenced } from './types.ts';
 import { writepage_locked } from './writeback.ts';
 
 /**
- * Try to take `page` (locked by the caller) out of the host cache. `writeDirty`: reclaim writes a
- * dirty page back first; dropcaches leaves dirty host-only pages alone. True when the page is gone.
+ * Who takes a page out: reclaim writes a dirty page back first and leaves a shadow entry for a page
+ * it frees; drop_caches leaves dirty host-only pages alone and no shadow entry.
  */
-export async function shrink_page(page: Page, writeDirty: boolean): Promise<boolean> {
+export type ShrinkReason = 'reclaim' | 'drop_caches';
+
+/** Try to take `page` (locked by the caller) out of the host cache. True when the page is gone. */
+export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolean> {
   const m = asMapping(page.mapping);
+  const writeDirty = why === 'reclaim';
   // S (dirty, not uptodate): the device holds the data; it never goes to disk from here.
   const stale = PageDirty(page) && !PageUptodate(page);
   if (PageDirty(page) && !stale && !writeDirty) return false;
@@ -41,7 +49,7 @@ export async function shrink_page(page: Page, writeDirty: boolean): Promise<bool
         `reclaim: policy ${m.policy.name} frees page ${page.index} whose data is on the device`,
       );
     delete_from_page_cache(page);
-    m.shadows.add(page.index);
+    if (why === 'reclaim') m.shadows.add(page.index);
     return true;
   }
   // The device copy stays; a device entry takes the page's place in the index.
@@ -74,7 +82,7 @@ export async function try_to_free_pages(host: PageCache, nr: number): Promise<nu
     if (!trylock_page(page)) continue;
     let gone = false;
     try {
-      gone = await shrink_page(page, true);
+      gone = await shrink_page(page, 'reclaim');
     } finally {
       if (!gone) unlock_page(page);
     }

@@ -2,7 +2,7 @@
  * A seeded generator of valid op logs (as fsx picks its operations): the same options and seed give
  * the same log. Offsets mix page-aligned, sector-aligned, word-aligned and arbitrary values, ranges
  * that straddle page boundaries and EOF, and reads past EOF; writes stay below `maxFileSize`.
- * Device ops are off by default (the device comes with issue 4). `legalizeOplog` makes any op
+ * Device ops are off by default. `legalizeOplog` makes any op
  * sequence valid (clamps device ops into EOF), for fast-check arbitraries that shrink freely.
  */
 import { uniformInt } from 'pure-rand/distribution/uniformInt';
@@ -23,7 +23,7 @@ export interface GenerateOptions {
   maxLen?: number;
   /** Relative weight of each op (0 removes it); missing names take DEFAULT_WEIGHTS. */
   weights?: Partial<Record<OpName, number>>;
-  /** Include devread/devwrite (default false: no device yet). */
+  /** Include devread/devwrite (default false). */
   device?: boolean;
 }
 
@@ -43,6 +43,9 @@ export const DEFAULT_WEIGHTS: Record<OpName, number> = {
   dropcaches: 2,
   remount: 1,
 };
+
+/** Seeds are what the generator takes whole: 0 .. 2^31-1. */
+export const SEED_LIMIT = 0x80000000;
 
 type Rng = ReturnType<typeof xoroshiro128plus>;
 

@@ -60,6 +60,24 @@ export class OplogModel {
     return null;
   }
 
+  /**
+   * An op that failed as its log expected (`expect`): of its data, only the file ranges `landed`
+   * were stored (expect.ts says which), and the size moves as eof.ts's sizeAfter(op, size, true)
+   * (a failed mapwrite had extended the file first). A read-like op that failed returns nothing.
+   */
+  applyFailed(op: Op, landed: readonly (readonly [number, number])[]): void {
+    const size = sizeAfter(op, this.size, true);
+    if ('tag' in op) {
+      this.reserve(size);
+      for (const [from, to] of landed) {
+        if (from < 0 || to > size || from > to)
+          throw new RangeError(`landed range [${from}, ${to}) past EOF ${size}`);
+        fillPattern(this.buf.subarray(from, to), from, op.tag);
+      }
+    }
+    this.size = size;
+  }
+
   /** Bytes [off, off+len) clamped to EOF: short at EOF, empty past it. */
   read(off: number, len: number): Uint8Array {
     if (off >= this.size) return EMPTY;
@@ -75,7 +93,7 @@ export class OplogModel {
   }
 }
 
-/** Run a whole log through the model: the bytes of each read-like op (null for others) and the file. */
+/** Run a whole log (one without `expect`) through the model: the bytes of each read-like op (null for others) and the file. */
 export function modelOplog(
   ops: readonly Op[],
   lines?: readonly number[],

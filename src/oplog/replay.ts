@@ -7,13 +7,15 @@
  * and the backing file on disk after every fsync and remount and at the end; the first difference
  * stops the run with a ReplayMismatch naming the line, the op and the first differing offset.
  *
- * The log is validated whole before the disk is touched (alignment, EOF of device ops). An error
- * of the filesystem (ENOSPC, EFBIG, ...) stops the run at that op, after an unmount that writes
- * back everything written so far; its message gains the line.
+ * The log is validated whole before the disk is touched (alignment, EOF of device ops, the
+ * file-size limit: EFBIG). An error of the filesystem (ENOSPC, ...) stops the run at that op, after
+ * an unmount that writes back everything written so far; its message gains the line. An op with
+ * `"expect":"CODE"` must fail with exactly CODE, and the run goes on (expect.ts: what of its data
+ * landed, which the model applies); any other outcome stops the run with EEXPECT.
  *
  * Device ops call `deviceWrite(off, len, tag)` and `deviceRead(off, len)` on the file (DeviceFile);
  * they need a mount whose policy has a device (`policy`: the mirror policy); without one, a log with
- * device ops is refused before anything runs.
+ * device ops is refused (ENODEV) before the disk is touched.
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -26,11 +28,12 @@ import { type FaultInjector, failsOp, NO_INJECT } from '../inject/inject.ts';
 import { checkFileLimit } from '../mm/args.ts';
 import { isDevicePolicy } from '../policy/device.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
-import { sizeAfter } from './eof.ts';
+import { DEFAULT_FILE_SIZE_LIMIT, sizeAfter } from './eof.ts';
+import { expectMismatch, landedRanges } from './expect.ts';
 import { OplogModel } from './model.ts';
 import { validateOplog } from './parse.ts';
 import { PATTERN_MODULUS, patternBytes } from './pattern.ts';
-import { isDeviceOp, isReadOp, type Op, type ReadOp, type WriteOp } from './schema.ts';
+import { describeOp, isDeviceOp, isReadOp, type Op, type ReadOp, type WriteOp } from './schema.ts';
 
 export interface ReplayOptions {
   /** Directory of the backing file; default a fresh temporary directory, removed afterwards. */
@@ -40,14 +43,19 @@ export interface ReplayOptions {
   pageSize?: number;
   hostPages?: number;
   blocks?: number;
-  /** Further HmmFs.mount options. */
+  /** Further HmmFs.mount options (maxFileSize: the log is checked against it too). */
   mount?: Record<string, unknown>;
   /** The coherence policy (default host-only: device ops are refused). */
   policy?: CoherencePolicy;
   /** Called after every op (replay --check runs the invariant checker here); a throw stops the run. */
   afterOp?: (fs: HmmFs, line: number, op: Op) => Promise<void> | void;
-  /** Called once before the final unmount (replay --snapshot prints the page states here). */
-  beforeUnmount?: (fs: HmmFs, file: string) => Promise<void> | void;
+  /** Called before each op is applied (the CLI tags fault batches with the op's line). */
+  beforeOp?: (line: number, op: Op) => void;
+  /**
+   * Called once before the final unmount (replay --snapshot prints the page states here, --stats
+   * reads the gauges), also when the run failed: `failure` is then the error that stopped it.
+   */
+  beforeUnmount?: (fs: HmmFs, file: string, failure?: unknown) => Promise<void> | void;
   /** Compare with the reference model as the run goes. */
   check?: boolean;
   /** 1-based line number of each op (parseOplog's `lines`); default k+1. Output `i` is line-1. */
@@ -126,15 +134,8 @@ export class ReplayMismatch extends HmmlabError {
   }
 }
 
-export function describeOp(op: Op | { op: 'end' }): string {
-  const fields = Object.entries(op)
-    .filter(([k]) => k !== 'op')
-    .map(([k, v]) => `${k}=${v}`);
-  return [op.op, ...fields].join(' ');
-}
-
 /** Re-exported: the demo and the tests compare bytes with the same function as the check. */
-export { firstDifference };
+export { describeOp, firstDifference };
 
 export function sha256(bytes: Uint8Array): string {
   return createHash('sha256').update(bytes).digest('hex');
@@ -288,11 +289,63 @@ async function withRetries<T>(
   }
 }
 
+/**
+ * The error `e` of op `op` at `line`, when it is the failure the op expects; otherwise `e` is
+ * thrown, its message naming the line (or EEXPECT, when the op expected another failure).
+ */
+function expectedFailure(op: Op, line: number, e: unknown): HmmlabError {
+  if (op.expect === undefined) {
+    if (isHmmlabError(e) && !e.message.startsWith(`line ${line}:`)) {
+      throw new HmmlabError(e.code, `line ${line} (${describeOp(op)}): ${e.message}`, { cause: e });
+    }
+    throw e;
+  }
+  const mismatch = expectMismatch(op, line, e);
+  if (mismatch) throw mismatch;
+  return e as HmmlabError;
+}
+
+/** An op that succeeded: EEXPECT when it expected to fail. */
+function expectMet(op: Op, line: number): void {
+  const mismatch = expectMismatch(op, line, null);
+  if (mismatch) throw mismatch;
+}
+
+/** The model applies the op (as it succeeded, or as it `failed`): the bytes of a read-like op. */
+function modelApply(
+  model: OplogModel,
+  op: Op,
+  line: number,
+  failed: HmmlabError | null,
+  pageSize: number,
+): Uint8Array | null {
+  if (!failed) return model.apply(op, line);
+  const landed = landedRanges(op, failed, pageSize);
+  if (!landed) {
+    throw new HmmlabError(
+      'EEXPECT',
+      `line ${line} (${describeOp(op)}): the reference model cannot tell what a ${op.op} that failed ` +
+        `with ${failed.code} left behind; replay without --check`,
+      { cause: failed },
+    );
+  }
+  model.applyFailed(op, landed);
+  return null;
+}
+
 /** Apply `ops` to a fresh file on an HmmFs; see the module comment. */
 export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {}): Promise<ReplayResult> {
   const t0 = performance.now();
   const lineOf = (k: number) => options.lines?.[k] ?? k + 1;
-  validateOplog(ops, options.lines);
+  const maxFileSize = (options.mount?.maxFileSize as number | undefined) ?? DEFAULT_FILE_SIZE_LIMIT;
+  validateOplog(ops, options.lines, { maxFileSize });
+  const dev = ops.findIndex(isDeviceOp);
+  if (dev >= 0 && !(options.policy && isDevicePolicy(options.policy))) {
+    throw new HmmlabError(
+      'ENODEV',
+      `line ${lineOf(dev)}: ${ops[dev].op} needs a device: replay with the mirror policy`,
+    );
+  }
   const inject = options.inject ?? NO_INJECT;
   const retries = options.retries ?? 1;
 
@@ -305,9 +358,11 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
   let diskChecks = 0;
   let fs: HmmFs | null = null;
   let mounted = false;
+  let unmountHookRan = false;
   try {
     fs = await HmmFs.mount({
       ...options.mount,
+      maxFileSize,
       dir,
       pageSize: options.pageSize,
       hostPages: options.hostPages,
@@ -324,7 +379,6 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
     };
     mounted = true;
     const t = new Target(fs, await fs.open(name, { create: true }));
-    const dev = ops.findIndex(isDeviceOp);
     if (dev >= 0) deviceOf(t.f, ops[dev], lineOf(dev));
     await t.f.truncate(0); // the log's file starts empty
 
@@ -339,21 +393,24 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       const op = ops[k];
       const line = lineOf(k);
       inject.line = line;
-      let got: Uint8Array | null;
+      options.beforeOp?.(line, op);
+      let got: Uint8Array | null = null;
+      let failed: HmmlabError | null = null; // failed as its `expect` said: the run goes on
       try {
         got = await withRetries(inject, retries, () => applyOp(t, op, size, line, name), onFailed(line, op));
       } catch (e) {
-        throw atLine(e, line, op);
+        failed = expectedFailure(op, line, e); // anything else is thrown, naming the line
       }
-      const want = model ? model.apply(op, line) : null;
-      size = sizeAfter(op, size);
+      if (!failed) expectMet(op, line);
+      const want = model ? modelApply(model, op, line, failed, fs.pageSize) : null;
+      size = sizeAfter(op, size, failed !== null);
       if (got && isReadOp(op)) {
         if (want) compare(line, op, 'returned', op.off, got, want);
         const r: ReadRecord = { i: line - 1, op: op.op, len: got.length, sha256: sha256(got) };
         reads.push(r);
         options.onRecord?.(r);
       }
-      if (op.op === 'fsync' || op.op === 'remount') await diskCheck(line, op);
+      if (!failed && (op.op === 'fsync' || op.op === 'remount')) await diskCheck(line, op);
       if (options.afterOp) {
         try {
           await quietly(() => options.afterOp!(mountedFs, line, op));
@@ -364,6 +421,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
         }
       }
     }
+    unmountHookRan = true;
     if (options.beforeUnmount) await quietly(() => options.beforeUnmount!(mountedFs, name));
 
     inject.where = 'final unmount';
@@ -391,6 +449,14 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       diskChecks,
       elapsedMs: performance.now() - t0,
     };
+  } catch (e) {
+    // A failed run shows its state too (replay --snapshot, --stats), before the unmount below.
+    if (fs && mounted && !unmountHookRan && options.beforeUnmount) {
+      unmountHookRan = true;
+      const f = fs;
+      await inject.suppressed(async () => options.beforeUnmount!(f, name, e)).catch(() => {});
+    }
+    throw e;
   } finally {
     // Stop cleanly: whatever was written so far goes to disk before the error propagates (an
     // unmount that an injected fault stopped is run again: it goes on where it stopped).

@@ -9,25 +9,42 @@ import { z } from 'zod';
 /** A non-negative integer that a double can hold exactly (offsets, lengths, sizes, tags). */
 const count = z.int().nonnegative();
 
+/**
+ * The error codes an op may say it expects (`"expect":"ENOSPC"`): replay then requires the op to
+ * fail with exactly that code and goes on (as xfstests' expected errors). They are the codes an op
+ * of a valid log can fail with and leave a mount that can go on.
+ */
+export const EXPECT_CODES = ['ENOSPC', 'EFAULT', 'EFBIG', 'EIO', 'EROFS'] as const;
+export type ExpectCode = (typeof EXPECT_CODES)[number];
+
 const range = { off: count, len: count };
 const tagged = { ...range, tag: count };
+const expect = { expect: z.enum(EXPECT_CODES).optional() };
 
-/** One schema per op, keyed by its name. Unknown fields are ignored (stripped), as consumers may add some. */
+/**
+ * One schema per op, keyed by its name. A field an op does not have is an error (a typo such as
+ * "tga" must not pass silently as an op without a tag); every op may carry `expect`.
+ */
 export const opSchemas = {
-  write: z.object({ op: z.literal('write'), ...tagged }),
-  read: z.object({ op: z.literal('read'), ...range }),
-  mapwrite: z.object({ op: z.literal('mapwrite'), ...tagged }),
-  mapread: z.object({ op: z.literal('mapread'), ...range }),
-  devwrite: z.object({ op: z.literal('devwrite'), ...tagged }),
-  devread: z.object({ op: z.literal('devread'), ...range }),
-  diowrite: z.object({ op: z.literal('diowrite'), ...tagged }),
-  dioread: z.object({ op: z.literal('dioread'), ...range }),
-  truncate: z.object({ op: z.literal('truncate'), size: count }),
-  punch: z.object({ op: z.literal('punch'), ...range }),
-  fsync: z.object({ op: z.literal('fsync') }),
-  dropcaches: z.object({ op: z.literal('dropcaches') }),
-  remount: z.object({ op: z.literal('remount') }),
+  write: z.strictObject({ op: z.literal('write'), ...tagged, ...expect }),
+  read: z.strictObject({ op: z.literal('read'), ...range, ...expect }),
+  mapwrite: z.strictObject({ op: z.literal('mapwrite'), ...tagged, ...expect }),
+  mapread: z.strictObject({ op: z.literal('mapread'), ...range, ...expect }),
+  devwrite: z.strictObject({ op: z.literal('devwrite'), ...tagged, ...expect }),
+  devread: z.strictObject({ op: z.literal('devread'), ...range, ...expect }),
+  diowrite: z.strictObject({ op: z.literal('diowrite'), ...tagged, ...expect }),
+  dioread: z.strictObject({ op: z.literal('dioread'), ...range, ...expect }),
+  truncate: z.strictObject({ op: z.literal('truncate'), size: count, ...expect }),
+  punch: z.strictObject({ op: z.literal('punch'), ...range, ...expect }),
+  fsync: z.strictObject({ op: z.literal('fsync'), ...expect }),
+  dropcaches: z.strictObject({ op: z.literal('dropcaches'), ...expect }),
+  remount: z.strictObject({ op: z.literal('remount'), ...expect }),
 } as const;
+
+/** The fields each op has, `op` and `expect` left out (for messages). */
+export function fieldsOf(name: keyof typeof opSchemas): string[] {
+  return Object.keys(opSchemas[name].shape).filter((k) => k !== 'op' && k !== 'expect');
+}
 
 type OpSchemas = typeof opSchemas;
 export type OpName = keyof OpSchemas;
@@ -88,7 +105,7 @@ export function alignmentError(op: Op): string | null {
 }
 
 /** The fields of each op in the order the serializer writes them. */
-const FIELD_ORDER = ['op', 'off', 'len', 'size', 'tag'] as const;
+const FIELD_ORDER = ['op', 'off', 'len', 'size', 'tag', 'expect'] as const;
 
 /** One op as one JSON line (no newline), fields in a stable order. */
 export function formatOp(op: Op): string {
@@ -96,6 +113,14 @@ export function formatOp(op: Op): string {
   const src = op as Record<string, unknown>;
   for (const k of FIELD_ORDER) if (k in src) o[k] = src[k];
   return JSON.stringify(o);
+}
+
+/** An op as messages name it: `write off=0 len=10 tag=1`. */
+export function describeOp(op: Op | { op: 'end' }): string {
+  const fields = Object.entries(op)
+    .filter(([k]) => k !== 'op')
+    .map(([k, v]) => `${k}=${v}`);
+  return [op.op, ...fields].join(' ');
 }
 
 /** Ops -> JSON Lines text: one op a line, each line ending in a newline. */

@@ -6,7 +6,9 @@
  * The first failure stops the whole run: it comes back as a `StressFailure` holding the seed, the
  * failing op's line, the reason and the log up to and including that op (a failure of the end check
  * keeps the whole log), which `saveOplog` writes and `replayCommand` turns into the `hmmlab replay
- * --check` command line that reproduces it. Nothing here prints: the CLI (src/cli/stress.ts) does.
+ * --check` command line that reproduces it. `shrinkFailure` shrinks that log (shrink.ts) by
+ * replaying smaller logs the same way, each on a fresh mount. Nothing here prints: the CLI
+ * (src/cli/stress.ts) does.
  */
 import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,12 +18,14 @@ import type { HmmFs } from '../fs/hmmfs.ts';
 import { FaultInjector, INJECT_POINTS, type InjectPoint } from '../inject/inject.ts';
 import { checkInvariants } from '../policy/invariants.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
-import { generateOplog } from './generate.ts';
+import { isGauge } from './counters.ts';
+import { generateOplog, SEED_LIMIT } from './generate.ts';
 import { ReplayMismatch, replayOplog } from './replay.ts';
-import { type Op, serializeOplog } from './schema.ts';
+import { type Op, type OpName, serializeOplog } from './schema.ts';
+import { type ShrinkResult, shrinkOplog } from './shrink.ts';
 
-/** Seeds are what generateOplog takes whole: 0 .. 2^31-1; run r uses (seed + r) mod 2^31. */
-export const SEED_LIMIT = 0x80000000;
+/** Run r uses (seed + r) mod SEED_LIMIT. */
+export { SEED_LIMIT };
 
 /** The counters the summary adds up over runs: CPU and device faults, host reclaim, device eviction. */
 export const STRESS_COUNTERS = [
@@ -40,9 +44,9 @@ export const STRESS_COUNTERS = [
 ] as const;
 export type StressCounter = (typeof STRESS_COUNTERS)[number];
 
-/** The policy a run mounts with, and how to free what it holds (mirror: its DeviceMemory). */
+/** The policy a run mounts with (none: host only), and how to free what it holds (mirror: its DeviceMemory). */
 export interface StressPolicy {
-  policy: CoherencePolicy;
+  policy?: CoherencePolicy;
   close(): void;
 }
 
@@ -58,6 +62,10 @@ export interface StressOptions {
   blocks?: number;
   /** Writes, truncates and direct I/O of the generated logs stay within this size. */
   maxFileSize: number;
+  /** Relative weight of each op in the generated logs (0 leaves it out; generate.ts's defaults). */
+  weights?: Partial<Record<OpName, number>>;
+  /** Directory of the backing file (default: a fresh temporary one per run, removed after it). */
+  dir?: string;
   /** A fresh policy for each run (default: host-only); made before the run's first op. */
   policyFor?: () => Promise<StressPolicy>;
   /**
@@ -70,6 +78,8 @@ export interface StressOptions {
   onInjected?: (point: InjectPoint, line: number) => void;
   /** Called after every op that passed its checks: ops done over all runs, their total, the run's seed. */
   onProgress?: (done: number, total: number, seed: number) => void;
+  /** Called before each op: the run (0-based), its seed, the op's line (the CLI tags fault batches). */
+  beforeOp?: (run: number, seed: number, line: number, op: Op) => void;
 }
 
 export interface StressRun {
@@ -92,7 +102,7 @@ export interface StressFailure {
   line: number;
   /** The failing op (null when the end check after the final unmount failed). */
   op: Op | null;
-  /** The error code (EIO for a difference from the model); 'BUG' for an error hmmlab did not expect. */
+  /** The error code (EIO for a difference from the model); 'EINTERNAL' for an error hmmlab did not expect. */
   code: string;
   reason: string;
   /** The log up to and including the failing op: replaying it with --check fails the same way. */
@@ -103,6 +113,13 @@ export interface StressFailure {
   inject?: string;
 }
 
+/** The settings a log is replayed with, as a stress run replays it (check mode, invariants). */
+export type StressReplaySetup = Pick<StressOptions, 'pageSize' | 'hostPages' | 'blocks' | 'policyFor'> & {
+  /** --inject-rate, seeded with `seed` (the failing run's): the replay meets faults as the run did. */
+  injectRate?: number;
+  seed?: number;
+};
+
 export interface StressResult {
   options: Omit<StressOptions, 'policyFor' | 'onProgress'>;
   runs: StressRun[];
@@ -110,8 +127,13 @@ export interface StressResult {
   ops: number;
   elapsedMs: number;
   counters: Record<StressCounter, number>;
-  /** Every event counter of vmstat (src/mm and the policy's), added up over the runs that passed. */
+  /**
+   * Every event counter of vmstat (src/mm and the policy's), added up over the runs: those that
+   * passed after their final unmount, a failing one as it stood when it failed.
+   */
   vmstat: Record<string, number>;
+  /** The gauges (nr_file_pages, device_frames_used, ...) of the last run, before its final unmount. */
+  gauges: Record<string, number>;
   failure: StressFailure | null;
   /** The whole log of the last run (--save-ops without a failure saves it). */
   lastLog: Op[];
@@ -125,17 +147,14 @@ export interface StressResult {
 export const RATE_RETRIES = 100;
 
 /** Gauges say how things stand after a run; adding them up over runs means nothing. */
-const isGauge = (k: string): boolean =>
-  (k.startsWith('nr_') && k !== 'nr_dirtied' && k !== 'nr_written') ||
-  k === 'blocks_used' ||
-  k.startsWith('device_frames_');
+export { isGauge };
 
 /** Run r's seed. */
 export const runSeed = (seed: number, run: number): number => (seed + run) % SEED_LIMIT;
 
 /** The generated log of one run: the same seed and options always give the same ops. */
 export function stressOplog(
-  o: Pick<StressOptions, 'ops' | 'device' | 'pageSize' | 'maxFileSize'>,
+  o: Pick<StressOptions, 'ops' | 'device' | 'pageSize' | 'maxFileSize' | 'weights'>,
   seed: number,
 ): Op[] {
   return generateOplog({
@@ -144,7 +163,19 @@ export function stressOplog(
     device: o.device,
     pageSize: o.pageSize,
     maxFileSize: o.maxFileSize,
+    weights: o.weights,
   });
+}
+
+/** The gauges of a vmstat, and its event counters. */
+function splitVmstat(v: Record<string, number>): {
+  events: Record<string, number>;
+  gauges: Record<string, number>;
+} {
+  const events: Record<string, number> = {};
+  const gauges: Record<string, number> = {};
+  for (const [k, x] of Object.entries(v)) (isGauge(k) ? gauges : events)[k] = x;
+  return { events, gauges };
 }
 
 function failureOf(e: unknown, log: Op[], done: number, seed: number, run: number): StressFailure {
@@ -157,23 +188,29 @@ function failureOf(e: unknown, log: Op[], done: number, seed: number, run: numbe
     run,
     line: k + 1,
     op: atEnd ? null : log[k],
-    code: isHmmlabError(e) ? e.code : 'BUG',
+    code: isHmmlabError(e) ? e.code : 'EINTERNAL',
     reason: isHmmlabError(e)
       ? `${e.code}: ${e.message}`
-      : `${(e as Error)?.name ?? 'Error'}: ${errorMessage(e)}`,
+      : `EINTERNAL: ${(e as Error)?.name ?? 'Error'}: ${errorMessage(e)} (a bug in hmmlab)`,
     log: log.slice(0, k + 1),
     error: e,
   };
 }
 
 export async function stressRuns(options: StressOptions): Promise<StressResult> {
-  const { policyFor, onProgress, onInjected, ...rest } = options;
+  const { policyFor, onProgress, onInjected, beforeOp, ...rest } = options;
   const injected = Object.fromEntries(INJECT_POINTS.map((p) => [p, 0])) as Record<InjectPoint, number>;
   let retriedOps = 0;
   const t0 = performance.now();
   const total = options.runs * options.ops;
   const counters = Object.fromEntries(STRESS_COUNTERS.map((k) => [k, 0])) as Record<StressCounter, number>;
   const vmstat: Record<string, number> = {};
+  let gauges: Record<string, number> = {};
+  const addUp = (v: Record<string, number>) => {
+    const split = splitVmstat(v);
+    for (const [k, x] of Object.entries(split.events)) vmstat[k] = (vmstat[k] ?? 0) + x;
+    gauges = split.gauges;
+  };
   const runs: StressRun[] = [];
   let opsDone = 0;
   let lastLog: Op[] = [];
@@ -196,11 +233,13 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
           },
         })
       : undefined;
+    let before: Record<string, number> = {};
     try {
       const res = await replayOplog(log, {
         pageSize: options.pageSize,
         hostPages: options.hostPages,
         blocks: options.blocks,
+        dir: options.dir,
         policy: held?.policy,
         check: true,
         inject,
@@ -209,15 +248,19 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
           retriedOps++;
         },
         afterFailedAttempt: (fs: HmmFs) => checkInvariants(fs),
+        beforeOp: beforeOp ? (line, op) => beforeOp(r, seed, line, op) : undefined,
         afterOp: async (fs: HmmFs) => {
           await checkInvariants(fs);
           done++;
           opsDone++;
           onProgress?.(opsDone, total, seed);
         },
+        beforeUnmount: (fs) => {
+          before = fs.vmstat();
+        },
       });
       for (const k of STRESS_COUNTERS) counters[k] += res.vmstat[k] ?? 0;
-      for (const [k, v] of Object.entries(res.vmstat)) if (!isGauge(k)) vmstat[k] = (vmstat[k] ?? 0) + v;
+      addUp({ ...res.vmstat, ...splitVmstat(before).gauges });
       runs.push({
         seed,
         ops: res.ops,
@@ -230,6 +273,8 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
     } catch (e) {
       failure = failureOf(e, log, done, seed, r);
       if (inject?.log.length) failure.inject = inject.log.map((f) => `${f.point}@${f.nth}`).join(',');
+      addUp(before); // as the failing run stood when it failed (before its unmount)
+      for (const k of STRESS_COUNTERS) counters[k] += before[k] ?? 0;
     } finally {
       held?.close();
     }
@@ -241,11 +286,70 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
     elapsedMs: performance.now() - t0,
     counters,
     vmstat,
+    gauges,
     failure,
     lastLog,
     injected,
     retriedOps,
   };
+}
+
+/**
+ * Replay `log` once as a stress run does (check mode, the invariants after every op, a fresh
+ * policy and mount): null when it passes, else the error code and the 0-based index of the op that
+ * failed (the last op's for the end check).
+ */
+export async function stressReplay(
+  log: readonly Op[],
+  setup: StressReplaySetup,
+): Promise<{ code: string; index: number; inject?: string } | null> {
+  const held = setup.policyFor ? await setup.policyFor() : null;
+  const inject = setup.injectRate
+    ? new FaultInjector({ rate: setup.injectRate, seed: setup.seed })
+    : undefined;
+  let done = 0;
+  try {
+    await replayOplog(log, {
+      pageSize: setup.pageSize,
+      hostPages: setup.hostPages,
+      blocks: setup.blocks,
+      policy: held?.policy,
+      check: true,
+      inject,
+      retries: RATE_RETRIES,
+      afterFailedAttempt: (fs: HmmFs) => checkInvariants(fs),
+      afterOp: async (fs: HmmFs) => {
+        await checkInvariants(fs);
+        done++;
+      },
+    });
+    return null;
+  } catch (e) {
+    const f = failureOf(e, [...log], done, 0, 0);
+    const fired = inject?.log.map((x) => `${x.point}@${x.nth}`).join(',');
+    return { code: f.code, index: f.line - 1, ...(fired ? { inject: fired } : {}) };
+  } finally {
+    held?.close();
+  }
+}
+
+/**
+ * Shrink a stress failure's log: the smallest log found within `maxReplays` replays that still
+ * fails with the same error code, each replay on a fresh mount with the run's settings.
+ */
+export function shrinkFailure(
+  f: StressFailure,
+  setup: StressReplaySetup,
+  o: { maxReplays?: number; onProgress?: (replays: number, max: number, ops: number) => void } = {},
+): Promise<ShrinkResult> {
+  return shrinkOplog(f.log, {
+    maxReplays: o.maxReplays,
+    onProgress: o.onProgress,
+    fails: async (ops) => {
+      const r = await stressReplay(ops, setup);
+      return r && r.code === f.code ? r.index : null;
+    },
+  });
 }
 
 /** Where a failing run's log goes when --save-ops names no file: os.tmpdir(), named with the seed. */
@@ -257,13 +361,19 @@ export async function saveOplog(path: string, ops: readonly Op[]): Promise<void>
   await writeFile(path, serializeOplog(ops));
 }
 
+/** Where the shrunk log of a failure goes, next to the full one: x.jsonl -> x.min.jsonl. */
+export function shrunkPath(path: string): string {
+  const m = /^(.*?)(\.jsonl|\.json|\.log|\.txt)?$/.exec(path)!;
+  return `${m[1]}.min${m[2] ?? '.jsonl'}`;
+}
+
 /** A word for a POSIX shell: kept bare when safe, else single-quoted. */
 export function shellWord(s: string): string {
   return /^[\w@%+=:,./-]+$/.test(s) ? s : `'${s.replaceAll("'", "'\\''")}'`;
 }
 
 export interface ReplaySetup {
-  policy: 'mirror' | 'none';
+  policy: string;
   /** The faults that fired in the failing run (`POINT@K` each), replayed with --inject. */
   inject?: string;
   /** Attempts of an op that an injected fault failed (replay --retries). */

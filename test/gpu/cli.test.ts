@@ -6,7 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { COPY_PATHS } from '../../src/bench/copy.ts';
+import { COPY_PATHS, formatRate } from '../../src/bench/copy.ts';
 import { hmmlab, ourStderr } from '../helpers/cli.ts';
 
 const dir = mkdtempSync(join(tmpdir(), 'hmmlab-cli-'));
@@ -68,9 +68,32 @@ describe('hmmlab CLI', () => {
     expect(ourStderr(r.stderr)).toEqual([expect.stringMatching(/^hmmlab: EINVAL: bad size "lots"/)]);
   });
 
-  it('a size over maxBufferSize is ELIMIT', async () => {
+  it('a size under 4 bytes is EINVAL before the device opens (exit 2); tiny rates print in MB/s', async () => {
+    const r = await hmmlab(['bench', 'copy', '--sizes', '4K,3']);
+    expect(r.code).toBe(2);
+    expect(ourStderr(r.stderr)).toEqual([
+      'hmmlab: EINVAL: bad size 3: a copy is at least 4 bytes (WebGPU copies whole 4-byte words)',
+    ]);
+    expect(formatRate(1.234)).toBe('1.23');
+    expect(formatRate(0.00123)).toBe('1.23 MB/s');
+  });
+
+  it('the device name has no trailing dash; a backend without an adapter names those that exist (exit 3)', async () => {
+    const info = await hmmlab(['info', '--json']);
+    expect(JSON.parse(info.stdout).device).not.toMatch(/-$/);
+    const r = await hmmlab(['--backend', 'opengl', 'info']);
+    expect(r.code).toBe(3);
+    const lines = ourStderr(r.stderr);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(
+      /^hmmlab: ENODEV: no WebGPU adapter on backend "opengl" \(.*\); these exist: .+ \[\w+\]: leave out --backend/,
+    );
+    expect(lines[0]).not.toMatch(/setup\.sh/);
+  });
+
+  it('a size over maxBufferSize is ELIMIT (bad input: exit 2)', async () => {
     const r = await hmmlab(['bench', 'copy', '--sizes', '64G', '--paths', 'd2d-copy']);
-    expect(r.code).toBe(1);
+    expect(r.code).toBe(2);
     expect(ourStderr(r.stderr)).toEqual([expect.stringMatching(/^hmmlab: ELIMIT: .*68719476736/)]);
   });
 });

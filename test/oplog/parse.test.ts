@@ -42,6 +42,26 @@ describe('parseOplog rejects each broken rule, naming the line', () => {
     ['string number', '{"op":"truncate","size":"10"}', /^line 3: truncate: "size" must be .*got "10"/],
     ['unsafe integer', '{"op":"read","off":1e300,"len":1}', /^line 3: read: "off" must be/],
     [
+      'a tag past 2^53, as the log wrote it (JSON.parse would round it)',
+      '{"op":"write","off":0,"len":1,"tag":9007199254740993}',
+      /^line 3: write: "tag" must be a non-negative integer of at most 2\^53-1 \(9007199254740991\), got 9007199254740993$/,
+    ],
+    [
+      "a typo'd field",
+      '{"op":"write","off":0,"len":1,"tga":1}',
+      /^line 3: write: unknown field "tga" \(did you mean "tag"\?\); write has "off", "len", "tag" and an optional "expect"$/,
+    ],
+    [
+      'a field the op does not have',
+      '{"op":"fsync","off":0}',
+      /^line 3: fsync: unknown field "off"; fsync has no fields/,
+    ],
+    [
+      'an unknown expected code',
+      '{"op":"write","off":0,"len":1,"tag":1,"expect":"ENOSCP"}',
+      /^line 3: write: "expect" must be one of ENOSPC, EFAULT, EFBIG, EIO, EROFS, got "ENOSCP"$/,
+    ],
+    [
       'devwrite off not a multiple of 4',
       '{"op":"devwrite","off":2,"len":4,"tag":1}',
       /^line 3: devwrite: off 2 is not a multiple of 4/,
@@ -93,10 +113,8 @@ describe('parseOplog rejects each broken rule, naming the line', () => {
 });
 
 describe('parseOplog accepts', () => {
-  test('blank lines, CRLF, a BOM and unknown fields; lines[] gives each op its line', () => {
-    const log = parseOplog(
-      `\uFEFF${GOOD}\r\n\r\n{"op":"read","off":0,"len":10,"note":"x"}\r\n{"op":"fsync"}`,
-    );
+  test('blank lines, CRLF and a BOM; lines[] gives each op its line', () => {
+    const log = parseOplog(`\uFEFF${GOOD}\r\n\r\n{"op":"read","off":0,"len":10}\r\n{"op":"fsync"}`);
     expect(log.ops).toEqual([
       { op: 'write', off: 0, len: 100, tag: 1 },
       { op: 'read', off: 0, len: 10 },
@@ -110,6 +128,36 @@ describe('parseOplog accepts', () => {
       `${GOOD}\n{"op":"devread","off":96,"len":4}\n{"op":"write","off":500,"len":0,"tag":3}\n{"op":"devread","off":100,"len":0}`,
     );
     expect(log.ops).toHaveLength(4);
+  });
+
+  test('"expect" on any op, kept by the serializer', () => {
+    const text = '{"op":"write","off":0,"len":1,"tag":1,"expect":"ENOSPC"}\n{"op":"fsync","expect":"EIO"}\n';
+    const log = parseOplog(text);
+    expect(log.ops).toEqual([
+      { op: 'write', off: 0, len: 1, tag: 1, expect: 'ENOSPC' },
+      { op: 'fsync', expect: 'EIO' },
+    ]);
+    expect(serializeOplog(log.ops)).toBe(text);
+  });
+
+  test('EOF follows an expected failure: a failed write does not extend the file, a failed mapwrite does', () => {
+    const past = (first: string) => () => parseOplog(`${first}\n{"op":"devread","off":0,"len":8}\n`);
+    expect(past('{"op":"write","off":0,"len":8,"tag":1,"expect":"ENOSPC"}')).toThrow(
+      /^line 2: devread: range \[0, 8\) is past EOF \(file size 0\)/,
+    );
+    expect(past('{"op":"mapwrite","off":0,"len":8,"tag":1,"expect":"ENOSPC"}')).not.toThrow();
+    expect(past('{"op":"mapwrite","off":0,"len":8,"tag":1,"expect":"EFBIG"}')).toThrow(/past EOF/);
+  });
+
+  test('a write past the file-size limit is EFBIG at its line, unless it expects EFBIG; a zero-length one is none', () => {
+    const big = '{"op":"write","off":1073741820,"len":10,"tag":1}';
+    expect(() => parseOplog(`${GOOD}\n${big}`)).toThrow(
+      /^line 2 \(write off=1073741820 len=10 tag=1\): write at offset 1073741820 length 10 ends at 1073741830, past the file-size limit 1073741824$/,
+    );
+    expect(() => parseOplog(big, { maxFileSize: 2 ** 31 })).not.toThrow();
+    expect(parseOplog(big.replace('}', ',"expect":"EFBIG"}')).ops).toHaveLength(1);
+    expect(parseOplog('{"op":"write","off":1099511627776,"len":0,"tag":1}').ops).toHaveLength(1);
+    expect(() => parseOplog('{"op":"truncate","size":1073741825}')).toThrow(/EFBIG|file-size limit/);
   });
 
   test('an empty log', () => {

@@ -4,7 +4,8 @@
  * workload and the same files; --save-ops writes a log that `hmmlab replay --check` replays to the
  * same file; --json is one object on stdout; bad options are EINVAL (exit 2). The failure path is
  * provoked for real: a block budget (--blocks) too small for the workload makes page_mkwrite refuse
- * a write (ENOSPC), and the saved log with the printed replay command fails the same way.
+ * a write (ENOSPC), and the saved log with the printed replay command fails the same way; so does
+ * the shrunk log saved next to it, which is shorter.
  * Also: the progress bars of stress and of replay (> 2,000 ops) appear on a terminal's stderr
  * (a pty from script(1)) and leave stdout untouched.
  */
@@ -177,6 +178,24 @@ describe('a real failure: a block budget too small for the workload', () => {
     const rep = await hmmlab(args);
     expect(rep.code).toBe(1);
     expect(ourStderr(rep.stderr)).toEqual([`hmmlab: ${err[1].slice('reason: '.length)}`]);
+
+    // Then the shrunk log, next to the full one: shorter, and it still fails with the same code.
+    const min = join(dir, 'failure.min.jsonl');
+    const shrunk =
+      /^shrunk it to (\d+) ops? that still fail with (E[A-Z]+) \(\d+ replays?\): saved to (.*)$/.exec(err[4]);
+    expect(shrunk, err[4]).not.toBeNull();
+    expect(shrunk![3]).toBe(min);
+    expect(shrunk![2]).toBe(reason![1]);
+    const minOps = parseOplog(await readFile(min, 'utf8')).ops;
+    expect(minOps).toHaveLength(Number(shrunk![1]));
+    expect(minOps.length).toBeLessThan(line);
+    const minCmd = /^reproduce the shrunk log: npx hmmlab (.*)$/.exec(err[5]);
+    expect(minCmd![1].split(' ')).toEqual(['replay', min, ...args.slice(2)]);
+    const minRep = await hmmlab(minCmd![1].split(' '));
+    expect(minRep.code).toBe(1);
+    expect(ourStderr(minRep.stderr)).toEqual([
+      expect.stringMatching(new RegExp(`^hmmlab: ${shrunk![2]}: line ${minOps.length} `)),
+    ]);
   });
 
   test('without --save-ops the failing log goes to the temporary directory, named with the seed (--json)', async () => {

@@ -76,13 +76,13 @@ test('replay --json --policy mirror --host-pages 8 prints what the reference mod
   expect(r.stderr).toMatch(/^page states of oplog\.dat before the final unmount:\npage +host flags/m);
 });
 
-test('--policy none refuses a log with device ops before anything runs, naming the line', async () => {
+test('--policy none refuses a log with device ops before anything runs, naming the line (exit 2)', async () => {
   const path = join(dir, 'none.jsonl');
   await writeFile(path, '{"op":"write","off":0,"len":64,"tag":1}\n{"op":"devread","off":0,"len":16}\n');
   const r = hmmlab(['replay', path, '--json', '--policy', 'none']);
-  expect(r.status).toBe(1);
+  expect(r.status).toBe(2);
   expect(r.stdout).toBe('');
   expect(r.stderr.trim()).toBe(
-    'hmmlab: ENODEV: line 2: devread needs a device: replay with the mirror policy',
+    "hmmlab: ENODEV: line 2: devread needs a device: policy 'none' has none; replay with --policy mirror",
   );
 });
