@@ -30,11 +30,23 @@ export type Errno =
 
 export class HmmlabError extends Error {
   readonly code: Errno;
-  constructor(code: Errno, message: string, options?: { cause?: unknown }) {
+  /** The file pages the error is about, as data (refused by page_mkwrite, lost with a device). */
+  readonly pages?: readonly number[];
+  constructor(code: Errno, message: string, options?: { cause?: unknown; pages?: readonly number[] }) {
     super(message, options);
     this.name = 'HmmlabError';
     this.code = code;
+    if (options?.pages) this.pages = options.pages;
   }
+}
+
+/** The pages an error names as data, looked up along its `cause` chain (wrappers add the line). */
+export function errorPages(e: unknown): readonly number[] | undefined {
+  for (let depth = 0; e && typeof e === 'object' && depth < 8; depth++) {
+    if (e instanceof HmmlabError && e.pages) return e.pages;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return undefined;
 }
 
 export function isHmmlabError(e: unknown): e is HmmlabError {

@@ -65,6 +65,7 @@ function refusedError(what: string, name: string, failed: DeviceRun['failed']): 
     'EFAULT',
     `SIGBUS: device ${what} to page${pages.length > 1 ? 's' : ''} ${formatPages(pages)} of ${name} refused: ` +
       `${failed[0].message}; the other pages' writes landed`,
+    { pages },
   );
 }
 

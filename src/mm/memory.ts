@@ -175,7 +175,7 @@ export async function filemap_fault(vma: VmArea, index: number, write: boolean):
       throw new HmmlabError(
         'ENOSPC',
         `page_mkwrite refused page ${index} of ${m.name} (offset ${index * m.pageSize}): ${err.message} (SIGBUS)`,
-        { cause: err },
+        { cause: err, pages: [index] },
       );
     }
     throw err;

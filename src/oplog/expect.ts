@@ -10,13 +10,13 @@
  *   refuses page P (ENOSPC, SIGBUS), the bytes before P landed (the file was extended first);
  *   EFBIG comes before anything.
  * - devwrite refused by page_mkwrite (EFAULT, SIGBUS): every page's stores landed except the
- *   refused pages', which the error names (File.deviceWrite).
+ *   refused pages', which the error carries as data (`HmmlabError.pages`, File.deviceWrite).
  * - read-like ops, fsync, dropcaches: no data changes.
  *
  * For anything else (a truncate, punch or remount that failed, a failure these rules do not cover)
  * the model cannot know the file afterwards: `landedRanges` returns null and a checked replay stops.
  */
-import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { errorPages, HmmlabError, isHmmlabError } from '../errors.ts';
 import { describeOp, isReadOp, type Op } from './schema.ts';
 
 export type Range = readonly [number, number];
@@ -33,19 +33,6 @@ export function expectMismatch(op: Op, line: number, err: unknown): HmmlabError 
   if (isHmmlabError(err) && err.code === want) return null;
   const got = isHmmlabError(err) ? `${err.code}: ${err.message}` : String(err);
   return new HmmlabError('EEXPECT', `${where}: expected ${want}, got ${got}`, { cause: err });
-}
-
-/** "2-3, 5" (formatPages) -> [2, 3, 5]. */
-export function parsePageList(text: string): number[] {
-  const out: number[] = [];
-  for (const part of text.split(',')) {
-    const m = /^\s*(\d+)(?:-(\d+))?\s*$/.exec(part);
-    if (!m) return [];
-    const a = Number(m[1]);
-    const b = m[2] === undefined ? a : Number(m[2]);
-    for (let i = a; i <= b; i++) out.push(i);
-  }
-  return out;
 }
 
 /** [off, off+len) without the pages `holes` (page size `ps`). */
@@ -76,16 +63,15 @@ export function landedRanges(op: Op, err: HmmlabError, pageSize: number): Range[
     case 'diowrite':
       return err.code === 'ENOSPC' ? [] : null;
     case 'mapwrite': {
-      // filemap_fault: "page_mkwrite refused page P of NAME (offset X): ..."
-      const m = /page_mkwrite refused page \d+ of .* \(offset (\d+)\)/.exec(err.message);
-      if (err.code !== 'ENOSPC' || !m) return null;
-      const stop = Number(m[1]);
+      // filemap_fault names the page page_mkwrite refused: the stores before it landed.
+      const refused = errorPages(err);
+      if (err.code !== 'ENOSPC' || refused?.length !== 1) return null;
+      const stop = refused[0] * pageSize;
       return stop > op.off ? [[op.off, Math.min(stop, op.off + op.len)]] : [];
     }
     case 'devwrite': {
-      // File.deviceWrite: "SIGBUS: device write to pages 2-3, 5 of NAME refused: ..."
-      const m = /device write to pages? ([\d, -]+) of /.exec(err.message);
-      const refused = m ? parsePageList(m[1]) : [];
+      // File.deviceWrite names the refused pages: every other page's stores landed.
+      const refused = errorPages(err) ?? [];
       if (err.code !== 'EFAULT' || refused.length === 0) return null;
       return without(op.off, op.len, refused, pageSize);
     }
