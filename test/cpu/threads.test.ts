@@ -236,11 +236,12 @@ describe('atomics through shared mappings', () => {
     const page = cachedPage(f, 0);
     const word = new Uint32Array(page.data.buffer, page.data.byteOffset, 1);
 
+    // Rounds are capped: a worker that manages few adds per round must not make the test long.
     const N = 1_000_000;
     const adds = track(w.atomicAdd(v, 0, 1, N));
     let rounds = 0;
     let last = 0;
-    while (!adds.settled()) {
+    while (!adds.settled() && rounds < 200) {
       // Under the mount's mutex, which the worker's fault needs: the window stays closed.
       await cl.lab.fs.serialize(async () => {
         page_mkclean(page);
