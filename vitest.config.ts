@@ -10,7 +10,8 @@ export default defineConfig({
     maxWorkers: 2,
     testTimeout: 120_000,
     hookTimeout: 60_000,
-    env: { XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp' },
+    // HMMLAB_LOCKDEP: the lock-order validator (src/lock/lockdep.ts) checks every lock in tests.
+    env: { XDG_RUNTIME_DIR: process.env.XDG_RUNTIME_DIR ?? '/tmp', HMMLAB_LOCKDEP: '1' },
     benchmark: { include: ['bench/**/*.bench.ts'] },
   },
 });
