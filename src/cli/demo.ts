@@ -84,14 +84,15 @@ const stories = new WeakMap<GpuDevice, Promise<Story>>();
 
 async function openStory(gpu: GpuDevice): Promise<Story> {
   // Loaded here: a broken policy module fails the story's chapters, not the whole command.
-  const [{ DeviceMemory }, { MirrorPolicy }, { HmmFs }] = await Promise.all([
+  const [{ DeviceMemory }, { createDevicePolicy }, { HmmFs }] = await Promise.all([
     import('../device/index.ts'),
-    import('../policy/mirror.ts'),
+    import('../policy/registry.ts'),
     import('../fs/hmmfs.ts'),
   ]);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-demo-'));
   const dm = await DeviceMemory.create(gpu, { devicePages: 64, pageSize: PAGE, batchSize: 256 });
-  const hfs = await HmmFs.mount({ dir, pageSize: PAGE, hostPages: HOST_PAGES, policy: new MirrorPolicy(dm) });
+  const policy = createDevicePolicy('mirror', dm);
+  const hfs = await HmmFs.mount({ dir, pageSize: PAGE, hostPages: HOST_PAGES, policy });
   const f = await hfs.open(FILE, { create: true });
   return { dir, fs: hfs, dm, f, want: new Uint8Array(FILE_BYTES), done: 0 };
 }

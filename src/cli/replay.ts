@@ -4,9 +4,10 @@
  * read-like op, then the `{op:"end", size, sha256}` line, last. Statistics, the fault-batch
  * summary and the page-state snapshot go to stderr.
  *
- * The default policy is mirror (Kara's scheme on the GPU: device ops run); `--policy none` is the
- * host-only page cache, which refuses a log with device ops before anything runs. A log without
- * device ops runs host-only unless --policy mirror is given by name, so it needs no GPU.
+ * The default policy is mirror (Kara's scheme on the GPU: device ops run); `--policy migrate` is
+ * Glisse's scheme on the same device layer; `--policy none` is the host-only page cache, which
+ * refuses a log with device ops before anything runs. A log without device ops runs host-only
+ * unless a device policy is given by name, so it needs no GPU. Names: src/policy/registry.ts.
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
@@ -18,6 +19,7 @@ import { formatVmstat } from '../mm/vmstat.ts';
 import { parseOplog } from '../oplog/parse.ts';
 import type { ReplayRecord } from '../oplog/replay.ts';
 import { isDeviceOp } from '../oplog/schema.ts';
+import { isDevicePolicyName, POLICY_HELP, type PolicyName, parsePolicyName } from '../policy/registry.ts';
 import { type OpsProgress, opsProgressBar } from './stress.ts';
 
 /** Logs longer than this show a progress bar on stderr when it is a terminal. */
@@ -103,7 +105,7 @@ export function registerReplay(program: Command): void {
       'compare every read, and the disk after each fsync and remount, with the reference model; ' +
         'check the invariants (single writer, legal page states, device entries) after every op',
     )
-    .option('--policy <name>', "coherence policy: 'mirror' (Kara's scheme on the GPU) or 'none'", 'mirror')
+    .option('--policy <name>', POLICY_HELP, 'mirror')
     .option(
       '--device-pages <n>',
       'device frames (GPU memory, in pages): device eviction runs past it',
@@ -122,17 +124,14 @@ export function registerReplay(program: Command): void {
       const pageSize = parsePageSize(opts.pageSize, 4096);
       const hostPages = parseCount('--host-pages', opts.hostPages, 1024);
       const blocks = opts.blocks === undefined ? undefined : parseCount('--blocks', opts.blocks, 0, 0);
-      let policyName = opts.policy ?? 'mirror';
-      if (policyName !== 'mirror' && policyName !== 'none') {
-        throw new HmmlabError('EINVAL', `--policy must be 'mirror' or 'none', got '${policyName}'`);
-      }
+      let policyName: PolicyName = parsePolicyName(opts.policy ?? 'mirror');
       const devicePages = parseCount('--device-pages', opts.devicePages, 1024);
       const batchSize = parseCount('--batch', opts.batch, 256);
       const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
       const retries = parseCount('--retries', opts.retries, 1, 0);
       // The whole log is parsed (and its EOF rules checked) before anything touches the disk.
       const log = parseOplog(await readLog(logPath));
-      // A log without device ops needs no GPU unless the user asked for the mirror policy by name:
+      // A log without device ops needs no GPU unless the user asked for a device policy by name:
       // the host-only page cache then runs it the same, also on a machine with no adapter.
       if (cmd.getOptionValueSource('policy') === 'default' && !log.ops.some(isDeviceOp)) policyName = 'none';
       // The bar is on stderr only; a line for stdout first clears it when both share the terminal.
@@ -149,19 +148,19 @@ export function registerReplay(program: Command): void {
       const { checkInvariants } = await import('../policy/invariants.ts');
       let device: { close(): void; batchLog: readonly FaultBatchRecord[] } | null = null;
       let policy: import('../policy/policy.ts').CoherencePolicy | undefined;
-      if (policyName === 'mirror') {
+      if (isDevicePolicyName(policyName)) {
         const { GpuDevice } = await import('../gpu/device.ts');
-        const { DeviceMemory } = await import('../device/index.ts');
-        const { MirrorPolicy } = await import('../policy/mirror.ts');
+        const { openPolicy } = await import('../policy/registry.ts');
         const { gpuOptionsOf } = await import('./info.ts');
         const gpu = await GpuDevice.open(gpuOptionsOf(cmd));
         try {
-          const dm = await DeviceMemory.create(gpu, { devicePages, pageSize, batchSize });
-          policy = new MirrorPolicy(dm);
+          const opened = await openPolicy(policyName, gpu, { devicePages, pageSize, batchSize });
+          policy = opened.policy;
+          const dm = opened.dm!;
           device = {
             batchLog: dm.batchLog,
             close: () => {
-              dm.destroy();
+              opened.close();
               gpu.destroy();
             },
           };

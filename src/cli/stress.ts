@@ -20,6 +20,7 @@ import { formatFired } from '../inject/inject.ts';
 import { formatVmstat } from '../mm/vmstat.ts';
 import { formatOp } from '../oplog/schema.ts';
 import type { StressFailure, StressPolicy, StressResult } from '../oplog/stress.ts';
+import { isDevicePolicyName, POLICY_HELP, type PolicyName, parsePolicyName } from '../policy/registry.ts';
 
 interface StressCliOptions {
   ops?: string;
@@ -45,7 +46,7 @@ export interface StressArgs {
   seed: number;
   runs: number;
   device: boolean;
-  policy: 'mirror' | 'none';
+  policy: PolicyName;
   pageSize: number;
   hostPages: number;
   devicePages: number;
@@ -73,12 +74,12 @@ export const STRESS_DEFAULTS = {
 const MAX_FILE_SIZE_LIMIT = 2 ** 30;
 
 export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): StressArgs {
-  const policy = o.policy ?? 'mirror';
-  if (policy !== 'mirror' && policy !== 'none') {
-    throw new HmmlabError('EINVAL', `bad --policy "${policy}": expected 'mirror' or 'none'`);
-  }
-  if (policy === 'none' && deviceGiven && o.device) {
-    throw new HmmlabError('EINVAL', '--device needs --policy mirror: device ops run on the GPU');
+  const policy = parsePolicyName(o.policy ?? 'mirror');
+  if (!isDevicePolicyName(policy) && deviceGiven && o.device) {
+    throw new HmmlabError(
+      'EINVAL',
+      '--device needs a device policy (mirror or migrate): device ops run on the GPU',
+    );
   }
   const pageSize = parsePageSize(o.pageSize, 4096);
   const seed = o.seed === undefined ? randomInt(0, 0x80000000) : parseCount('--seed', o.seed, 0, 0);
@@ -93,7 +94,7 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
     ops: parseCount('--ops', o.ops, STRESS_DEFAULTS.ops),
     seed,
     runs: parseCount('--runs', o.runs, STRESS_DEFAULTS.runs),
-    device: policy === 'mirror' && o.device !== false,
+    device: isDevicePolicyName(policy) && o.device !== false,
     policy,
     pageSize,
     hostPages: parseCount('--host-pages', o.hostPages, STRESS_DEFAULTS.hostPages),
@@ -155,10 +156,9 @@ export function opsProgressBar(label: string, total: number): OpsProgress | null
 
 /** Pages and bytes as the header names them. */
 function setupText(a: StressArgs): string {
-  const device =
-    a.policy === 'mirror'
-      ? `policy mirror ${a.device ? 'with' : 'without'} device ops, ${a.devicePages} device pages, batch ${a.batch}`
-      : 'policy none (host only)';
+  const device = isDevicePolicyName(a.policy)
+    ? `policy ${a.policy} ${a.device ? 'with' : 'without'} device ops, ${a.devicePages} device pages, batch ${a.batch}`
+    : 'policy none (host only)';
   const blocks = a.blocks === undefined ? '' : `, ${a.blocks} blocks`;
   const inject = a.injectRate > 0 ? `, injecting faults at rate ${a.injectRate}` : '';
   return (
@@ -172,11 +172,10 @@ const rate = (ops: number, ms: number) => (ms > 0 ? Math.round((ops * 1000) / ms
 function summaryText(a: StressArgs, r: StressResult): string {
   const c = r.counters;
   const disk = r.runs.reduce((s, x) => s + x.diskChecks, 0);
-  const device =
-    a.policy === 'mirror'
-      ? `; device faults ${c.device_faults} (unique ${c.device_faults_unique}, ${c.device_fault_batches} batches), ` +
-        `device evictions ${c.device_evictions}, revocations ${c.device_revocations}`
-      : '';
+  const device = isDevicePolicyName(a.policy)
+    ? `; device faults ${c.device_faults} (unique ${c.device_faults_unique}, ${c.device_fault_batches} batches), ` +
+      `device evictions ${c.device_evictions}, revocations ${c.device_revocations}`
+    : '';
   return (
     `stress passed: ${r.ops} ops in ${r.runs.length} run${r.runs.length === 1 ? '' : 's'}, ` +
     `${rate(r.ops, r.elapsedMs)} ops/s (${(r.elapsedMs / 1000).toFixed(1)} s); every read and ${disk} disk images ` +
@@ -214,8 +213,8 @@ function summaryJson(a: StressArgs, r: StressResult, saved?: string, command?: s
     device: a.device,
     pageSize: a.pageSize,
     hostPages: a.hostPages,
-    devicePages: a.policy === 'mirror' ? a.devicePages : null,
-    batch: a.policy === 'mirror' ? a.batch : null,
+    devicePages: isDevicePolicyName(a.policy) ? a.devicePages : null,
+    batch: isDevicePolicyName(a.policy) ? a.batch : null,
     blocks: a.blocks ?? null,
     maxFileSize: a.maxFileSize,
     counters: r.counters,
@@ -241,9 +240,9 @@ export function registerStress(program: Command): void {
     .option('--ops <n>', `ops a run (default ${STRESS_DEFAULTS.ops})`)
     .option('--seed <n>', 'seed of the first run, 0..2^31-1; run k uses seed+k (default: random, printed)')
     .option('--runs <n>', `runs, each on a fresh file and mount (default ${STRESS_DEFAULTS.runs})`)
-    .option('--device', 'generate device ops (devread, devwrite): the default with --policy mirror')
-    .option('--no-device', 'generate no device ops (the mirror policy still runs)')
-    .option('--policy <name>', "coherence policy: 'mirror' (Kara's scheme on the GPU) or 'none'", 'mirror')
+    .option('--device', 'generate device ops (devread, devwrite): the default with a device policy')
+    .option('--no-device', 'generate no device ops (the device policy still runs)')
+    .option('--policy <name>', POLICY_HELP, 'mirror')
     .option('--page-size <bytes>', 'page size, a power of two from 4K to 2M (default 4096)')
     .option(
       '--host-pages <n>',
@@ -286,25 +285,25 @@ export function registerStress(program: Command): void {
       const batchLogs: FaultBatchRecord[] = [];
       let gpu: import('../gpu/device.ts').GpuDevice | null = null;
       let policyFor: (() => Promise<StressPolicy>) | undefined;
-      if (a.policy === 'mirror') {
+      const policyName = a.policy;
+      if (isDevicePolicyName(policyName)) {
         const { GpuDevice } = await import('../gpu/device.ts');
-        const { DeviceMemory } = await import('../device/index.ts');
-        const { MirrorPolicy } = await import('../policy/mirror.ts');
+        const { openPolicy } = await import('../policy/registry.ts');
         const { gpuOptionsOf } = await import('./info.ts');
         const opened = await GpuDevice.open(gpuOptionsOf(cmd));
         gpu = opened;
         // One GPU for all runs; each run gets fresh device memory, as `hmmlab replay` does.
         policyFor = async () => {
-          const dm = await DeviceMemory.create(opened, {
+          const held = await openPolicy(policyName, opened, {
             devicePages: a.devicePages,
             pageSize: a.pageSize,
             batchSize: a.batch,
           });
           return {
-            policy: new MirrorPolicy(dm),
+            policy: held.policy,
             close: () => {
-              batchLogs.push(...dm.batchLog);
-              dm.destroy();
+              batchLogs.push(...held.dm!.batchLog);
+              held.close();
             },
           };
         };
@@ -366,7 +365,7 @@ export function registerStress(program: Command): void {
       }
       if (a.stats) {
         process.stderr.write(`${formatVmstat(result.vmstat)}\n`);
-        if (a.policy === 'mirror') {
+        if (isDevicePolicyName(a.policy)) {
           const { formatBatchSummary } = await import('./replay.ts');
           process.stderr.write(`${formatBatchSummary(batchLogs)}\n`);
         }

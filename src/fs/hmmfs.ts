@@ -263,7 +263,7 @@ export class HmmFs {
         await filemap_write_and_wait_range(mapping, 0, LAST_PAGE, 'unmount');
       }
       for (const vma of [...mapping.i_mmap]) zap_vma(vma);
-      await truncate_inode_pages_range(mapping, 0, LAST_PAGE);
+      await truncate_inode_pages_range(mapping, 0, LAST_PAGE, 'unmount');
       await backing.set_size(mapping.size);
       await backing.fsync();
       backing.close();
@@ -439,7 +439,7 @@ export class File {
       if (!isDevicePolicy(policy)) {
         throw new HmmlabError(
           'ENODEV',
-          `${what} on ${this.name}: no device: mount with the mirror policy (policy is '${policy.name}')`,
+          `${what} on ${this.name}: no device: mount with a device policy, mirror or migrate (policy is '${policy.name}')`,
         );
       }
       if (len === 0) return null;

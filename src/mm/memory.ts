@@ -126,7 +126,7 @@ async function vma_load(vma: VmArea, off: number, len: number): Promise<Uint8Arr
   for (let i = Math.floor(off / ps); i <= Math.floor((end - 1) / ps); i++) {
     if (pte_none(Atomics.load(vma.pte, i))) await filemap_fault(vma, i, false);
     const page = pte_page(vma, i);
-    copy_from_page(page, ps, off, end, out);
+    copy_from_page(page.index, page.data, ps, off, end, out);
     mark_page_accessed(page); // the emulated accessed bit
   }
   return out;
@@ -165,7 +165,7 @@ export async function filemap_fault(vma: VmArea, index: number, write: boolean):
     await m.policy.cpuNeedsData(m, [page], 'fault');
     if (write) {
       await do_page_mkwrite(m, page);
-      await m.policy.cpuWillWrite(m, [page]);
+      await m.policy.cpuWillWrite(m, [page], 'fault');
       folio_mark_dirty(page);
     }
     set_pte(vma, page, write);

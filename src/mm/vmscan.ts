@@ -5,7 +5,7 @@
  * dirty, then the policy decides: free it (a shadow entry remembers it for workingset_refault), or
  * replace it by a device entry (the device holds its data), or keep it.
  */
-import { delete_from_page_cache } from './filemap.ts';
+import { delete_from_page_cache, replace_page_cache_entry } from './filemap.ts';
 import { asMapping } from './mapping.ts';
 import {
   PageDirty,
@@ -45,9 +45,7 @@ export async function shrink_page(page: Page, writeDirty: boolean): Promise<bool
     return true;
   }
   // The device copy stays; a device entry takes the page's place in the index.
-  const entry = m.policy.makeDeviceEntry(m, page);
-  delete_from_page_cache(page);
-  m.i_pages.set(page.index, entry);
+  replace_page_cache_entry(page, m.policy.makeDeviceEntry(m, page));
   m.host.vmstat.count('workingset_device_entry');
   return true;
 }

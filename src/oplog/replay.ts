@@ -12,7 +12,7 @@
  * back everything written so far; its message gains the line.
  *
  * Device ops call `deviceWrite(off, len, tag)` and `deviceRead(off, len)` on the file (DeviceFile);
- * they need a mount whose policy has a device (`policy`: the mirror policy); without one, a log with
+ * they need a mount whose policy has a device (`policy`: mirror or migrate); without one, a log with
  * device ops is refused before anything runs.
  */
 import { createHash } from 'node:crypto';
@@ -181,7 +181,10 @@ class Target {
 
 function deviceOf(f: HmmFile, op: Op, line: number): DeviceFile {
   if (!hasDevice(f) || !isDevicePolicy(f.fs.policy))
-    throw new HmmlabError('ENODEV', `line ${line}: ${op.op} needs a device: replay with the mirror policy`);
+    throw new HmmlabError(
+      'ENODEV',
+      `line ${line}: ${op.op} needs a device: replay with a device policy (mirror or migrate)`,
+    );
   return f;
 }
 

@@ -83,6 +83,6 @@ test('--policy none refuses a log with device ops before anything runs, naming t
   expect(r.status).toBe(1);
   expect(r.stdout).toBe('');
   expect(r.stderr.trim()).toBe(
-    'hmmlab: ENODEV: line 2: devread needs a device: replay with the mirror policy',
+    'hmmlab: ENODEV: line 2: devread needs a device: replay with a device policy (mirror or migrate)',
   );
 });
