@@ -15,6 +15,7 @@ import {
   fmt,
   isLegalIn,
   type LegalRows,
+  minCpu,
   noRow,
   type PageState,
   type SchemeTable,
@@ -99,7 +100,8 @@ export function migrateTransition(s: PageState, event: DeviceEvent): Transition 
     case 'writeback':
       if (s.dev === 'rw') return { next: st('E', 'ro', '-'), work: ['device-protect', 'bounce-writeback'] };
       if (onDevice) return { next: s, work: ['bounce-writeback'] }; // only if A' is newer than the disk
-      if (s.host === 'D') return { next: st('C', '-', s.cpu), work: ['page_mkclean', 'writepage'] };
+      // folio_clear_dirty_for_io: page_mkclean write-protects the CPU mappings before the write.
+      if (s.host === 'D') return { next: st('C', '-', minCpu(s.cpu, 'ro')), work: ['page_mkclean', 'writepage'] };
       return { next: s, work: [] };
     case 'invalidate': {
       const work: Work[] = [];
@@ -122,7 +124,8 @@ export function migrateTransition(s: PageState, event: DeviceEvent): Transition 
         ? { next: st('-', '-', '-'), work: ['bounce-writeback', 'device-revoke'] }
         : { next: s, work: [] };
     case 'unmount': {
-      const work: Work[] = [];
+      // The writeback pass first, then the mappings are torn down and every page and copy leaves.
+      const work: Work[] = s.host === 'D' && s.cpu === 'rw' ? ['page_mkclean'] : [];
       if (s.cpu !== '-') work.push('try_to_unmap');
       if (s.dev === 'rw') work.push('device-protect');
       if (onDevice) work.push('bounce-writeback', 'device-revoke');

@@ -124,7 +124,8 @@ export function mirrorTransition(s: PageState, event: DeviceEvent): Transition {
         return { next: st('C', 'ro', '-'), work: ['device-protect', 'copy-back', 'writepage'] };
       if (s.host === 'E' && s.dev === 'rw')
         return { next: st('E', 'ro', '-'), work: ['device-protect', 'bounce-writeback'] };
-      if (s.host === 'D') return { next: st('C', s.dev, s.cpu), work: ['page_mkclean', 'writepage'] };
+      // folio_clear_dirty_for_io: page_mkclean write-protects the CPU mappings before the write.
+      if (s.host === 'D') return { next: st('C', s.dev, minCpu(s.cpu, 'ro')), work: ['page_mkclean', 'writepage'] };
       return { next: s, work: [] };
     }
     case 'invalidate': {
@@ -153,7 +154,9 @@ export function mirrorTransition(s: PageState, event: DeviceEvent): Transition {
       return { next: st(s.host === 'E' ? '-' : s.host, '-', s.cpu), work: ['device-revoke'] };
     }
     case 'unmount': {
-      const work: Work[] = [];
+      // The writeback pass first (page_mkclean of a dirty page's writable PTEs, then writepage),
+      // then the mappings are torn down and every page and copy leaves.
+      const work: Work[] = s.host === 'D' && s.cpu === 'rw' ? ['page_mkclean'] : [];
       if (s.cpu !== '-') work.push('try_to_unmap');
       if (s.host === 'S') work.push('device-protect', 'copy-back', 'writepage');
       else if (s.host === 'E' && s.dev === 'rw') work.push('device-protect', 'bounce-writeback');
