@@ -101,7 +101,8 @@ export function migrateTransition(s: PageState, event: DeviceEvent): Transition 
       if (s.dev === 'rw') return { next: st('E', 'ro', '-'), work: ['device-protect', 'bounce-writeback'] };
       if (onDevice) return { next: s, work: ['bounce-writeback'] }; // only if A' is newer than the disk
       // folio_clear_dirty_for_io: page_mkclean write-protects the CPU mappings before the write.
-      if (s.host === 'D') return { next: st('C', '-', minCpu(s.cpu, 'ro')), work: ['page_mkclean', 'writepage'] };
+      if (s.host === 'D')
+        return { next: st('C', '-', minCpu(s.cpu, 'ro')), work: ['page_mkclean', 'writepage'] };
       return { next: s, work: [] };
     case 'invalidate': {
       const work: Work[] = [];

@@ -125,7 +125,8 @@ export function mirrorTransition(s: PageState, event: DeviceEvent): Transition {
       if (s.host === 'E' && s.dev === 'rw')
         return { next: st('E', 'ro', '-'), work: ['device-protect', 'bounce-writeback'] };
       // folio_clear_dirty_for_io: page_mkclean write-protects the CPU mappings before the write.
-      if (s.host === 'D') return { next: st('C', s.dev, minCpu(s.cpu, 'ro')), work: ['page_mkclean', 'writepage'] };
+      if (s.host === 'D')
+        return { next: st('C', s.dev, minCpu(s.cpu, 'ro')), work: ['page_mkclean', 'writepage'] };
       return { next: s, work: [] };
     }
     case 'invalidate': {
