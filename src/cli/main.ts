@@ -6,6 +6,7 @@
 import { Command, CommanderError } from 'commander';
 import { isHmmlabError } from '../errors.ts';
 import { registerBench } from './bench.ts';
+import { registerCompare } from './compare.ts';
 import { registerDemo } from './demo.ts';
 import { registerInfo } from './info.ts';
 import { registerReplay } from './replay.ts';
@@ -22,6 +23,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerInfo(program);
   registerBench(program);
+  registerCompare(program);
   registerDemo(program);
   registerReplay(program);
   registerStress(program);
