@@ -1,6 +1,6 @@
 /**
  * The file-page behaviours of the kernel's tools/testing/selftests/mm/hmm-tests.c (file_read,
- * file_write, anon_read_multiple, exclusive; the migrate_* cases are hmm-tests.test.ts), under each
+ * file_write, exclusive, and file counterparts of anon_read_multiple; the migrate_* cases are hmm-tests.test.ts), under each
  * device policy (Kara's mirror, Glisse's migrate) on the real adapter: set up a file, do one device
  * operation, check the data, the faults and the bytes copied (the device layer's counters and the
  * run's own), and the page states (fs.snapshot, as test_hmm's SNAPSHOT). One behaviour a test, for
@@ -82,7 +82,7 @@ describe.each(MATRIX)('hmm-tests on file pages (%s), page size %i', (policy, P) 
     await checkInvariants(lab!.fs);
   });
 
-  it('anon_read_multiple: a second device read of the same range faults nothing and copies nothing', async () => {
+  it('a second device read of the same range faults nothing and copies nothing', async () => {
     const { f, dm } = await setup();
     await f.deviceRead(0, N * P);
     const before = counters(dm.counters);
@@ -194,7 +194,7 @@ describe.each(MATRIX)('hmm-tests on file pages (%s), page size %i', (policy, P) 
     expectBytes(diskBytes(lab.dir, NAME), pattern(0, N * P, 5), 'disk after fsync');
   });
 
-  it('anon_read_multiple: ten rounds of alternating CPU and device access: the data is right every round', async () => {
+  it('ten rounds of alternating CPU and device access: the data is right every round', async () => {
     const { lab, f } = await setup();
     const vma = f.mmap();
     const model = pattern(0, N * P, 1);
