@@ -22,7 +22,12 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { DeviceMemory, type DevicePageTable, type FaultServicer } from '../device/index.ts';
+import {
+  type DeviceCounters,
+  DeviceMemory,
+  type DevicePageTable,
+  type FaultServicer,
+} from '../device/index.ts';
 import { HmmlabError } from '../errors.ts';
 import type { File } from '../fs/hmmfs.ts';
 import { HmmFs } from '../fs/hmmfs.ts';
@@ -239,16 +244,47 @@ interface Runner {
   finish(): Promise<void>;
 }
 
-interface Counts {
-  h2d: number;
-  d2h: number;
-  pagesH2D: number;
-  pagesD2H: number;
-  faults: number;
-  faultsRaw: number;
-  batches: number;
-  cpuFaults: number;
-  reclaimed: number;
+/** The figures of a row that come from the counters. */
+type Counts = Pick<
+  CompareRow,
+  | 'bytesH2D'
+  | 'bytesD2H'
+  | 'pagesH2D'
+  | 'pagesD2H'
+  | 'faults'
+  | 'faultsRaw'
+  | 'batches'
+  | 'cpuFaults'
+  | 'reclaimed'
+>;
+
+/**
+ * The counters since now (after setup): bytes and faults from the device layer, pgfault and
+ * pgsteal from the page cache, and the pages moved each way as `moved` reads them.
+ */
+function countsSince(
+  hfs: HmmFs,
+  dm: DeviceMemory,
+  moved: (vm: (k: string) => number, dev: (k: keyof DeviceCounters) => number) => [number, number],
+): () => Counts {
+  const base = { vm: hfs.vmstat(), dev: { ...dm.counters } };
+  return () => {
+    const v = hfs.vmstat();
+    const vm = (k: string) => (v[k] ?? 0) - (base.vm[k] ?? 0);
+    const dev = (k: keyof DeviceCounters) => dm.counters[k] - base.dev[k];
+    const [pagesH2D, pagesD2H] = moved(vm, dev);
+    return {
+      bytesH2D: dev('bytesHostToDevice'),
+      bytesD2H: dev('bytesDeviceToHost'),
+      pagesH2D,
+      pagesD2H,
+      faults: dev('faultsUnique'),
+      faultsRaw: dev('faultsRaw'),
+      batches: dev('batches'),
+      cpuFaults: vm('pgfault'),
+      reclaimed: vm('pgsteal'),
+    };
+  };
 }
 
 async function setupFiles(hfs: HmmFs, w: Workload, ps: number): Promise<Map<string, File>> {
@@ -292,7 +328,6 @@ async function hmmRunner(
     }
     return v;
   };
-  const base = { vm: hfs.vmstat(), dev: { ...dm.counters } };
   const runner: Runner = {
     async step(s) {
       const f = files.get(s.file)!;
@@ -334,21 +369,11 @@ async function hmmRunner(
       opened.close();
     },
   };
-  const counts = (): Counts => {
-    const v = hfs.vmstat();
-    const d = (k: string) => (v[k] ?? 0) - (base.vm[k] ?? 0);
-    return {
-      h2d: dm.counters.bytesHostToDevice - base.dev.bytesHostToDevice,
-      d2h: dm.counters.bytesDeviceToHost - base.dev.bytesDeviceToHost,
-      pagesH2D: d('device_copies_to_device') + d('device_bounce_writes'),
-      pagesD2H: d('device_copybacks') + d('device_bounce_reads'),
-      faults: dm.counters.faultsUnique - base.dev.faultsUnique,
-      faultsRaw: dm.counters.faultsRaw - base.dev.faultsRaw,
-      batches: dm.counters.batches - base.dev.batches,
-      cpuFaults: d('pgfault'),
-      reclaimed: d('pgsteal'),
-    };
-  };
+  // The pages the policy's counters say moved: fault service and bounce writes in, copy-backs and bounce reads out.
+  const counts = countsSince(hfs, dm, (d) => [
+    d('device_copies_to_device') + d('device_bounce_writes'),
+    d('device_copybacks') + d('device_bounce_reads'),
+  ]);
   return { runner, counts, dm, hfs };
 }
 
@@ -406,7 +431,6 @@ async function explicitRunner(
     }
     return d;
   };
-  const base = { vm: hfs.vmstat(), dev: { ...dm.counters } };
   const runner: Runner = {
     async step(s) {
       const f = files.get(s.file)!;
@@ -466,21 +490,8 @@ async function explicitRunner(
       dm.destroy();
     },
   };
-  const counts = (): Counts => {
-    const v = hfs.vmstat();
-    const d = (k: string) => (v[k] ?? 0) - (base.vm[k] ?? 0);
-    return {
-      h2d: dm.counters.bytesHostToDevice - base.dev.bytesHostToDevice,
-      d2h: dm.counters.bytesDeviceToHost - base.dev.bytesDeviceToHost,
-      pagesH2D: dm.counters.copiesToDevice - base.dev.copiesToDevice,
-      pagesD2H: dm.counters.copiesFromDevice - base.dev.copiesFromDevice,
-      faults: dm.counters.faultsUnique - base.dev.faultsUnique,
-      faultsRaw: dm.counters.faultsRaw - base.dev.faultsRaw,
-      batches: dm.counters.batches - base.dev.batches,
-      cpuFaults: d('pgfault'),
-      reclaimed: d('pgsteal'),
-    };
-  };
+  // The pages the device layer copied for the program (its own counters: no policy).
+  const counts = countsSince(hfs, dm, (_d, dev) => [dev('copiesToDevice'), dev('copiesFromDevice')]);
   return { runner, counts, dm, hfs };
 }
 
@@ -517,10 +528,10 @@ export async function runComparison(
         extraPeak = Math.max(extraPeak, pages - (hfs.pageCache.pool.nrPages - hfs.pageCache.pool.nrFree));
       }
       const c = counts();
-      if (c.h2d !== c.pagesH2D * ps || c.d2h !== c.pagesD2H * ps) {
+      if (c.bytesH2D !== c.pagesH2D * ps || c.bytesD2H !== c.pagesD2H * ps) {
         throw new HmmlabError(
           'EIO',
-          `compare ${w.name} ${policy}: bytes copied (${c.h2d} h2d, ${c.d2h} d2h) are not the pages moved ` +
+          `compare ${w.name} ${policy}: bytes copied (${c.bytesH2D} h2d, ${c.bytesD2H} d2h) are not the pages moved ` +
             `(${c.pagesH2D}, ${c.pagesD2H}) times ${ps}`,
         );
       }
@@ -532,15 +543,7 @@ export async function runComparison(
         hostPagesPeak: Math.max(host.peak, hfs.pageCache.pool.peak + extraPeak),
         hostPagesAvg: Math.round(host.average * 10) / 10,
         devicePagesPeak: dm.pool.peak,
-        bytesH2D: c.h2d,
-        bytesD2H: c.d2h,
-        pagesH2D: c.pagesH2D,
-        pagesD2H: c.pagesD2H,
-        faults: c.faults,
-        faultsRaw: c.faultsRaw,
-        batches: c.batches,
-        cpuFaults: c.cpuFaults,
-        reclaimed: c.reclaimed,
+        ...c,
         seconds: Math.round(seconds * 1000) / 1000,
       };
       await runner.finish();

@@ -9,6 +9,7 @@
  */
 import {
   type CpuPerm,
+  DEVICE_EVENTS,
   type DeviceEvent,
   fmt,
   isLegalIn,
@@ -37,19 +38,7 @@ export {
 /** The events of the mirror table (every event but the host-full eviction, which mirror does not need). */
 export type MirrorEvent = Exclude<DeviceEvent, 'device-evict-host-full'>;
 
-export const MIRROR_EVENTS: readonly MirrorEvent[] = [
-  'device-read-fault',
-  'device-write-fault',
-  'cpu-read',
-  'cpu-read-fault',
-  'cpu-write',
-  'cpu-write-fault',
-  'writeback',
-  'invalidate',
-  'host-reclaim',
-  'device-evict',
-  'unmount',
-];
+export const MIRROR_EVENTS = DEVICE_EVENTS.filter((e): e is MirrorEvent => e !== 'device-evict-host-full');
 
 const LEGAL: LegalRows = [
   [['-', 'C', 'D'], '-', ['-', 'ro', 'rw']],

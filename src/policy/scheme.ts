@@ -35,6 +35,22 @@ export type DeviceEvent =
   | 'device-evict-host-full' // ... while the host has no free page either (migrate: write to disk, drop)
   | 'unmount'; // and device detach
 
+/** Every event, in the order the tables list them. */
+export const DEVICE_EVENTS: readonly DeviceEvent[] = [
+  'device-read-fault',
+  'device-write-fault',
+  'cpu-read',
+  'cpu-read-fault',
+  'cpu-write',
+  'cpu-write-fault',
+  'writeback',
+  'invalidate',
+  'host-reclaim',
+  'device-evict',
+  'device-evict-host-full',
+  'unmount',
+];
+
 /** The work, named for the kernel function that would do it. */
 export type Work =
   | 'readpage' // fill A from disk

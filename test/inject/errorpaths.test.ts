@@ -21,9 +21,9 @@ import {
   delta,
   diskBytes,
   expectBytes,
+  MATRIX,
   mountDevice,
   openGpu,
-  POLICIES,
   pattern,
 } from '../policy/helpers.ts';
 
@@ -68,8 +68,6 @@ async function gpuPtes(lab: DeviceLab, f: { mapping: { id: number } }, first: nu
   const t = await lab.dm.snapshot(lab.dm.space(f.mapping.id), first, last);
   return t.map((r) => `${r.perm}/${r.frame}/${r.dirty}`);
 }
-
-const MATRIX = POLICIES.flatMap((policy) => [4096, 65536].map((P) => [policy, P] as const));
 
 describe.each(MATRIX)('error paths keep the data (%s), page size %i', (policy, P) => {
   const migrate = policy === 'migrate';

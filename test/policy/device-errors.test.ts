@@ -17,9 +17,9 @@ import {
   type DevicePolicyName,
   diskBytes,
   expectBytes,
+  MATRIX,
   mountDevice,
   openGpu,
-  POLICIES,
   pattern,
 } from './helpers.ts';
 
@@ -40,8 +40,6 @@ async function setup(policy: DevicePolicyName, pageSize: number, blocks?: number
   slot.lab = await mountDevice(gpu, { policy, pageSize, hostPages: 64, devicePages: 64, blocks });
   return slot.lab;
 }
-
-const MATRIX = POLICIES.flatMap((policy) => [4096, 65536].map((P) => [policy, P] as const));
 
 describe.each(MATRIX)('device errors (%s), page size %i', (policy, P) => {
   const migrate = policy === 'migrate';

@@ -25,7 +25,7 @@ import { type Op, serializeOplog } from '../../src/oplog/schema.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
 import { createDevicePolicy } from '../../src/policy/registry.ts';
 import { finishOplog, opArbitrary } from '../oplog/arbitrary.ts';
-import { type DevicePolicyName, openGpu, POLICIES } from './helpers.ts';
+import { type DevicePolicyName, MATRIX, openGpu } from './helpers.ts';
 
 const SEED = process.env.HMMLAB_FSX_SEED ? Number(process.env.HMMLAB_FSX_SEED) : Date.now() % 0x7fffffff;
 const RUNS = Number(process.env.HMMLAB_FSX_RUNS ?? 25);
@@ -81,8 +81,6 @@ beforeAll(async () => {
 afterAll(() => {
   if (!gpu.lost) gpu.destroy();
 });
-
-const MATRIX = POLICIES.flatMap((policy) => [4096, 65536].map((pageSize) => [policy, pageSize] as const));
 
 describe.each(MATRIX)('fsx with device ops on a %s mount, page size %i', (policy, pageSize) => {
   test('random op logs match the reference model, invariants hold after every op', async () => {

@@ -31,6 +31,11 @@ export async function openGpu(timeoutMs = 20_000): Promise<GpuDevice> {
 export const POLICIES: readonly DevicePolicyName[] = DEVICE_POLICY_NAMES;
 export type { DevicePolicyName };
 
+/** The device test matrix: every policy x page sizes 4 KiB and 64 KiB, for describe.each. */
+export const MATRIX = POLICIES.flatMap((policy) =>
+  [4096, 65536].map((pageSize) => [policy, pageSize] as const),
+);
+
 export interface MirrorOptions {
   pageSize: number;
   hostPages: number;

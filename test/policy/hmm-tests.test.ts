@@ -21,9 +21,9 @@ import {
   type DeviceLab,
   delta,
   expectBytes,
+  MATRIX,
   mountDevice,
   openGpu,
-  POLICIES,
   pattern,
   u32,
 } from './helpers.ts';
@@ -31,7 +31,6 @@ import {
 const N = 16;
 const NAME = 'hmm.dat';
 const NTIMES = 10;
-const MATRIX = POLICIES.flatMap((policy) => [4096, 65536].map((P) => [policy, P] as const));
 
 describe.each(MATRIX)('hmm-tests migrate cases on file pages (%s), page size %i', (policy, P) => {
   const migrate = policy === 'migrate';
@@ -186,16 +185,21 @@ describe.each(MATRIX)('hmm-tests migrate cases on file pages (%s), page size %i'
     }
   });
 
-  it('exclusive', async () => {
-    const pages = 2;
-    lab = await mountDevice(gpu, { policy, pageSize: P, hostPages: 64, devicePages: 64 });
+  /** Map `pages` zero pages exclusively for device access (device atomics); check what the device did. */
+  async function exclusive(pages: number, inject?: FaultInjector) {
+    lab = await mountDevice(gpu, { policy, pageSize: P, hostPages: 64, devicePages: 64, inject });
     const f = await lab.fs.open(NAME, { create: true });
     await f.write(0, new Uint8Array(pages * P));
     const words = (pages * P) / 4;
     const once = atomicTotals(words, 16_384, 16);
-    // Map memory exclusively for device access (device atomics) and check what the device did.
     await f.deviceAtomicInc(0, words, 16_384, 16);
     expect(u32(await f.deviceRead(0, pages * P))).toEqual(once);
+    return { lab, f, words, once };
+  }
+
+  it('exclusive', async () => {
+    const pages = 2;
+    const { lab, f, words, once } = await exclusive(pages);
     // Fault pages back to system memory and check them, incrementing each word (ptr[i]++).
     const vma = f.mmap();
     const got = u32(await vma.load(0, pages * P));
@@ -214,13 +218,7 @@ describe.each(MATRIX)('hmm-tests migrate cases on file pages (%s), page size %i'
   it('exclusive_mprotect', async () => {
     const pages = 2;
     const inject = new FaultInjector();
-    lab = await mountDevice(gpu, { policy, pageSize: P, hostPages: 64, devicePages: 64, inject });
-    const f = await lab.fs.open(NAME, { create: true });
-    await f.write(0, new Uint8Array(pages * P));
-    const words = (pages * P) / 4;
-    const once = atomicTotals(words, 16_384, 16);
-    await f.deviceAtomicInc(0, words, 16_384, 16);
-    expect(u32(await f.deviceRead(0, pages * P))).toEqual(once);
+    const { lab, f, once } = await exclusive(pages, inject);
     // mprotect(PROT_READ) for a file: writeback write-protects A', and the filesystem refuses writes.
     await f.fsync();
     expect(lab.fs.snapshot(NAME, 0, pages - 1).every((r) => r.dev === 'ro')).toBe(true);

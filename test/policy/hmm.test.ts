@@ -19,17 +19,15 @@ import {
   delta,
   diskBytes,
   expectBytes,
+  MATRIX,
   mountDevice,
   openGpu,
-  POLICIES,
   pattern,
   u32,
 } from './helpers.ts';
 
 const N = 32;
 const NAME = 'hmm.dat';
-
-const MATRIX = POLICIES.flatMap((policy) => [4096, 65536].map((P) => [policy, P] as const));
 
 describe.each(MATRIX)('hmm-tests on file pages (%s), page size %i', (policy, P) => {
   const migrate = policy === 'migrate';

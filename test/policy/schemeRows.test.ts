@@ -30,6 +30,7 @@ import {
   fmt,
   type PageState,
   type SchemeTable,
+  WORK_ORDER,
   type Work,
 } from '../../src/policy/scheme.ts';
 import { type DeviceLab, delta, mountDevice, openGpu, pattern } from './helpers.ts';
@@ -248,22 +249,6 @@ function evidence(w: Work, d: Record<string, number>): number | null {
   }
 }
 
-const WORKS: Work[] = [
-  'readpage',
-  'page_mkwrite',
-  'page_mkclean',
-  'try_to_unmap',
-  'copy-to-device',
-  'device-protect',
-  'copy-back',
-  'bounce-read',
-  'bounce-write',
-  'bounce-writeback',
-  'writepage',
-  'device-revoke',
-  'device-entry',
-];
-
 const SCHEMES: [DevicePolicyName, SchemeTable][] = [
   ['mirror', MIRROR_TABLE],
   ['migrate', MIGRATE_TABLE],
@@ -307,7 +292,7 @@ describe.each(SCHEMES)('the %s table is what its paths do', (policy, table) => {
       const d = delta(before, lab.fs.vmstat());
       const where = `${fmt(from)} --${event}--> ${fmt(t.next)} [${t.work.join(', ')}]`;
       expect(state(s), where).toBe(letters(t.next));
-      for (const w of WORKS) {
+      for (const w of WORK_ORDER) {
         const seen = evidence(w, d);
         if (seen === null) continue;
         const listed = t.work.includes(w);
