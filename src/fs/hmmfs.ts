@@ -415,7 +415,7 @@ export class File {
     });
   }
 
-  // ---- device threads on the file's pages (the mirror policy's device) ----
+  // ---- device threads on the file's pages (the device policy's device: mirror or migrate) ----
 
   /**
    * A device kernel over [off, off + len): off and len multiples of 4, within EOF (EINVAL

@@ -100,7 +100,7 @@ export async function readpage(m: Mapping, page: Page): Promise<void> {
  * Get or create the page at `index`, locked, with its data: read from the disk when absent, pulled
  * from the device (policy.readpageFromDevice) when a device entry stands there. A page in state S
  * (dirty, not uptodate: the device holds newer data) is returned as it is: the caller asks the
- * policy (cpuNeedsData) when the CPU needs the data. Exported for the mirror policy's fault service,
+ * policy (cpuNeedsData) when the CPU needs the data. Exported for the device policies' fault service,
  * which calls it without the fs lock. `major` says whether it had to read the page in.
  */
 export async function read_cache_page(
