@@ -94,7 +94,9 @@ test.each(POLICIES)('replay --json --policy %s --host-pages 8 --inject prints th
   await writeFile(path, `${ops.map((o) => JSON.stringify(o)).join('\n')}\n`);
   const inject = 'copy-to-device@2,copy-from-device@2,pwrite@3,frame-alloc@1,kernel-launch@2,pread@4';
   const args = ['replay', path, '--json', '--policy', policy, '--host-pages', '8', '--device-pages', '4'];
-  const r = hmmlab([...args, '--inject', inject, '--retries', '3']);
+  // Each fault fails one attempt; an op that meets them all is run once more for each.
+  const retries = String(inject.split(',').length);
+  const r = hmmlab([...args, '--inject', inject, '--retries', retries]);
   expect(r.status, r.stderr).toBe(0);
   expect(r.stderr).toMatch(/^hmmlab: injected /m);
   expect(records(r.stdout)).toEqual(modelRecords(ops));
