@@ -85,17 +85,15 @@ const stories = new WeakMap<GpuDevice, Promise<Story>>();
 
 async function openStory(gpu: GpuDevice): Promise<Story> {
   // Loaded here: a broken policy module fails the story's chapters, not the whole command.
-  const [{ DeviceMemory }, { createDevicePolicy }, { HmmFs }] = await Promise.all([
-    import('../device/index.ts'),
+  const [{ openPolicy }, { HmmFs }] = await Promise.all([
     import('../policy/registry.ts'),
     import('../fs/hmmfs.ts'),
   ]);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-demo-'));
-  const dm = await DeviceMemory.create(gpu, { devicePages: 64, pageSize: PAGE, batchSize: 256 });
-  const policy = createDevicePolicy('mirror', dm);
+  const { policy, dm } = await openPolicy('mirror', gpu, { devicePages: 64, pageSize: PAGE, batchSize: 256 });
   const hfs = await HmmFs.mount({ dir, pageSize: PAGE, hostPages: HOST_PAGES, policy });
   const f = await hfs.open(FILE, { create: true });
-  return { dir, fs: hfs, dm, f, want: new Uint8Array(FILE_BYTES), done: 0 };
+  return { dir, fs: hfs, dm: dm!, f, want: new Uint8Array(FILE_BYTES), done: 0 };
 }
 
 /** Unmount and remove the story's directory (after the demo, whatever happened). */
