@@ -20,6 +20,7 @@ import type { GpuDevice } from '../gpu/device.ts';
 import { patternBytes } from '../oplog/pattern.ts';
 import { firstDifference } from '../oplog/replay.ts';
 import { runCopyBench } from './bench.ts';
+import { compareChapter } from './compare.ts';
 import { debugEnabled } from './exit.ts';
 import { adapterReport, formatAdapterReport, withGpu } from './info.ts';
 import { type MountPolicy, openPolicy } from './policy.ts';
@@ -506,7 +507,7 @@ export const storyChapters: Chapter[] = STORY.map((c, k) => ({
 }));
 
 /** The demo, in order. Append new chapters here. */
-export const CHAPTERS: Chapter[] = [adapterChapter, copyChapter, ...storyChapters];
+export const CHAPTERS: Chapter[] = [adapterChapter, copyChapter, ...storyChapters, compareChapter];
 
 /** Runs the chapters; a failed chapter prints its error and the others still run. Returns the failures. */
 export async function runDemo(ctx: DemoContext, chapters: readonly Chapter[] = CHAPTERS): Promise<number> {

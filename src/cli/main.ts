@@ -8,6 +8,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { registerBench } from './bench.ts';
+import { registerCompare } from './compare.ts';
 import { registerDemo } from './demo.ts';
 import { EXIT, exitCodeFor, exitStatusHelp, formatError, oneLine } from './exit.ts';
 import { registerGenerate } from './generate.ts';
@@ -36,6 +37,7 @@ export function buildProgram(): Command {
     .exitOverride();
   registerInfo(program);
   registerBench(program);
+  registerCompare(program);
   registerDemo(program);
   registerReplay(program);
   registerStress(program);

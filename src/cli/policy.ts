@@ -2,38 +2,33 @@
  * The coherence policy a command mounts with, set up in one place for replay, stress and the demo:
  * `parsePolicy` reads --policy, `openPolicy` opens what the policy needs once (the GPU for mirror;
  * nothing for none) and hands out a fresh policy instance for each mount (`forMount`: fresh device
- * memory, so that runs and shrinking replays do not share frames). A new policy (Glisse's migrate)
- * is one more name and one more case here.
+ * memory, so that runs and shrinking replays do not share frames). The names and the policies
+ * themselves are src/policy/registry.ts's, the one place a name becomes a policy.
  *
  * The GPU modules are loaded only when a policy needs them, so that host-only commands need no GPU.
  */
 import type { DeviceMemory } from '../device/index.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
-import { HmmlabError } from '../errors.ts';
 import type { GpuOptions } from '../gpu/adapter.ts';
 import type { GpuDevice } from '../gpu/device.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
+import {
+  isDevicePolicyName,
+  POLICY_HELP,
+  POLICY_NAMES,
+  type PolicyName,
+  parsePolicyName,
+} from '../policy/registry.ts';
 
-export const POLICY_NAMES = ['mirror', 'none'] as const;
-export type PolicyName = (typeof POLICY_NAMES)[number];
+export { POLICY_HELP, POLICY_NAMES, type PolicyName };
 
-/** What --help says of --policy. */
-export const POLICY_HELP = "coherence policy: 'mirror' (Kara's scheme on the GPU) or 'none' (host only)";
-
-/** --policy NAME, or EINVAL naming the choices. */
+/** --policy NAME, or EINVAL naming the choices (the names are src/policy/registry.ts's). */
 export function parsePolicy(text: string | undefined, fallback: PolicyName = 'mirror'): PolicyName {
-  const name = text ?? fallback;
-  if (!(POLICY_NAMES as readonly string[]).includes(name)) {
-    throw new HmmlabError(
-      'EINVAL',
-      `bad --policy "${name}": expected ${POLICY_NAMES.map((p) => `'${p}'`).join(' or ')}`,
-    );
-  }
-  return name as PolicyName;
+  return parsePolicyName(text ?? fallback);
 }
 
 /** Does the policy run device ops (devread, devwrite)? */
-export const policyHasDevice = (name: PolicyName): boolean => name === 'mirror';
+export const policyHasDevice = (name: PolicyName): boolean => isDevicePolicyName(name);
 
 export interface PolicyOptions {
   /** An open GPU to use (the demo's); else one is opened with `gpuOptions` and closed by close(). */
@@ -72,10 +67,9 @@ export async function openPolicy(name: PolicyName, o: PolicyOptions): Promise<Po
   if (!policyHasDevice(name)) {
     return { name, gpu: null, forMount: async () => HOST_ONLY, close: () => {} };
   }
-  const [{ GpuDevice }, { DeviceMemory }, { MirrorPolicy }] = await Promise.all([
+  const [{ GpuDevice }, registry] = await Promise.all([
     import('../gpu/device.ts'),
-    import('../device/index.ts'),
-    import('../policy/mirror.ts'),
+    import('../policy/registry.ts'),
   ]);
   const owned = o.gpu === undefined;
   const gpu = o.gpu ?? (await GpuDevice.open(o.gpuOptions ?? {}));
@@ -83,12 +77,13 @@ export async function openPolicy(name: PolicyName, o: PolicyOptions): Promise<Po
     name,
     gpu,
     forMount: async () => {
-      const dm = await DeviceMemory.create(gpu, {
+      const held = await registry.openPolicy(name, gpu, {
         devicePages: o.devicePages,
         pageSize: o.pageSize,
         batchSize: o.batch,
       });
-      return { policy: new MirrorPolicy(dm), device: dm, batchLog: dm.batchLog, close: () => dm.destroy() };
+      const dm = held.dm!;
+      return { policy: held.policy, device: dm, batchLog: dm.batchLog, close: () => held.close() };
     },
     close: () => {
       if (owned) gpu.destroy();

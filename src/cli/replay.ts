@@ -4,9 +4,10 @@
  * read-like op, then the `{op:"end", size, sha256}` line, last. Statistics, the fault-batch
  * summary and the page-state snapshot go to stderr.
  *
- * The default policy is mirror (Kara's scheme on the GPU: device ops run); `--policy none` is the
+ * The default policy is mirror (Kara's scheme on the GPU: device ops run); `--policy migrate` is
+ * Glisse's scheme on the same device layer (src/policy/registry.ts); `--policy none` is the
  * host-only page cache, which refuses a log with device ops before anything runs (exit 2). A log
- * without device ops runs host-only unless --policy mirror is given by name, so it needs no GPU.
+ * without device ops runs host-only unless a device policy is given by name, so it needs no GPU.
  *
  * Everything a user can get wrong is checked before the disk is touched: the options, the whole
  * log (EOF rules and the file-size limit included), the output paths, and the backing directory
@@ -144,7 +145,7 @@ export function registerReplay(program: Command): void {
       // The whole log is parsed (its EOF rules and the file-size limit checked) before anything
       // touches the disk.
       const log = parseOplog(await readLog(logPath), { maxFileSize: DEFAULT_FILE_SIZE_LIMIT });
-      // A log without device ops needs no GPU unless the user asked for the mirror policy by name:
+      // A log without device ops needs no GPU unless the user asked for a device policy by name:
       // the host-only page cache then runs it the same, also on a machine with no adapter.
       const dev = log.ops.findIndex(isDeviceOp);
       if (cmd.getOptionValueSource('policy') === 'default' && dev < 0) policyName = 'none';
@@ -152,7 +153,7 @@ export function registerReplay(program: Command): void {
         const err = new HmmlabError(
           'ENODEV',
           `line ${log.lines[dev]}: ${log.ops[dev].op} needs a device: policy '${policyName}' has none; ` +
-            'replay with --policy mirror',
+            'replay with a device policy (--policy mirror or migrate)',
         );
         throw withExitStatus(err, EXIT.usage); // an op the policy refuses is bad input
       }

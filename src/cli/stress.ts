@@ -53,7 +53,7 @@ export interface StressArgs {
   seed: number;
   runs: number;
   device: boolean;
-  policy: 'mirror' | 'none';
+  policy: import('./policy.ts').PolicyName;
   pageSize: number;
   hostPages: number;
   devicePages: number;
@@ -89,7 +89,10 @@ export const STRESS_DEFAULTS = {
 export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): StressArgs {
   const policy = parsePolicy(o.policy);
   if (!policyHasDevice(policy) && deviceGiven && o.device) {
-    throw new HmmlabError('EINVAL', '--device needs --policy mirror: device ops run on the GPU');
+    throw new HmmlabError(
+      'EINVAL',
+      '--device needs a device policy (mirror or migrate): device ops run on the GPU',
+    );
   }
   if (o.overwrite && o.dir === undefined) {
     throw new HmmlabError('EINVAL', '--overwrite goes with --dir (the backing file it would replace)');
@@ -102,7 +105,7 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
     ops: parseCount('--ops', o.ops, STRESS_DEFAULTS.ops),
     seed,
     runs: parseCount('--runs', o.runs, STRESS_DEFAULTS.runs),
-    device: policy === 'mirror' && o.device !== false,
+    device: policyHasDevice(policy) && o.device !== false,
     policy,
     pageSize,
     hostPages: parseCount('--host-pages', o.hostPages, STRESS_DEFAULTS.hostPages),
@@ -137,10 +140,9 @@ function parseRate(text: string | undefined): number {
 
 /** Pages and bytes as the header names them. */
 function setupText(a: StressArgs): string {
-  const device =
-    a.policy === 'mirror'
-      ? `policy mirror ${a.device ? 'with' : 'without'} device ops, ${plural(a.devicePages, 'device page')}, batch ${a.batch}`
-      : 'policy none (host only)';
+  const device = policyHasDevice(a.policy)
+    ? `policy ${a.policy} ${a.device ? 'with' : 'without'} device ops, ${plural(a.devicePages, 'device page')}, batch ${a.batch}`
+    : 'policy none (host only)';
   const blocks = a.blocks === undefined ? '' : `, ${plural(a.blocks, 'block')}`;
   const without = a.without.length ? `, without ${a.without.join(', ')}` : '';
   const inject = a.injectRate > 0 ? `, injecting faults at rate ${a.injectRate}` : '';
@@ -155,11 +157,10 @@ const rate = (ops: number, ms: number) => (ms > 0 ? Math.round((ops * 1000) / ms
 function summaryText(a: StressArgs, r: StressResult): string {
   const c = r.counters;
   const disk = r.runs.reduce((s, x) => s + x.diskChecks, 0);
-  const device =
-    a.policy === 'mirror'
-      ? `; device faults ${c.device_faults} (unique ${c.device_faults_unique}, ${c.device_fault_batches} batches), ` +
-        `device evictions ${c.device_evictions}, revocations ${c.device_revocations}`
-      : '';
+  const device = policyHasDevice(a.policy)
+    ? `; device faults ${c.device_faults} (unique ${c.device_faults_unique}, ${c.device_fault_batches} batches), ` +
+      `device evictions ${c.device_evictions}, revocations ${c.device_revocations}`
+    : '';
   return (
     `stress passed: ${plural(r.ops, 'op')} in ${plural(r.runs.length, 'run')}, ` +
     `${rate(r.ops, r.elapsedMs)} ops/s (${(r.elapsedMs / 1000).toFixed(1)} s); every read and ${plural(disk, 'disk image')} ` +
@@ -217,8 +218,8 @@ function summaryJson(
     device: a.device,
     pageSize: a.pageSize,
     hostPages: a.hostPages,
-    devicePages: a.policy === 'mirror' ? a.devicePages : null,
-    batch: a.policy === 'mirror' ? a.batch : null,
+    devicePages: policyHasDevice(a.policy) ? a.devicePages : null,
+    batch: policyHasDevice(a.policy) ? a.batch : null,
     blocks: a.blocks ?? null,
     maxFileSize: a.maxFileSize,
     without: a.without,
@@ -284,8 +285,8 @@ export function registerStress(program: Command): void {
     .option('--ops <n>', `ops a run (default ${STRESS_DEFAULTS.ops})`)
     .option('--seed <n>', 'seed of the first run, 0..2^31-1; run k uses seed+k (default: random, printed)')
     .option('--runs <n>', `runs, each on a fresh file and mount (default ${STRESS_DEFAULTS.runs})`)
-    .option('--device', 'generate device ops (devread, devwrite): the default with --policy mirror')
-    .option('--no-device', 'generate no device ops (the mirror policy still runs)')
+    .option('--device', 'generate device ops (devread, devwrite): the default with a device policy')
+    .option('--no-device', 'generate no device ops (the device policy still runs)')
     .option('--policy <name>', POLICY_HELP, 'mirror')
     .option('--page-size <bytes>', 'page size, a power of two from 4K to 2M (default 4096)')
     .option(

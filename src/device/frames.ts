@@ -51,6 +51,8 @@ export class FramePool {
   /** Owned frames in LRU order: the first key is the least recently used. */
   private readonly lru = new Map<number, true>();
   private readonly pins = new Map<number, number>();
+  /** The most frames owned at once since the pool was made (or resetPeak): what compare reports. */
+  peak = 0;
 
   constructor(gpu: GpuDevice, opts: FramePoolOptions) {
     checkPageSize(opts.pageSize);
@@ -119,6 +121,7 @@ export class FramePool {
       this.owners[f] = owner;
       got.push(f);
     }
+    this.peak = Math.max(this.peak, this.devicePages - this.freeList.length);
     return got;
   }
 
@@ -166,6 +169,11 @@ export class FramePool {
       if (!this.pins.has(f)) out.push(f);
     }
     return out;
+  }
+
+  /** Start a new high-water mark from the frames owned now. */
+  resetPeak(): void {
+    this.peak = this.devicePages - this.freeList.length;
   }
 
   /** Return a frame to the free list. */

@@ -12,7 +12,7 @@
  *     kernel that keeps DIRTY and returns the old PTE; write-protect and revoke resolve only after
  *     the queue drained (device TLB shootdown). Invalidations bump a per-space sequence number
  *     (mm/hmm.c's mmu_interval pattern) that fault service checks before installing PTEs.
- *     A space lives until its file leaves the cache: forget(id) (called by the mirror policy when
+ *     A space lives until its file leaves the cache: forget(id) (called by the device policy when
  *     unmount drops the whole file) destroys its page table and fault buffer; spaceCount says how
  *     many are alive.
  *   - The device MMU in WGSL (shaders/mmu.wgsl, included by every kernel): translate(page, write)
@@ -34,7 +34,7 @@
  *   - Device loss: every wait has a timeout; a loss becomes EIO naming the pages whose
  *     device-written data was lost (EGPU when none was).
  *
- * The owner (the mirror policy) supplies the fault service, as a driver does for NVIDIA UVM's
+ * The owner (a device policy: src/policy/core.ts) supplies the fault service, as a driver does for NVIDIA UVM's
  * replayable faults or lib/test_hmm.c's dmirror:
  *
  *   const dm = await DeviceMemory.create(gpu, { devicePages: 256, pageSize: 4096, batchSize: 256 });

@@ -265,7 +265,7 @@ export class HmmFs {
         await filemap_write_and_wait_range(mapping, 0, LAST_PAGE, 'unmount');
       }
       for (const vma of [...mapping.i_mmap]) zap_vma(vma);
-      await truncate_inode_pages_range(mapping, 0, LAST_PAGE);
+      await truncate_inode_pages_range(mapping, 0, LAST_PAGE, 'unmount');
       await backing.set_size(mapping.size);
       await backing.fsync();
       backing.close();
@@ -417,7 +417,7 @@ export class File {
     });
   }
 
-  // ---- device threads on the file's pages (the mirror policy's device) ----
+  // ---- device threads on the file's pages (the device policy's device: mirror or migrate) ----
 
   /**
    * A device kernel over [off, off + len): off and len multiples of 4, within EOF (EINVAL
@@ -441,7 +441,7 @@ export class File {
       if (!isDevicePolicy(policy)) {
         throw new HmmlabError(
           'ENODEV',
-          `${what} on ${this.name}: no device: mount with the mirror policy (policy is '${policy.name}')`,
+          `${what} on ${this.name}: no device: mount with a device policy, mirror or migrate (policy is '${policy.name}')`,
         );
       }
       if (len === 0) return null;

@@ -4,6 +4,7 @@
  * so that a host-page budget of a few pages still serves a read or write of any length.
  */
 import { HmmlabError } from '../errors.ts';
+import type { BounceWrite } from '../policy/policy.ts';
 import { asMapping, type Mapping } from './mapping.ts';
 import { HostPage, lock_page, PageDirty, PageUptodate, unlock_page } from './page.ts';
 import type { PageCache } from './pagecache.ts';
@@ -32,12 +33,8 @@ async function alloc_slot(host: PageCache): Promise<number> {
   }
 }
 
-/**
- * __filemap_add_folio: a new locked, not-uptodate page at `index` of `m`, on the LRU. Replaces a
- * device entry there (the caller then fills the page from the device or the disk).
- */
-export async function page_cache_alloc(m: Mapping, index: number): Promise<HostPage> {
-  const slot = await alloc_slot(m.host);
+/** __filemap_add_folio of `slot` at `index`: a new locked, not-uptodate page on the LRU. */
+function add_to_page_cache(m: Mapping, index: number, slot: number): HostPage {
   const existing = m.i_pages.get(index);
   if (existing && existing.kind === 'page') {
     // Reclaim ran a policy hook that brought the page in meanwhile: use that one.
@@ -51,6 +48,24 @@ export async function page_cache_alloc(m: Mapping, index: number): Promise<HostP
   return page;
 }
 
+/**
+ * A new locked, not-uptodate page at `index` of `m`, on the LRU, reclaiming for it if the pool is
+ * full. Replaces a device entry there (the caller then fills the page from the device or the disk).
+ */
+export async function page_cache_alloc(m: Mapping, index: number): Promise<HostPage> {
+  return add_to_page_cache(m, index, await alloc_slot(m.host));
+}
+
+/**
+ * page_cache_alloc without direct reclaim (GFP_NOWAIT): null when no host page is free. For work
+ * that must not write other pages back to make room (device eviction migrating a page home).
+ */
+export function page_cache_alloc_nowait(mapping: AddressSpace, index: number): Page | null {
+  const m = asMapping(mapping);
+  const slot = m.host.pool.alloc();
+  return slot < 0 ? null : add_to_page_cache(m, index, slot);
+}
+
 /** __filemap_remove_folio + free: the page must be locked, unmapped and its data no longer needed. */
 export function delete_from_page_cache(page: Page): void {
   const m = asMapping(page.mapping);
@@ -60,6 +75,17 @@ export function delete_from_page_cache(page: Page): void {
   m.host.pool.release(page.slot);
   page.flags &= ~(PG_lru | PG_dirty | PG_uptodate);
   unlock_page(page);
+}
+
+/**
+ * __filemap_remove_folio with an entry left in the page's place: the page (locked, unmapped) is
+ * freed and `entry` stands at its index. Reclaim leaving a device entry, a page migrated to the
+ * device, and a page allocated for the device's data that was never filled all do this.
+ */
+export function replace_page_cache_entry(page: Page, entry: DeviceEntry): void {
+  const m = asMapping(page.mapping);
+  delete_from_page_cache(page);
+  m.i_pages.set(page.index, entry);
 }
 
 /** readpage: real pread of the page from the backing file. */
@@ -74,7 +100,7 @@ export async function readpage(m: Mapping, page: Page): Promise<void> {
  * Get or create the page at `index`, locked, with its data: read from the disk when absent, pulled
  * from the device (policy.readpageFromDevice) when a device entry stands there. A page in state S
  * (dirty, not uptodate: the device holds newer data) is returned as it is: the caller asks the
- * policy (cpuNeedsData) when the CPU needs the data. Exported for the mirror policy's fault service,
+ * policy (cpuNeedsData) when the CPU needs the data. Exported for the device policies' fault service,
  * which calls it without the fs lock. `major` says whether it had to read the page in.
  */
 export async function read_cache_page(
@@ -144,7 +170,9 @@ export function mark_page_accessed(page: Page): void {
 
 /**
  * filemap_read: read(2) through the cache, short at EOF. Misses start synchronous readahead; every
- * batch of pages is handed to the policy (cpuNeedsData) before its bytes are copied out.
+ * batch of pages is handed to the policy (cpuNeedsData) before its bytes are copied out. A device
+ * entry is read through the policy's bounce page where it has one (Glisse's scheme: the page stays
+ * on the device), else brought back like any other page.
  */
 export async function filemap_read(mapping: AddressSpace, off: number, len: number): Promise<Uint8Array> {
   const m = asMapping(mapping);
@@ -157,18 +185,21 @@ export async function filemap_read(mapping: AddressSpace, off: number, len: numb
   const batch = batchPages(m.host);
   for (let idx = first; idx <= last; idx += batch) {
     const n = Math.min(batch, last - idx + 1);
+    const bounced = await bounce_read(m, idx, n);
     const pages: Page[] = [];
     try {
       for (let i = idx; i < idx + n; i++) {
+        if (bounced.has(i)) continue;
         // A miss, or a device entry (its data is pulled from the device in a readahead batch).
         if (m.i_pages.get(i)?.kind !== 'page') await page_cache_sync_readahead(m, i, last - i + 1);
         pages.push(await read_cache_page_locked(m, i));
       }
       await m.policy.cpuNeedsData(m, pages, 'read');
       for (const p of pages) {
-        copy_from_page(p, ps, off, end, out);
+        copy_from_page(p.index, p.data, ps, off, end, out);
         mark_page_accessed(p);
       }
+      for (const [i, data] of bounced) copy_from_page(i, data, ps, off, end, out);
     } finally {
       for (const p of pages) unlock_page(p);
     }
@@ -177,19 +208,86 @@ export async function filemap_read(mapping: AddressSpace, off: number, len: numb
   return out;
 }
 
-/** Copy the part of page `p` that lies in [off, end) of the file into out (out[0] is file offset off). */
-export function copy_from_page(p: Page, ps: number, off: number, end: number, out: Uint8Array): void {
-  const pageStart = p.index * ps;
+/** The device entries of pages [idx, idx + n) read through the policy's bounce page, if it has one. */
+async function bounce_read(m: Mapping, idx: number, n: number): Promise<Map<number, Uint8Array>> {
+  const out = new Map<number, Uint8Array>();
+  if (!m.policy.bounceRead) return out;
+  const entries: DeviceEntry[] = [];
+  for (let i = idx; i < idx + n; i++) {
+    const e = m.i_pages.get(i);
+    if (e?.kind === 'device') entries.push(e);
+  }
+  if (entries.length === 0) return out;
+  const got = await m.policy.bounceRead(m, entries);
+  entries.forEach((e, k) => {
+    const data = got[k];
+    if (data) out.set(e.index, data);
+  });
+  return out;
+}
+
+/**
+ * Copy the part of page `index` (its bytes: `data`) that lies in [off, end) of the file into out
+ * (out[0] is file offset off).
+ */
+export function copy_from_page(
+  index: number,
+  data: Uint8Array,
+  ps: number,
+  off: number,
+  end: number,
+  out: Uint8Array,
+): void {
+  const pageStart = index * ps;
   const from = Math.max(off, pageStart);
   const to = Math.min(end, pageStart + ps);
-  out.set(p.data.subarray(from - pageStart, to - pageStart), from - off);
+  out.set(data.subarray(from - pageStart, to - pageStart), from - off);
+}
+
+/** The part of `bytes` (written at file offset off) that lands in page `index`, and where in it. */
+function page_part(
+  index: number,
+  ps: number,
+  off: number,
+  bytes: Uint8Array,
+): { at: number; part: Uint8Array } {
+  const pageStart = index * ps;
+  const from = Math.max(off, pageStart);
+  const to = Math.min(off + bytes.length, pageStart + ps);
+  return { at: from - pageStart, part: bytes.subarray(from - off, to - off) };
+}
+
+/** The device entries of pages [idx, idx + n) written through the policy's bounce page, if it has one. */
+async function bounce_write(
+  m: Mapping,
+  idx: number,
+  n: number,
+  off: number,
+  bytes: Uint8Array,
+): Promise<Set<number>> {
+  const done = new Set<number>();
+  if (!m.policy.bounceWrite) return done;
+  const writes: BounceWrite[] = [];
+  for (let i = idx; i < idx + n; i++) {
+    const e = m.i_pages.get(i);
+    if (e?.kind !== 'device') continue;
+    const { at, part } = page_part(i, m.pageSize, off, bytes);
+    writes.push({ entry: e, offset: at, bytes: part });
+  }
+  if (writes.length === 0) return done;
+  const ok = await m.policy.bounceWrite(m, writes);
+  writes.forEach((w, k) => {
+    if (ok[k]) done.add(w.entry.index);
+  });
+  return done;
 }
 
 /**
  * generic_perform_write: write(2) through the cache. Blocks for the whole range are reserved first
  * (ENOSPC before anything changes); a page the write covers whole is not read in; a partial page
  * is (and the policy brings back device-held data); the policy revokes device access before the
- * bytes land. The file grows as the write goes.
+ * bytes land. A device entry is written through the policy's bounce page where it has one. The
+ * file grows as the write goes.
  */
 export async function generic_perform_write(
   mapping: AddressSpace,
@@ -207,10 +305,12 @@ export async function generic_perform_write(
   const batch = batchPages(m.host);
   for (let idx = first; idx <= last; idx += batch) {
     const n = Math.min(batch, last - idx + 1);
+    const bounced = await bounce_write(m, idx, n, off, bytes);
     const pages: Page[] = [];
     const partial: Page[] = [];
     try {
       for (let i = idx; i < idx + n; i++) {
+        if (bounced.has(i)) continue;
         const pageStart = i * ps;
         const whole = off <= pageStart && end >= pageStart + ps;
         if (!m.i_pages.has(i) && (whole || pageStart >= m.size)) {
@@ -225,12 +325,10 @@ export async function generic_perform_write(
         }
       }
       if (partial.length > 0) await m.policy.cpuNeedsData(m, partial, 'write-partial');
-      await m.policy.cpuWillWrite(m, pages);
+      await m.policy.cpuWillWrite(m, pages, 'write');
       for (const p of pages) {
-        const pageStart = p.index * ps;
-        const from = Math.max(off, pageStart);
-        const to = Math.min(end, pageStart + ps);
-        p.data.set(bytes.subarray(from - off, to - off), from - pageStart);
+        const { at, part } = page_part(p.index, ps, off, bytes);
+        p.data.set(part, at);
         p.flags |= PG_uptodate;
         folio_mark_dirty(p);
         mark_page_accessed(p);

@@ -16,9 +16,11 @@ export {
   folio_mark_uptodate,
   generic_perform_write,
   mark_page_accessed,
+  page_cache_alloc_nowait,
   page_mkwrite,
   read_cache_page,
   read_cache_page_locked,
+  replace_page_cache_entry,
 } from './filemap.ts';
 export { asMapping, type FileRaState, Mapping } from './mapping.ts';
 export {

@@ -31,6 +31,8 @@ export class VmArea {
   /** One PTE word per page of the mapping (see pte.ts), shared with CPU worker threads. */
   readonly pte: Int32Array;
   closed = false;
+  /** Pages of the range that munmap took out (a partial munmap leaves a hole): SIGSEGV there. */
+  readonly holes = new Set<number>();
 
   constructor(
     readonly mapping: Mapping,
@@ -75,6 +77,19 @@ export class VmArea {
     return this.serialize(async () => zap_vma(this));
   }
 
+  /** munmap of part of the mapping: the pages of [off, off + len) lose their PTEs and become a hole. */
+  munmap(off: number, len: number): Promise<void> {
+    return this.serialize(async () => {
+      this.check('munmap', off, len);
+      const ps = this.mapping.pageSize;
+      if (off % ps !== 0 || len % ps !== 0) {
+        throw new HmmlabError('EINVAL', `munmap at offset ${off} length ${len}: not page aligned (${ps})`);
+      }
+      zap_vma_range(this, off / ps, (off + len) / ps - 1);
+      for (let i = off / ps; i < (off + len) / ps; i++) this.holes.add(i);
+    });
+  }
+
   private check(what: string, off: number, len: number): void {
     if (this.closed)
       throw new HmmlabError('EBADF', `${what} on a mapping of ${this.mapping.name} that is unmapped`);
@@ -86,20 +101,31 @@ export class VmArea {
         `${what} at offset ${off} length ${len} runs past the mapping's ${this.length} bytes (SIGSEGV)`,
       );
     }
+    if (what === 'munmap' || this.holes.size === 0 || len === 0) return;
+    const ps = this.mapping.pageSize;
+    for (let i = Math.floor(off / ps); i <= Math.floor((off + len - 1) / ps); i++) {
+      if (this.holes.has(i))
+        throw new HmmlabError('EFAULT', `${what} at offset ${off}: page ${i} was unmapped (SIGSEGV)`);
+    }
   }
 }
 
 /** Remove every PTE of the VmArea and detach it from the file (munmap, unmount). */
 export function zap_vma(vma: VmArea): void {
-  for (let i = 0; i < vma.nrPages; i++) {
+  zap_vma_range(vma, 0, vma.nrPages - 1);
+  vma.mapping.i_mmap.delete(vma);
+  vma.closed = true;
+}
+
+/** zap_page_range: remove the PTEs of pages [first, last] of the VmArea. */
+function zap_vma_range(vma: VmArea, first: number, last: number): void {
+  for (let i = first; i <= last; i++) {
     const pte = Atomics.load(vma.pte, i);
     if (pte_none(pte)) continue;
     Atomics.store(vma.pte, i, 0);
     const e = vma.mapping.i_pages.get(i);
     if (e && e.kind === 'page' && e.slot === pte_slot(pte)) e.mapcount--;
   }
-  vma.mapping.i_mmap.delete(vma);
-  vma.closed = true;
 }
 
 function set_pte(vma: VmArea, page: Page, writable: boolean): void {
@@ -126,7 +152,7 @@ async function vma_load(vma: VmArea, off: number, len: number): Promise<Uint8Arr
   for (let i = Math.floor(off / ps); i <= Math.floor((end - 1) / ps); i++) {
     if (pte_none(Atomics.load(vma.pte, i))) await filemap_fault(vma, i, false);
     const page = pte_page(vma, i);
-    copy_from_page(page, ps, off, end, out);
+    copy_from_page(page.index, page.data, ps, off, end, out);
     mark_page_accessed(page); // the emulated accessed bit
   }
   return out;
@@ -165,7 +191,7 @@ export async function filemap_fault(vma: VmArea, index: number, write: boolean):
     await m.policy.cpuNeedsData(m, [page], 'fault');
     if (write) {
       await do_page_mkwrite(m, page);
-      await m.policy.cpuWillWrite(m, [page]);
+      await m.policy.cpuWillWrite(m, [page], 'fault');
       folio_mark_dirty(page);
     }
     set_pte(vma, page, write);
@@ -204,7 +230,7 @@ export function filemap_map_pages(vma: VmArea, index: number): number {
   const end = Math.min(start + nr, vma.nrPages, Math.ceil(m.size / m.pageSize));
   let mapped = 0;
   for (let i = start; i < end; i++) {
-    if (i === index || !pte_none(Atomics.load(vma.pte, i))) continue;
+    if (i === index || !pte_none(Atomics.load(vma.pte, i)) || vma.holes.has(i)) continue;
     const e = m.i_pages.get(i);
     if (e?.kind !== 'page' || PageLocked(e) || !PageUptodate(e)) continue;
     set_pte(vma, e, false);

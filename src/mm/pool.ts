@@ -9,6 +9,8 @@ export class PagePool {
   readonly pageSize: number;
   readonly nrPages: number;
   private readonly free: number[] = [];
+  /** The most slots in use at once since the pool was made (or resetPeak): what compare reports. */
+  peak = 0;
 
   constructor(nrPages: number, pageSize: number) {
     const bytes = nrPages * pageSize;
@@ -33,8 +35,14 @@ export class PagePool {
   alloc(): number {
     const slot = this.free.pop();
     if (slot === undefined) return -1;
+    this.peak = Math.max(this.peak, this.nrPages - this.free.length);
     this.view(slot).fill(0);
     return slot;
+  }
+
+  /** Start a new high-water mark from the slots in use now. */
+  resetPeak(): void {
+    this.peak = this.nrPages - this.free.length;
   }
 
   release(slot: number): void {

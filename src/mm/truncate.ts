@@ -5,6 +5,8 @@
  * must survive). A page cut in part is kept and the cut bytes zeroed, after the policy has brought
  * back and revoked the device's copy.
  */
+
+import type { InvalidateWhy } from '../policy/policy.ts';
 import { delete_from_page_cache, read_cache_page_locked } from './filemap.ts';
 import { asMapping } from './mapping.ts';
 import { lock_page, unlock_page } from './page.ts';
@@ -19,11 +21,12 @@ export async function truncate_inode_pages_range(
   mapping: AddressSpace,
   first: number,
   last: number,
+  why: InvalidateWhy = 'invalidate',
 ): Promise<number> {
   const m = asMapping(mapping);
   const inRange = (i: number) => i >= first && i <= last;
   for (const [i, e] of m.i_pages) if (inRange(i) && e.kind === 'page' && e.mapcount > 0) try_to_unmap(e);
-  await m.policy.invalidateRange(m, first, last);
+  await m.policy.invalidateRange(m, first, last, why);
   let dropped = 0;
   for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
     const e = m.i_pages.get(i);
@@ -48,7 +51,8 @@ export async function truncate_inode_pages_range(
 
 /**
  * Zero bytes [from, to) of page `index` where it is cached (resident, or a device entry: brought
- * back first). The CPU writes the page, so the policy first brings back and then revokes A'.
+ * back first, or zeroed through the policy's bounce page where it has one). The CPU writes the
+ * page, so the policy first brings back and then revokes A'.
  */
 export async function zero_page_range(
   mapping: AddressSpace,
@@ -57,11 +61,18 @@ export async function zero_page_range(
   to: number,
 ): Promise<void> {
   const m = asMapping(mapping);
-  if (!m.i_pages.has(index) || from >= to) return;
+  const e = m.i_pages.get(index);
+  if (!e || from >= to) return;
+  if (e.kind === 'device' && m.policy.bounceWrite) {
+    const [done] = await m.policy.bounceWrite(m, [
+      { entry: e, offset: from, bytes: new Uint8Array(to - from) },
+    ]);
+    if (done) return;
+  }
   const page = await read_cache_page_locked(m, index);
   try {
     await m.policy.cpuNeedsData(m, [page], 'truncate');
-    await m.policy.cpuWillWrite(m, [page]);
+    await m.policy.cpuWillWrite(m, [page], 'truncate');
     page.data.fill(0, from, to);
   } finally {
     unlock_page(page);

@@ -9,7 +9,7 @@
  * no shadow entries (and clears those of earlier reclaim): only a page that reclaim evicted counts
  * as a refault when it is read again.
  */
-import { delete_from_page_cache } from './filemap.ts';
+import { delete_from_page_cache, replace_page_cache_entry } from './filemap.ts';
 import { asMapping } from './mapping.ts';
 import {
   PageDirty,
@@ -53,9 +53,7 @@ export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolea
     return true;
   }
   // The device copy stays; a device entry takes the page's place in the index.
-  const entry = m.policy.makeDeviceEntry(m, page);
-  delete_from_page_cache(page);
-  m.i_pages.set(page.index, entry);
+  replace_page_cache_entry(page, m.policy.makeDeviceEntry(m, page));
   m.host.vmstat.count('workingset_device_entry');
   return true;
 }

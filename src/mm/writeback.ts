@@ -39,7 +39,7 @@ export async function writepage_locked(page: Page): Promise<void> {
   m.host.vmstat.count('pgpgout', m.pageSize / 1024);
 }
 
-/** Write `data` as page `index` (a bounce buffer: a device entry's data, the mirror policy's copy). */
+/** Write `data` as page `index` (a bounce buffer: a device entry's data, a device policy's copy). */
 export async function writepage_bounce(
   mapping: AddressSpace,
   index: number,

@@ -14,7 +14,7 @@
  * landed, which the model applies); any other outcome stops the run with EEXPECT.
  *
  * Device ops call `deviceWrite(off, len, tag)` and `deviceRead(off, len)` on the file (DeviceFile);
- * they need a mount whose policy has a device (`policy`: the mirror policy); without one, a log with
+ * they need a mount whose policy has a device (`policy`: mirror or migrate); without one, a log with
  * device ops is refused (ENODEV) before the disk is touched.
  */
 import { createHash } from 'node:crypto';
@@ -182,7 +182,10 @@ class Target {
 
 function deviceOf(f: HmmFile, op: Op, line: number): DeviceFile {
   if (!hasDevice(f) || !isDevicePolicy(f.fs.policy))
-    throw new HmmlabError('ENODEV', `line ${line}: ${op.op} needs a device: replay with the mirror policy`);
+    throw new HmmlabError(
+      'ENODEV',
+      `line ${line}: ${op.op} needs a device: replay with a device policy (mirror or migrate)`,
+    );
   return f;
 }
 
@@ -343,7 +346,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
   if (dev >= 0 && !(options.policy && isDevicePolicy(options.policy))) {
     throw new HmmlabError(
       'ENODEV',
-      `line ${lineOf(dev)}: ${ops[dev].op} needs a device: replay with the mirror policy`,
+      `line ${lineOf(dev)}: ${ops[dev].op} needs a device: replay with a device policy (mirror or migrate)`,
     );
   }
   const inject = options.inject ?? NO_INJECT;

@@ -373,6 +373,7 @@ export function shellWord(s: string): string {
 }
 
 export interface ReplaySetup {
+  /** A policy name of src/policy/registry.ts. */
   policy: string;
   /** The faults that fired in the failing run (`POINT@K` each), replayed with --inject. */
   inject?: string;
@@ -389,7 +390,7 @@ export interface ReplaySetup {
 export function replayCommand(path: string, s: ReplaySetup): string {
   const args = ['npx', 'hmmlab', 'replay', shellWord(path), '--check', '--policy', s.policy];
   args.push('--page-size', String(s.pageSize), '--host-pages', String(s.hostPages));
-  if (s.policy === 'mirror') {
+  if (s.policy !== 'none') {
     if (s.devicePages !== undefined) args.push('--device-pages', String(s.devicePages));
     if (s.batch !== undefined) args.push('--batch', String(s.batch));
   }

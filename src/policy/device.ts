@@ -8,8 +8,8 @@ import type { DeviceMemory, KernelKind, KernelParams } from '../device/index.ts'
 import type { Errno } from '../errors.ts';
 import type { FaultInjector } from '../inject/inject.ts';
 import type { AddressSpace } from '../mm/types.ts';
-import type { PageState } from './mirrorTable.ts';
 import type { CoherencePolicy } from './policy.ts';
+import type { SchemeTable } from './scheme.ts';
 
 /** What one device kernel run cost and what failed (the contract's DeviceRun). */
 export interface DeviceRun {
@@ -71,8 +71,10 @@ export interface DevicePolicy extends CoherencePolicy {
   setSerializer(serialize: <T>(fn: () => Promise<T>) => Promise<T>): void;
   /** HmmFs hands its fault injector over at mount (its device's copies, frames and launches). */
   setInjector(inject: FaultInjector): void;
-  /** The legal page states of this policy's scheme; the checker defaults to the mirror table's. */
-  isLegal?(state: PageState): boolean;
+  /** Orderly detach (device hot-unplug): every device-held page comes back first. */
+  detach(): Promise<void>;
+  /** The policy's scheme: its legal page states, its rows (the invariant checker reads them). */
+  readonly table: SchemeTable;
   /** The device memory and the records, for the checker to compare with the GPU itself. */
   checkView?(): DeviceCheckView;
 }

@@ -8,8 +8,9 @@
  *   - a page is on the LRU (PG_lru) iff it is in an index; every pool slot in use is a cached page;
  *   - mapcount is the number of CPU PTEs that map the page, and every present CPU PTE maps the
  *     page cached at its index.
- * Page states: single writer; every page in a legal state of the policy's scheme (its isLegal, the
- * mirror table's by default); a device entry has a device copy.
+ * Page states: single writer; every page in a legal state of the policy's own scheme (its table:
+ * mirrorTable.ts, migrateTable.ts; a host-only mount: pages with no device copy); a device entry has
+ * a device copy.
  * Device side (a policy with checkView, while the GPU lives), read back from the GPU itself:
  *   - every device address space belongs to an open file;
  *   - every PTE word of every page table (its whole capacity): no FAIL bit left (a refusal holds for
@@ -19,7 +20,8 @@
  *     frame and permission, and the device layer's host shadow agrees; a mapped frame's owner
  *     (FramePool.owner, the device rmap) is that page; an owned frame is mapped; owned + free = all;
  *   - every read-only device copy equals its data byte for byte: A where A is resident and uptodate
- *     (C, D), the disk for a device entry (E), whose read-only copy the disk must already hold.
+ *     (C, D), the disk for a device entry (E) whose data the disk holds; a read-only entry newer
+ *     than the disk is legal only in a scheme whose writeback bounces it (migrate's table says so).
  * No stale read, no lost data and durability are the reference model's to check (replay --check).
  * A broken invariant is HmmlabError('EIO') naming the file, the page and the invariant.
  *
@@ -38,8 +40,8 @@ import { page_cpu_access } from '../mm/rmap.ts';
 import { host_state } from '../mm/snapshot.ts';
 import { PG_locked, PG_lru, PG_uptodate, PG_writeback } from '../mm/types.ts';
 import { type DeviceCheckView, type DevicePolicy, isDevicePolicy } from './device.ts';
-import { fmt, isLegal as mirrorIsLegal, type PageState } from './mirrorTable.ts';
 import type { CoherencePolicy } from './policy.ts';
+import { fmt, type PageState } from './scheme.ts';
 
 function broken(m: { name: string }, index: number, what: string): HmmlabError {
   return new HmmlabError('EIO', `invariant broken: ${m.name} page ${index}: ${what}`);
@@ -140,7 +142,7 @@ const NO_PTES = new Uint8Array(PTE_CHUNK * 4);
 
 function checkPageStates(policy: CoherencePolicy, m: Mapping): void {
   const device = isDevicePolicy(policy) ? policy : null;
-  const legal = device?.isLegal?.bind(device) ?? mirrorIsLegal;
+  const legal = device ? (s: PageState) => device.table.isLegal(s) : (s: PageState) => s.dev === '-';
   const indices = new Set<number>([...m.i_pages.keys(), ...(device?.deviceIndices(m) ?? [])]);
   for (const index of [...indices].sort((a, b) => a - b)) {
     const e = m.i_pages.get(index);
@@ -315,7 +317,7 @@ function checkFrames(
     );
 }
 
-/** Read-only copies hold their page's data: A for C/D, the disk for E. One copy for all frames. */
+/** Read-only copies hold their page's data: A for C/D, the disk for a clean E. One copy for all frames. */
 async function checkReadOnlyCopies(
   policy: DevicePolicy,
   view: DeviceCheckView,
@@ -333,6 +335,7 @@ async function checkReadOnlyCopies(
         if (e?.kind === 'page' && e.flags & PG_uptodate) {
           want.push({ m, index, frame: rec.frame, data: e.data, of: 'A' });
         } else if (e?.kind === 'device') {
+          if (rec.diskStale && policy.table.dirtyReadOnlyEntries) continue; // newer than the disk: writeback bounces it
           if (rec.diskStale)
             throw broken(
               m,

@@ -1,101 +1,60 @@
 /**
  * Jan Kara's mirror scheme as one table: every event a page can meet, the states it may meet it in,
  * the state it leaves, and the work in between, in the order it must be done. The mirror policy
- * (mirror.ts) reads a page's state, asks `mirrorTransition` what to do, and does it; tests walk the
- * whole table and check that every legal state stays legal.
+ * (mirror.ts, over the core in core.ts) reads a page's state, asks `mirrorTransition` what to do,
+ * and does it; test/policy/schemeTables.test.ts walks the table and test/policy/schemeRows.test.ts
+ * drives every path on a real mount and checks that it does what its row says.
  *
- * Host page A: '-' absent, 'C' uptodate clean, 'D' uptodate dirty, 'S' stale (not uptodate, dirty:
- * the device holds newer data), 'E' device entry (A reclaimed, data on the device).
- * Device copy A': '-' none, 'ro', 'rw'. CPU mappings of A: '-' none, 'ro', 'rw'.
+ * The vocabulary (states, events, work, WORK_ORDER) is scheme.ts's; it is re-exported here.
  */
+import {
+  type CpuPerm,
+  DEVICE_EVENTS,
+  type DeviceEvent,
+  fmt,
+  isLegalIn,
+  type LegalRows,
+  minCpu,
+  noRow,
+  type PageState,
+  type SchemeTable,
+  st,
+  statesOf,
+  type Transition,
+  type Work,
+} from './scheme.ts';
 
-export type HostState = '-' | 'C' | 'D' | 'S' | 'E';
-export type DevicePerm = '-' | 'ro' | 'rw';
-export type CpuPerm = '-' | 'ro' | 'rw';
+export {
+  type CpuPerm,
+  type DevicePerm,
+  fmt,
+  type HostState,
+  type PageState,
+  type Transition,
+  WORK_ORDER,
+  type Work,
+} from './scheme.ts';
 
-export interface PageState {
-  host: HostState;
-  dev: DevicePerm;
-  cpu: CpuPerm;
-}
+/** The events of the mirror table (every event but the host-full eviction, which mirror does not need). */
+export type MirrorEvent = Exclude<DeviceEvent, 'device-evict-host-full'>;
 
-export type MirrorEvent =
-  | 'device-read-fault'
-  | 'device-write-fault'
-  | 'cpu-read' // read(2), readahead, splice: the data, no mapping
-  | 'cpu-read-fault' // mmap read fault, fault-around: the data and a read-only PTE
-  | 'cpu-write' // write(2): the CPU modifies A
-  | 'cpu-write-fault' // mmap write fault: a writable PTE
-  | 'writeback' // writeback, fsync, direct-I/O read's flush
-  | 'invalidate' // direct-I/O write, truncate, punch (after writeback)
-  | 'host-reclaim'
-  | 'device-evict'
-  | 'unmount'; // and device detach
+export const MIRROR_EVENTS = DEVICE_EVENTS.filter((e): e is MirrorEvent => e !== 'device-evict-host-full');
 
-/** The work, named for the kernel function that would do it. */
-export type Work =
-  | 'readpage' // fill A from disk
-  | 'alloc-page' // a fresh A to receive the device's data (A was E)
-  | 'page_mkclean' // write-protect every CPU mapping of A
-  | 'try_to_unmap' // clear every CPU mapping of A
-  | 'page_mkwrite' // the filesystem's permission to write (may refuse: ENOSPC, EROFS)
-  | 'copy-to-device' // A -> A'
-  | 'device-protect' // write-protect A' (device TLB shootdown)
-  | 'copy-back' // A' -> A (only if the device dirtied A')
-  | 'bounce-writeback' // A' -> bounce page -> disk (A is E)
-  | 'writepage' // A -> disk
-  | 'device-revoke' // remove A' from the device page table (shootdown) and free its frame
-  | 'device-entry' // replace A by a device entry in the xarray
-  | 'drop-page'; // remove A from the page cache
-
-/**
- * One order for all work: every row of the table lists its work in this order, so a policy may do
- * a whole batch of pages phase by phase (every page's page_mkclean, then one batched copy, ...)
- * and still do each page's work in the order its row asks. The table's test checks it.
- */
-export const WORK_ORDER: readonly Work[] = [
-  'readpage',
-  'alloc-page',
-  'page_mkwrite',
-  'page_mkclean',
-  'try_to_unmap',
-  'copy-to-device',
-  'device-protect',
-  'copy-back',
-  'bounce-writeback',
-  'writepage',
-  'device-revoke',
-  'device-entry',
-  'drop-page',
-];
-
-export interface Transition {
-  next: PageState;
-  work: Work[];
-}
-
-const LEGAL: ReadonlyArray<[HostState[], DevicePerm, CpuPerm[]]> = [
+const LEGAL: LegalRows = [
   [['-', 'C', 'D'], '-', ['-', 'ro', 'rw']],
   [['C', 'D'], 'ro', ['-', 'ro']],
   [['S', 'E'], 'rw', ['-']],
   [['E'], 'ro', ['-']],
 ];
 
-/** docs/DESIGN.md's legal states. Invariant 1 (single writer) is part of it. */
+/** docs/DESIGN.md's legal states of the mirror scheme. Invariant 1 (single writer) is part of it. */
 export function isLegal(s: PageState): boolean {
-  return LEGAL.some(([hosts, dev, cpus]) => hosts.includes(s.host) && dev === s.dev && cpus.includes(s.cpu));
+  return isLegalIn(LEGAL, s);
 }
 
 export function allLegalStates(): PageState[] {
-  const out: PageState[] = [];
-  for (const [hosts, dev, cpus] of LEGAL)
-    for (const host of hosts) for (const cpu of cpus) out.push({ host, dev, cpu });
-  return out;
+  return statesOf(LEGAL);
 }
-
-const min = (a: CpuPerm, b: CpuPerm): CpuPerm =>
-  a === '-' || b === '-' ? '-' : a === 'ro' || b === 'ro' ? 'ro' : 'rw';
-const st = (host: HostState, dev: DevicePerm, cpu: CpuPerm): PageState => ({ host, dev, cpu });
 
 /** Bring the device's data back to A so the CPU can use it: S/E -> uptodate, A' read-only. */
 function pullFromDevice(s: PageState): Transition {
@@ -111,7 +70,7 @@ function pullFromDevice(s: PageState): Transition {
  * What `event` does to a page in state `s`. Throws on an illegal state: a bug in the caller, not
  * a user error.
  */
-export function mirrorTransition(s: PageState, event: MirrorEvent): Transition {
+export function mirrorTransition(s: PageState, event: DeviceEvent): Transition {
   if (!isLegal(s)) throw new Error(`mirror: illegal page state ${fmt(s)} before ${event}`);
   switch (event) {
     case 'device-read-fault': {
@@ -119,7 +78,7 @@ export function mirrorTransition(s: PageState, event: MirrorEvent): Transition {
       const work: Work[] = s.host === '-' ? ['readpage'] : [];
       if (s.cpu === 'rw') work.push('page_mkclean');
       work.push('copy-to-device');
-      return { next: st(s.host === '-' ? 'C' : s.host, 'ro', min(s.cpu, 'ro')), work };
+      return { next: st(s.host === '-' ? 'C' : s.host, 'ro', minCpu(s.cpu, 'ro')), work };
     }
     case 'device-write-fault': {
       if (s.dev === 'rw') return { next: s, work: [] };
@@ -138,7 +97,12 @@ export function mirrorTransition(s: PageState, event: MirrorEvent): Transition {
     }
     case 'cpu-write':
     case 'cpu-write-fault': {
-      const t = pullFromDevice(s);
+      // write(2) of a whole absent page reads nothing: grab_cache_page_write_begin gives a new A.
+      // (A partial one reads it first: that is the cpu-read row.) A fault reads it in.
+      const t =
+        s.host === '-' && event === 'cpu-write'
+          ? { next: st('C', '-', s.cpu), work: ['alloc-page'] as Work[] }
+          : pullFromDevice(s);
       const work = [...t.work];
       if (t.next.dev !== '-') work.push('device-revoke');
       const cpu: CpuPerm = event === 'cpu-write-fault' ? 'rw' : t.next.cpu;
@@ -149,7 +113,9 @@ export function mirrorTransition(s: PageState, event: MirrorEvent): Transition {
         return { next: st('C', 'ro', '-'), work: ['device-protect', 'copy-back', 'writepage'] };
       if (s.host === 'E' && s.dev === 'rw')
         return { next: st('E', 'ro', '-'), work: ['device-protect', 'bounce-writeback'] };
-      if (s.host === 'D') return { next: st('C', s.dev, s.cpu), work: ['page_mkclean', 'writepage'] };
+      // folio_clear_dirty_for_io: page_mkclean write-protects the CPU mappings before the write.
+      if (s.host === 'D')
+        return { next: st('C', s.dev, minCpu(s.cpu, 'ro')), work: ['page_mkclean', 'writepage'] };
       return { next: s, work: [] };
     }
     case 'invalidate': {
@@ -157,7 +123,7 @@ export function mirrorTransition(s: PageState, event: MirrorEvent): Transition {
       const work: Work[] = [];
       if (s.cpu !== '-') work.push('try_to_unmap');
       if (s.dev !== '-') work.push('device-revoke');
-      if (s.host !== '-') work.push('drop-page');
+      if (s.host !== '-' && s.host !== 'E') work.push('drop-page');
       return { next: st('-', '-', '-'), work };
     }
     case 'host-reclaim': {
@@ -178,7 +144,9 @@ export function mirrorTransition(s: PageState, event: MirrorEvent): Transition {
       return { next: st(s.host === 'E' ? '-' : s.host, '-', s.cpu), work: ['device-revoke'] };
     }
     case 'unmount': {
-      const work: Work[] = [];
+      // The writeback pass first (page_mkclean of a dirty page's writable PTEs, then writepage),
+      // then the mappings are torn down and every page and copy leaves.
+      const work: Work[] = s.host === 'D' && s.cpu === 'rw' ? ['page_mkclean'] : [];
       if (s.cpu !== '-') work.push('try_to_unmap');
       if (s.host === 'S') work.push('device-protect', 'copy-back', 'writepage');
       else if (s.host === 'E' && s.dev === 'rw') work.push('device-protect', 'bounce-writeback');
@@ -187,9 +155,17 @@ export function mirrorTransition(s: PageState, event: MirrorEvent): Transition {
       if (s.host !== '-' && s.host !== 'E') work.push('drop-page');
       return { next: st('-', '-', '-'), work };
     }
+    default:
+      return noRow('mirror', s, event);
   }
 }
 
-export function fmt(s: PageState): string {
-  return `(A ${s.host}, A' ${s.dev}, CPU ${s.cpu})`;
-}
+/** The mirror scheme as the core and the invariant checker read it. */
+export const MIRROR_TABLE: SchemeTable = {
+  name: 'mirror',
+  events: MIRROR_EVENTS,
+  isLegal,
+  allLegalStates,
+  transition: mirrorTransition,
+  dirtyReadOnlyEntries: false,
+};

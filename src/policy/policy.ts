@@ -1,7 +1,8 @@
 /**
- * The seam between the page cache (src/mm) and a coherence policy (src/policy/mirror.ts, later
- * migrate). Every CPU path in src/mm calls these hooks at the point where Kara's and Glisse's
- * schemes need to act, and never branches on the policy's name. The host-only policy
+ * The seam between the page cache (src/mm) and a coherence policy (src/policy/mirror.ts: Kara's
+ * mirror; src/policy/migrate.ts: Glisse's migrate). Every CPU path in src/mm calls these hooks at the
+ * point where the schemes need to act, and never branches on the policy's name: a hook a scheme does
+ * not need is optional, and src/mm asks whether the policy has it. The host-only policy
  * (`hostOnlyPolicy`) makes every hook a no-op, which is what issue 3's page cache runs with.
  *
  * Vocabulary (docs/DESIGN.md's state table): host page A (`Page`, in the address_space's xarray),
@@ -21,6 +22,20 @@ export type CpuAccess =
   | 'direct-io' // the write-back-and-invalidate pass before O_DIRECT
   | 'truncate' // a partial page at the new EOF, punch edges
   | 'unmount';
+
+/** Who is about to write: write(2), an mmap write fault, or truncate/punch zeroing part of a page. */
+export type CpuWrite = 'write' | 'fault' | 'truncate';
+
+/** Why a range leaves the cache: truncate, punch or a direct write (after writeback), or unmount. */
+export type InvalidateWhy = 'invalidate' | 'unmount';
+
+/** One part of a device entry's page written through a bounce page (write(2), truncate's zeroing). */
+export interface BounceWrite {
+  entry: DeviceEntry;
+  /** Offset within the page, and the bytes that land there (at most to the end of the page). */
+  offset: number;
+  bytes: Uint8Array;
+}
 
 export interface CoherencePolicy {
   readonly name: string;
@@ -49,9 +64,27 @@ export interface CoherencePolicy {
   /**
    * The CPU is about to write these pages (write(2), an mmap write fault): remove the device's
    * access to them, copying back first what the device wrote. Called after cpuNeedsData for the
-   * pages the write does not cover whole.
+   * pages the write does not cover whole. `why` names the path (the scheme's cpu-write or
+   * cpu-write-fault row).
    */
-  cpuWillWrite(mapping: AddressSpace, pages: Page[]): Promise<void>;
+  cpuWillWrite(mapping: AddressSpace, pages: Page[], why: CpuWrite): Promise<void>;
+
+  /**
+   * read(2) of device entries, for a policy that serves it through a bounce page (Glisse's scheme;
+   * optional): the bytes of each entry's page, copied from the device without allocating A and
+   * without taking the page from the device. One copy for the batch. A failure changes nothing.
+   * null for an entry the device no longer holds (it was lost with nothing on it): the caller reads
+   * that page the usual way. Without the hook, read(2) brings the page back (readpageFromDevice).
+   */
+  bounceRead?(mapping: AddressSpace, entries: DeviceEntry[]): Promise<(Uint8Array | null)[]>;
+
+  /**
+   * write(2) (and truncate's zeroing) of device entries through a bounce page (optional, as
+   * bounceRead): the bytes land in the device's copy, which stays on the device, now newer than the
+   * disk. A write of part of a page reads the rest of it first. A failure changes nothing. false
+   * for an entry the device no longer holds: the caller writes that page the usual way.
+   */
+  bounceWrite?(mapping: AddressSpace, writes: BounceWrite[]): Promise<boolean[]>;
 
   /**
    * Writeback of device entries (A reclaimed, the device may hold data the disk lacks): for each
@@ -72,7 +105,7 @@ export interface CoherencePolicy {
    * direct-I/O write, unmount, after the range has been written back). Device entries are removed
    * from the xarray by the caller.
    */
-  invalidateRange(mapping: AddressSpace, first: number, last: number): Promise<void>;
+  invalidateRange(mapping: AddressSpace, first: number, last: number, why: InvalidateWhy): Promise<void>;
 
   /**
    * Host reclaim (or dropcaches) wants page `page` (locked by the caller, unmapped from the CPU, not

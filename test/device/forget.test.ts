@@ -1,7 +1,7 @@
 /**
  * Device address spaces do not outlive their files: DeviceMemory.forget destroys a space's page
  * table and fault buffer once it holds no frame, refuses while it still does, and refuses the
- * forgotten table afterwards; the mirror policy forgets a file's space when unmount drops the whole
+ * forgotten table afterwards; each device policy (mirror, migrate) forgets a file's space when unmount drops the whole
  * file, so remounting again and again with device work between keeps the live spaces bounded.
  */
 import fs from 'node:fs';
@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { DeviceMemory, patternBytes } from '../../src/device/index.ts';
 import { HmmlabError } from '../../src/errors.ts';
 import type { GpuDevice } from '../../src/gpu/device.ts';
-import { diskBytes, expectBytes, mountMirror, openGpu } from '../policy/helpers.ts';
+import { diskBytes, expectBytes, mountDevice, openGpu, POLICIES } from '../policy/helpers.ts';
 import { HostBacking } from './backing.ts';
 
 const SEED = Number(process.env.HMMLAB_SEED ?? Date.now() % 1_000_000);
@@ -57,11 +57,11 @@ describe('DeviceMemory.forget', () => {
   });
 });
 
-describe('mirror policy: unmount forgets the device address space', () => {
+describe.each(POLICIES)('%s policy: unmount forgets the device address space', (policy) => {
   it('20 remounts with device ops between keep the live spaces bounded and the data intact', async () => {
     const ps = 4096;
     const pages = 3;
-    const l = await mountMirror(gpu, { pageSize: ps, hostPages: 16, devicePages: 8 });
+    const l = await mountDevice(gpu, { policy, pageSize: ps, hostPages: 16, devicePages: 8 });
     try {
       const want = { a: new Uint8Array(pages * ps), b: new Uint8Array(pages * ps) };
       const counts: number[] = [];

@@ -1,10 +1,13 @@
 /**
- * Every error path keeps the data (the mirror policy, on the real adapter and real files, page
- * sizes 4 KiB and 64 KiB). A fault is injected at one step of one path (src/inject): the operation
- * fails with the error the real failure would give, and every page is left as it was (host flags,
- * device permission and DIRTY bit, frame ownership), so the operation can simply be run again and
- * then gives the data of a run without the fault. A lost device is the one failure that may lose
- * data, and it names exactly which pages.
+ * Every error path keeps the data (each device policy, mirror and migrate, on the real adapter and
+ * real files, page sizes 4 KiB and 64 KiB). A fault is injected at one step of one path (src/inject):
+ * the operation fails with the error the real failure would give, and every page is left as it was
+ * (host flags, device permission and DIRTY bit, frame ownership), so the operation can simply be run
+ * again and then gives the data of a run without the fault. A lost device is the one failure that
+ * may lose data, and it names exactly which pages (under migrate a page the device holds has no
+ * host copy, so its newest data goes with the device). Migrate's own moves are checked too: a
+ * migration to the device frees A only once the copy is done, a migration home frees A' only after
+ * its copy landed, and a bounce read or write that fails changes nothing.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { DeviceMemory } from '../../src/device/index.ts';
@@ -14,11 +17,13 @@ import { type Page, trylock_page, unlock_page } from '../../src/mm/index.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
 import { rejection } from '../helpers/rejection.ts';
 import {
+  type DeviceLab,
+  type DevicePolicyName,
   delta,
   diskBytes,
   expectBytes,
-  type MirrorLab,
-  mountMirror,
+  MATRIX,
+  mountDevice,
   openGpu,
   pattern,
 } from '../policy/helpers.ts';
@@ -30,16 +35,21 @@ beforeAll(async () => {
 });
 afterAll(() => gpu?.destroy());
 
-const labs: MirrorLab[] = [];
+const labs: DeviceLab[] = [];
 const ownGpus: GpuDevice[] = [];
 afterEach(async () => {
   for (const l of labs.splice(0)) await l.cleanup();
   for (const g of ownGpus.splice(0)) if (!g.lost) g.destroy();
 });
 
-async function setup(P: number, o: { hostPages?: number; devicePages?: number; gpu?: GpuDevice } = {}) {
+async function setup(
+  policy: DevicePolicyName,
+  P: number,
+  o: { hostPages?: number; devicePages?: number; gpu?: GpuDevice } = {},
+) {
   const inject = new FaultInjector();
-  const lab = await mountMirror(o.gpu ?? gpu, {
+  const lab = await mountDevice(o.gpu ?? gpu, {
+    policy,
     pageSize: P,
     hostPages: o.hostPages ?? 16,
     devicePages: o.devicePages ?? 16,
@@ -51,18 +61,21 @@ async function setup(P: number, o: { hostPages?: number; devicePages?: number; g
 }
 
 /** host/cpu/dev/frame/dirty of each page: what a failed operation must leave as it found. */
-const rows = (lab: MirrorLab, first: number, last: number) =>
+const rows = (lab: DeviceLab, first: number, last: number) =>
   lab.fs.snapshot(NAME, first, last).map((r) => `${r.host}/${r.cpu}/${r.dev}/${r.frame}/${r.devDirty}`);
 
 /** The PTEs as the GPU holds them (not the host's shadow). */
-async function gpuPtes(lab: MirrorLab, f: { mapping: { id: number } }, first: number, last: number) {
+async function gpuPtes(lab: DeviceLab, f: { mapping: { id: number } }, first: number, last: number) {
   const t = await lab.dm.snapshot(lab.dm.space(f.mapping.id), first, last);
   return t.map((r) => `${r.perm}/${r.frame}/${r.dirty}`);
 }
 
-describe.each([4096, 65536])('error paths keep the data (mirror), page size %i', (P) => {
+describe.each(MATRIX)('error paths keep the data (%s), page size %i', (policy, P) => {
+  const migrate = policy === 'migrate';
+  /** The host letter of a page the device may write: S (mirror, A stale beside A') or E (migrate, A gone). */
+  const held = migrate ? 'E' : 'S';
   it('a failed read of the disk in fault service leaves the pages faultable (pread: EIO)', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 4 * P, 1));
     await f.fsync();
     await lab.fs.dropCaches();
@@ -79,7 +92,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
 
   it('a failed copy to the device leaves its pages as they were; earlier steps stay granted', async () => {
     // 16 host pages: fault service locks 4 pages a step; the copy of the second step fails.
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 8 * P, 1));
     await f.fsync();
     inject.failNext('copy-to-device', 1);
@@ -89,27 +102,34 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
     expect(e.message).toMatch(/copy of 4 pages to device frames/);
     // Step 1 was granted and installed (the replay that would have written it never ran);
     // step 2 is as the fault found it: clean, no device copy, no frame.
-    expect(rows(lab, 0, 3).every((r) => /^S\/-\/rw\/\d+\/false$/.test(r))).toBe(true);
+    expect(rows(lab, 0, 3).every((r) => new RegExp(`^${held}/-/rw/\\d+/false$`).test(r))).toBe(true);
     expect(rows(lab, 4, 7)).toEqual(Array.from({ length: 4 }, () => 'C/-/-/null/false'));
     expect(lab.dm.pool.freeCount).toBe(12);
     expect(delta(v0, lab.fs.vmstat()).device_copies_to_device).toBe(4);
     await checkInvariants(lab.fs);
-    // The device never wrote step 1's pages: reading them copies nothing back.
+    // mirror: the device never wrote step 1's pages, so reading them copies nothing back. migrate:
+    // they left the host, so read(2) bounces them; they are still clean, so fsync writes none.
     const v1 = lab.fs.vmstat();
     expectBytes(await f.read(0, 8 * P), pattern(0, 8 * P, 1), 'read after the failed devwrite');
-    expect(delta(v1, lab.fs.vmstat()).device_copybacks).toBe(0);
-    expect(delta(v1, lab.fs.vmstat()).device_copybacks_spared).toBe(4);
+    if (migrate) {
+      expect(delta(v1, lab.fs.vmstat()).device_bounce_reads).toBe(4);
+      await f.fsync();
+      expect(delta(v1, lab.fs.vmstat()).device_bounce_writebacks).toBe(0);
+    } else {
+      expect(delta(v1, lab.fs.vmstat()).device_copybacks).toBe(0);
+      expect(delta(v1, lab.fs.vmstat()).device_copybacks_spared).toBe(4);
+    }
     await f.deviceWrite(0, 8 * P, 2);
     expectBytes(await f.read(0, 8 * P), pattern(0, 8 * P, 2), 'read after the devwrite ran again');
   });
 
-  it("a failed copy-back keeps the device's copy, its write permission and its DIRTY bit", async () => {
-    const { lab, f, inject } = await setup(P);
+  it("a failed copy-back (migrate: a failed bounce read) keeps the device's copy, its write permission and its DIRTY bit", async () => {
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 2 * P, 1));
     await f.fsync();
     await f.deviceWrite(0, 2 * P, 2);
     const before = rows(lab, 0, 1);
-    expect(before.every((r) => /^S\/-\/rw\/\d+\/true$/.test(r))).toBe(true);
+    expect(before.every((r) => new RegExp(`^${held}/-/rw/\\d+/true$`).test(r))).toBe(true);
     const ptes = await gpuPtes(lab, f, 0, 1);
     inject.failNext('copy-from-device');
     const e = await rejection(f.read(0, 2 * P));
@@ -123,7 +143,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('writeback that fails keeps the pages dirty: nothing is marked clean that is not on disk', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 2 * P, 1));
     inject.failNext('pwrite');
     const e = await rejection(f.fsync());
@@ -136,7 +156,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('a failed fdatasync is reported; the next fsync syncs the data again', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, P, 1));
     inject.failNext('fdatasync');
     expect((await rejection(f.fsync())).code).toBe('EIO');
@@ -145,7 +165,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('a short write to the backing file is completed', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 3 * P, 1));
     inject.failNext('pwrite-short');
     await f.fsync();
@@ -154,11 +174,11 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('writeback of device entries: a failed write keeps that entry to be written back, the rest land', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 2 * P, 1));
     await f.fsync();
     await f.deviceWrite(0, 2 * P, 2);
-    await lab.fs.dropCaches();
+    await lab.fs.dropCaches(); // mirror: S -> E; migrate: E already
     expect(rows(lab, 0, 1).every((r) => /^E\/-\/rw\/\d+\/true$/.test(r))).toBe(true);
     const before = rows(lab, 0, 1);
     inject.failNext('pwrite');
@@ -174,16 +194,18 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
     expectBytes(diskBytes(lab.dir, NAME), pattern(0, 2 * P, 2), 'disk after fsync ran again');
   });
 
-  it('an eviction whose copy-back fails leaves the frames owned and mapped', async () => {
-    const { lab, f, inject } = await setup(P, { devicePages: 4 });
+  it('an eviction whose copy-back fails (migrate: its copy home) leaves the frames owned and mapped', async () => {
+    const { lab, f, inject } = await setup(policy, P, { devicePages: 4 });
     await f.write(0, pattern(0, 8 * P, 1));
     await f.fsync();
     await f.deviceWrite(0, 4 * P, 2);
     const before = rows(lab, 0, 3);
     const ptes = await gpuPtes(lab, f, 0, 3);
+    const hostPages = lab.fs.vmstat().nr_file_pages;
     inject.failNext('copy-from-device');
     expect((await rejection(f.deviceRead(4 * P, 4 * P))).code).toBe('ETIMEDOUT');
     expect(rows(lab, 0, 3)).toEqual(before);
+    expect(lab.fs.vmstat().nr_file_pages).toBe(hostPages); // a page allocated to go home is given back
     expect(await gpuPtes(lab, f, 0, 3)).toEqual(ptes);
     expect(lab.fs.vmstat().device_evictions).toBe(0);
     await checkInvariants(lab.fs);
@@ -194,11 +216,16 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('a device entry whose eviction cannot write it to disk stays on the device', async () => {
-    const { lab, f, inject } = await setup(P, { devicePages: 2 });
+    // migrate moves an evicted page home while the host has a free page: fill the host first.
+    const { lab, f, inject } = await setup(policy, P, { devicePages: 2, hostPages: migrate ? 4 : 16 });
     await f.write(0, pattern(0, 4 * P, 1));
     await f.fsync();
     await f.deviceWrite(0, 2 * P, 2);
     await lab.fs.dropCaches(); // E rw: the device holds the only copy
+    if (migrate) {
+      const g = await lab.fs.open('other', { create: true });
+      await g.write(0, pattern(0, 4 * P, 3)); // four dirty pages: no free host page
+    }
     const before = rows(lab, 0, 1);
     inject.failNext('pwrite');
     expect((await rejection(f.deviceRead(2 * P, 2 * P))).code).toBe('EIO');
@@ -208,7 +235,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('a refused page_mkwrite of an mmap store (SIGBUS) leaves the page clean and read-only', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, P, 1));
     await f.fsync();
     const vma = f.mmap();
@@ -227,7 +254,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('a refused page_mkwrite of a device write fails that page (EFAULT); the others land', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 2 * P, 1));
     await f.fsync();
     inject.failNext('page_mkwrite');
@@ -242,7 +269,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('a failed frame allocation (ENOMEM) changes nothing', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 2 * P, 1));
     await f.fsync();
     const before = rows(lab, 0, 1);
@@ -257,7 +284,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('a failed replay launch (EGPU) leaves granted pages the device never wrote: their copy-back is spared', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 2 * P, 1));
     await f.fsync();
     await f.deviceWrite(0, P, 2); // page 0: written by the device
@@ -276,6 +303,16 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
     const want = pattern(0, 2 * P, 1);
     want.set(pattern(0, P, 3));
     expectBytes(await f.read(0, 2 * P), want, 'read');
+    if (migrate) {
+      // read(2) bounces both; fsync writes only the page the device wrote
+      await f.fsync();
+      const d = delta(v, lab.fs.vmstat());
+      expect(d.device_bounce_reads).toBe(2);
+      expect(d.device_bounce_writebacks).toBe(1);
+      expect(d.device_copybacks_spared).toBe(1);
+      expectBytes(diskBytes(lab.dir, NAME), want, 'disk');
+      return;
+    }
     const d = delta(v, lab.fs.vmstat());
     expect(d.device_copybacks).toBe(1);
     expect(d.device_copybacks_spared).toBe(1);
@@ -283,7 +320,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('an invalidation that races with fault service makes that fault retry; the data is right', async () => {
-    const { lab, f, inject } = await setup(P);
+    const { lab, f, inject } = await setup(policy, P);
     await f.write(0, pattern(0, 2 * P, 1));
     await f.fsync();
     const v = lab.fs.vmstat();
@@ -299,7 +336,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('fault-around maps only uptodate pages: a 1-byte mmap read takes nothing more from the device', async () => {
-    const { lab, f } = await setup(P, { hostPages: 64, devicePages: 64 });
+    const { lab, f } = await setup(policy, P, { hostPages: 64, devicePages: 64 });
     await f.write(0, pattern(0, 32 * P, 1));
     await f.fsync();
     await f.deviceWrite(0, 32 * P, 2);
@@ -313,8 +350,33 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
     await checkInvariants(lab.fs);
   });
 
+  it('two mounts on one device: eviction gives each frame back to the mount that owns it', async () => {
+    const dm = await DeviceMemory.create(gpu, { devicePages: 4, pageSize: P });
+    try {
+      const a = await mountDevice(gpu, { policy, pageSize: P, hostPages: 16, devicePages: 4, dm });
+      const b = await mountDevice(gpu, { policy, pageSize: P, hostPages: 16, devicePages: 4, dm });
+      labs.push(a, b);
+      const fa = await a.fs.open(NAME, { create: true });
+      const fb = await b.fs.open(NAME, { create: true });
+      await fa.write(0, pattern(0, 4 * P, 1));
+      await fb.write(0, pattern(0, 4 * P, 3));
+      await fa.deviceWrite(0, 4 * P, 2); // every frame: mount a's, dirty
+      await fb.deviceRead(0, 4 * P); // evicts them all
+      expect(a.fs.vmstat().device_evictions).toBe(4);
+      expect(rows(a, 0, 3)).toEqual(Array.from({ length: 4 }, () => 'D/-/-/null/false'));
+      expectBytes(await fa.read(0, 4 * P), pattern(0, 4 * P, 2), "mount a's pages");
+      await checkInvariants(a.fs);
+      await checkInvariants(b.fs);
+      for (const l of labs.splice(0)) await l.cleanup();
+    } finally {
+      dm.destroy();
+    }
+  });
+});
+
+describe.each([4096, 65536])('mirror, page size %i: eviction and the mmu_interval sequence', (P) => {
   it('eviction changes a host page only under its page lock: a locked page is kept on the device', async () => {
-    const { lab, f } = await setup(P);
+    const { lab, f } = await setup('mirror', P);
     await f.write(0, pattern(0, 2 * P, 1));
     await f.fsync();
     await f.deviceWrite(0, 2 * P, 2);
@@ -335,7 +397,7 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
   });
 
   it('write-protect and revoke bump the mmu_interval sequence for every page asked, installed or not', async () => {
-    const { lab, f } = await setup(P);
+    const { lab, f } = await setup('mirror', P);
     await f.write(0, pattern(0, 2 * P, 1));
     await f.deviceRead(0, P); // page 0 installed read-only; page 1 not on the device
     const space = lab.dm.space(f.mapping.id);
@@ -346,37 +408,87 @@ describe.each([4096, 65536])('error paths keep the data (mirror), page size %i',
     await lab.dm.protect(space, [1]);
     expect([...space.readRetry(seq, [0, 1])]).toEqual([1]);
   });
+});
 
-  it('two mounts on one device: eviction gives each frame back to the mount that owns it', async () => {
-    const dm = await DeviceMemory.create(gpu, { devicePages: 4, pageSize: P });
-    try {
-      const a = await mountMirror(gpu, { pageSize: P, hostPages: 16, devicePages: 4, dm });
-      const b = await mountMirror(gpu, { pageSize: P, hostPages: 16, devicePages: 4, dm });
-      labs.push(a, b);
-      const fa = await a.fs.open(NAME, { create: true });
-      const fb = await b.fs.open(NAME, { create: true });
-      await fa.write(0, pattern(0, 4 * P, 1));
-      await fb.write(0, pattern(0, 4 * P, 3));
-      await fa.deviceWrite(0, 4 * P, 2); // every frame: mount a's, dirty
-      await fb.deviceRead(0, 4 * P); // evicts them all
-      expect(a.fs.vmstat().device_evictions).toBe(4);
-      expect(rows(a, 0, 3)).toEqual(Array.from({ length: 4 }, () => 'D/-/-/null/false'));
-      expectBytes(await fa.read(0, 4 * P), pattern(0, 4 * P, 2), "mount a's pages");
-      await checkInvariants(a.fs);
-      await checkInvariants(b.fs);
-      for (const l of labs.splice(0)) await l.cleanup();
-    } finally {
-      dm.destroy();
-    }
+describe.each([4096, 65536])("migrate's moves, page size %i: a failed step changes nothing", (P) => {
+  it('a migration to the device whose copy fails leaves A in the page cache, dirty', async () => {
+    const { lab, f, inject } = await setup('migrate', P);
+    await f.write(0, pattern(0, 4 * P, 1)); // dirty: the host holds the only copy
+    const before = rows(lab, 0, 3);
+    inject.failNext('copy-to-device');
+    expect((await rejection(f.deviceRead(0, 4 * P))).code).toBe('EGPU');
+    expect(rows(lab, 0, 3)).toEqual(before);
+    expect(f.nrDirty).toBe(4);
+    expect(lab.dm.pool.freeCount).toBe(16);
+    await checkInvariants(lab.fs);
+    expectBytes(await f.deviceRead(0, 4 * P), pattern(0, 4 * P, 1), 'devread run again');
+    expect(rows(lab, 0, 3).every((r) => r.startsWith('E/-/ro/'))).toBe(true);
+    await f.fsync();
+    expectBytes(diskBytes(lab.dir, NAME), pattern(0, 4 * P, 1), 'disk: the moved dirty pages written');
+  });
+
+  it("a migration home whose copy fails leaves the page on the device, A' mapped with its DIRTY bit", async () => {
+    const { lab, f, inject } = await setup('migrate', P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, 2 * P, 2);
+    const before = rows(lab, 0, 1);
+    const ptes = await gpuPtes(lab, f, 0, 1);
+    const vma = f.mmap();
+    inject.failNext('copy-from-device');
+    expect((await rejection(vma.load(0, 4))).code).toBe('ETIMEDOUT');
+    expect(rows(lab, 0, 1)).toEqual(before);
+    expect(await gpuPtes(lab, f, 0, 1)).toEqual(ptes);
+    expect(lab.fs.vmstat().nr_file_pages).toBe(0);
+    await checkInvariants(lab.fs);
+    expectBytes(await vma.load(0, 2 * P), pattern(0, 2 * P, 2), 'mmap load run again');
+  });
+
+  it('a bounce write that fails changes nothing: its read of a partial page, or its copy', async () => {
+    const { lab, f, inject } = await setup('migrate', P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(0, 2 * P, 2);
+    const before = rows(lab, 0, 1);
+    const ptes = await gpuPtes(lab, f, 0, 1);
+    inject.failNext('copy-from-device'); // the partial page is read first
+    expect((await rejection(f.write(8, pattern(8, 8, 3)))).code).toBe('ETIMEDOUT');
+    inject.failNext('copy-to-device');
+    expect((await rejection(f.write(P, pattern(P, P, 3)))).code).toBe('EGPU');
+    expect(rows(lab, 0, 1)).toEqual(before);
+    expect(await gpuPtes(lab, f, 0, 1)).toEqual(ptes);
+    await checkInvariants(lab.fs);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 2), 'read: neither write landed');
+    await f.write(8, pattern(8, 8, 3));
+    await f.write(P, pattern(P, P, 3));
+    const want = pattern(0, 2 * P, 2);
+    want.set(pattern(8, 8, 3), 8);
+    want.set(pattern(P, P, 3), P);
+    expectBytes(await f.deviceRead(0, 2 * P), want, 'devread after the writes ran again');
+  });
+
+  it('a bounce read that fails changes nothing', async () => {
+    const { lab, f, inject } = await setup('migrate', P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    await f.deviceRead(0, 2 * P);
+    const before = rows(lab, 0, 1);
+    inject.failNext('copy-from-device');
+    expect((await rejection(f.read(0, 2 * P))).code).toBe('ETIMEDOUT');
+    expect(rows(lab, 0, 1)).toEqual(before);
+    expect(lab.fs.vmstat().nr_file_pages).toBe(0);
+    await checkInvariants(lab.fs);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 1), 'read run again');
   });
 });
 
-describe.each([4096, 65536])('device loss (mirror), page size %i: only the device-held data goes', (P) => {
+describe.each(MATRIX)('device loss (%s), page size %i: only the device-held data goes', (policy, P) => {
+  const migrate = policy === 'migrate';
   /** A mount on a GPU of its own; with `lossOnFire`, the GPU is destroyed when a fault fires. */
   async function lossSetup(lossOnFire = false) {
     const own = await openGpu(5_000);
     ownGpus.push(own);
-    const lab = await setup(P, { gpu: own });
+    const lab = await setup(policy, P, { gpu: own });
     if (lossOnFire) lab.inject.options.onFire = () => own.destroy();
     return lab;
   }
@@ -400,6 +512,13 @@ describe.each([4096, 65536])('device loss (mirror), page size %i: only the devic
     const e = await rejection(f.deviceWrite(0, 4 * P, 3));
     expect(e.code).toBe('EIO');
     expect(e.message).toMatch(/^device lost: dirty data of pages 0-3 of f lost/);
+    if (migrate) {
+      // The pages had moved to the device: pages 0-1's newer data went with it; the disk has the rest.
+      expect(rows(lab, 0, 3)).toEqual(Array.from({ length: 4 }, () => '-/-/-/null/false'));
+      expectBytes(await f.read(0, 4 * P), pattern(0, 4 * P, 1), 'read after the loss: the disk');
+      await lab.fs.unmount();
+      return;
+    }
     expect(rows(lab, 0, 3)).toEqual([
       'D/-/-/null/false',
       'D/-/-/null/false',
@@ -412,16 +531,20 @@ describe.each([4096, 65536])('device loss (mirror), page size %i: only the devic
     expectBytes(diskBytes(lab.dir, NAME), hostData(), 'disk after unmount');
   });
 
-  it('lost in the middle of fault service: EIO, the host keeps its data', async () => {
+  it('lost in the middle of fault service: EIO, the host keeps its data (migrate: what had not moved yet)', async () => {
     const { lab, f, inject } = await lossSetup(true);
     await fileWithNewerHostData(f);
     inject.failNext('race-invalidate'); // fires between service and the PTE install
     const e = await rejection(f.deviceWrite(0, 4 * P, 3));
     expect(e.code).toBe('EIO');
     expect(e.message).toMatch(/lost/);
-    expectBytes(await f.read(0, 4 * P), hostData(), 'read after the loss');
+    // migrate: service had moved the whole batch to the device before the install: all four
+    // pages' data is the disk's now (a kernel was running on them: all four are named lost).
+    const want = migrate ? pattern(0, 4 * P, 1) : hostData();
+    if (migrate) expect(e.message).toMatch(/pages 0-3\b/);
+    expectBytes(await f.read(0, 4 * P), want, 'read after the loss');
     await lab.fs.unmount();
-    expectBytes(diskBytes(lab.dir, NAME), hostData(), 'disk after unmount');
+    expectBytes(diskBytes(lab.dir, NAME), want, 'disk after unmount');
   });
 
   it('lost during a copy-back: EIO naming the pages the device wrote; the rest is intact', async () => {

@@ -1,10 +1,10 @@
 /**
- * The fault-injection contract of `hmmlab replay --inject` and `hmmlab stress --inject-rate`: an op
- * that a transient injected fault makes fail is reported and run again, and the run's records
- * (oplog.md's `--json` output) are byte for byte those of the run without the fault, for every
- * transient point at several K on device logs, with the reference model and the invariant checker
- * after every op and every failed attempt. device-lost ends the run (exit 1) and what was fsynced
- * before is on disk.
+ * The fault-injection contract of `hmmlab replay --inject` and `hmmlab stress --inject-rate`, under
+ * each device policy (mirror, migrate): an op that a transient injected fault makes fail is reported
+ * and run again, and the run's records (oplog.md's `--json` output) are byte for byte those of the
+ * run without the fault, for every transient point at several K on device logs, with the reference
+ * model and the invariant checker after every op and every failed attempt. device-lost ends the run
+ * (exit 1) and what was fsynced before is on disk.
  */
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -21,8 +21,8 @@ import { type ReplayRecord, replayOplog } from '../../src/oplog/replay.ts';
 import type { Op } from '../../src/oplog/schema.ts';
 import { stressRuns } from '../../src/oplog/stress.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
-import { MirrorPolicy } from '../../src/policy/mirror.ts';
-import { expectBytes, openGpu, pattern } from '../policy/helpers.ts';
+import { createDevicePolicy } from '../../src/policy/registry.ts';
+import { type DevicePolicyName, expectBytes, openGpu, POLICIES, pattern } from '../policy/helpers.ts';
 
 const ROOT = path.join(import.meta.dirname, '..', '..');
 const SEED = Number(process.env.HMMLAB_SEED ?? Date.now() % 1_000_000);
@@ -58,12 +58,13 @@ afterAll(() => {
 });
 
 interface Setup {
+  policy: DevicePolicyName;
   pageSize: number;
   hostPages: number;
   devicePages: number;
 }
 
-/** Replay with the mirror policy, the model and the invariants after every op and failed attempt. */
+/** Replay under the setup's policy, the model and the invariants after every op and failed attempt. */
 async function replay(ops: Op[], s: Setup, inject: FaultInjector) {
   const dm = await DeviceMemory.create(gpu, { devicePages: s.devicePages, pageSize: s.pageSize });
   const records: ReplayRecord[] = [];
@@ -72,7 +73,7 @@ async function replay(ops: Op[], s: Setup, inject: FaultInjector) {
     await replayOplog(ops, {
       pageSize: s.pageSize,
       hostPages: s.hostPages,
-      policy: new MirrorPolicy(dm),
+      policy: createDevicePolicy(s.policy, dm),
       check: true,
       inject,
       retries: 1,
@@ -89,18 +90,18 @@ async function replay(ops: Op[], s: Setup, inject: FaultInjector) {
   return { records, retried };
 }
 
-const logs: { name: string; ops: Op[]; setup: Setup }[] = [
+const logs: { name: string; ops: Op[]; setup: Setup }[] = POLICIES.flatMap((policy) => [
   {
-    name: 'the README device log',
+    name: `the README device log (${policy})`,
     ops: parseOplog(README_LOG).ops,
-    setup: { pageSize: 4096, hostPages: 8, devicePages: 8 },
+    setup: { policy, pageSize: 4096, hostPages: 8, devicePages: 8 },
   },
   {
-    name: `a generated device log (seed ${SEED}), 64 KiB pages`,
-    ops: generateOplog({ seed: SEED, ops: 120, device: true, pageSize: 65536, maxFileSize: 16 * 65536 }),
-    setup: { pageSize: 65536, hostPages: 6, devicePages: 5 },
+    name: `a generated device log (seed ${SEED}), 64 KiB pages (${policy})`,
+    ops: generateOplog({ seed: SEED, ops: 100, device: true, pageSize: 65536, maxFileSize: 16 * 65536 }),
+    setup: { policy, pageSize: 65536, hostPages: 6, devicePages: 5 },
   },
-];
+]);
 
 describe.each(logs)('replay --inject on $name', ({ ops, setup }) => {
   let baseline: ReplayRecord[];
@@ -148,11 +149,22 @@ function hmmlab(args: string[]) {
   return { status: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 
-describe('the command line', () => {
+it('a bad --inject is one line naming it, before anything runs', () => {
+  const log = path.join(tmp, 'readme.jsonl');
+  fs.writeFileSync(log, `${README_LOG}\n`);
+  const r = hmmlab(['replay', log, '--inject', 'pwrit@1']);
+  expect(r.status).toBe(2);
+  expect(r.stdout).toBe('');
+  expect(r.stderr.trim().split('\n').at(-1)).toMatch(
+    /^hmmlab: EINVAL: bad --inject "pwrit@1": unknown point "pwrit"/,
+  );
+});
+
+describe.each(POLICIES)('the command line (%s)', (policy) => {
   it('replay --json --inject prints what the run without it prints; the fault and the retry are on stderr', () => {
     const log = path.join(tmp, 'readme.jsonl');
     fs.writeFileSync(log, `${README_LOG}\n`);
-    const args = ['replay', log, '--json', '--host-pages', '8', '--device-pages', '8'];
+    const args = ['replay', log, '--json', '--policy', policy, '--host-pages', '8', '--device-pages', '8'];
     const plain = hmmlab(args);
     expect(plain.status).toBe(0);
     const r = hmmlab([...args, '--inject', 'copy-from-device@1,pwrite@2']);
@@ -162,17 +174,6 @@ describe('the command line', () => {
     expect(r.stderr).toMatch(/^hmmlab: injected pwrite#2 at line \d+$/m);
     expect(r.stderr).toMatch(/^hmmlab: ETIMEDOUT: line \d+ \(\w+.*\): .*; running it again$/m);
     expect(r.stderr).toMatch(/^hmmlab: EIO: line \d+ \(\w+.*\): .*pwrite: I\/O error; running it again$/m);
-  });
-
-  it('a bad --inject is one line naming it, before anything runs', () => {
-    const log = path.join(tmp, 'readme.jsonl');
-    fs.writeFileSync(log, `${README_LOG}\n`);
-    const r = hmmlab(['replay', log, '--inject', 'pwrit@1']);
-    expect(r.status).toBe(2);
-    expect(r.stdout).toBe('');
-    expect(r.stderr.trim().split('\n').at(-1)).toMatch(
-      /^hmmlab: EINVAL: bad --inject "pwrit@1": unknown point "pwrit"/,
-    );
   });
 
   it('device-lost ends the run with exit 1 naming the lost pages; what was fsynced is on disk', async () => {
@@ -189,7 +190,17 @@ describe('the command line', () => {
         '{"op":"read","off":0,"len":4}',
       ].join('\n'),
     );
-    const r = hmmlab(['replay', log, '--json', '--dir', dir, '--inject', 'device-lost@2']);
+    const r = hmmlab([
+      'replay',
+      log,
+      '--json',
+      '--policy',
+      policy,
+      '--dir',
+      dir,
+      '--inject',
+      'device-lost@2',
+    ]);
     expect(r.status).toBe(1);
     expect(r.stdout).toBe('');
     expect(r.stderr).toMatch(/^hmmlab: injected device-lost#2 at line 4$/m);
@@ -205,9 +216,11 @@ describe('the command line', () => {
     await hfs.unmount();
   });
 
-  it('stress --inject-rate 0.02 --ops 5000 passes, every transient point fired, counted by point', () => {
+  it('stress --inject-rate 0.02 passes, every transient point fired, counted by point', () => {
     const r = hmmlab([
       'stress',
+      '--policy',
+      policy,
       '--inject-rate',
       '0.02',
       '--seed',
@@ -225,22 +238,25 @@ describe('the command line', () => {
   }, 240_000);
 });
 
-it('stress with a high injection rate and tiny budgets passes, the invariants checked after every failed attempt', async () => {
-  const r = await stressRuns({
-    seed: SEED,
-    runs: 1,
-    ops: 800,
-    device: true,
-    pageSize: 4096,
-    hostPages: 6,
-    maxFileSize: 32 * 4096,
-    injectRate: 0.08,
-    policyFor: async () => {
-      const dm = await DeviceMemory.create(gpu, { devicePages: 5, pageSize: 4096 });
-      return { policy: new MirrorPolicy(dm), close: () => dm.destroy() };
-    },
-  });
-  expect(r.failure?.reason ?? null).toBeNull();
-  expect(r.ops).toBe(800);
-  expect(r.retriedOps).toBeGreaterThan(10);
-});
+it.each(POLICIES)(
+  'stress (%s) with a high injection rate and tiny budgets passes, the invariants checked after every failed attempt',
+  async (policy) => {
+    const r = await stressRuns({
+      seed: SEED,
+      runs: 1,
+      ops: 800,
+      device: true,
+      pageSize: 4096,
+      hostPages: 6,
+      maxFileSize: 32 * 4096,
+      injectRate: 0.08,
+      policyFor: async () => {
+        const dm = await DeviceMemory.create(gpu, { devicePages: 5, pageSize: 4096 });
+        return { policy: createDevicePolicy(policy, dm), close: () => dm.destroy() };
+      },
+    });
+    expect(r.failure?.reason ?? null).toBeNull();
+    expect(r.ops).toBe(800);
+    expect(r.retriedOps).toBeGreaterThan(10);
+  },
+);

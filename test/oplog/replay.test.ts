@@ -121,7 +121,7 @@ test('device ops are refused before anything runs, naming the line', async () =>
   const e = await replayOplog(ops, { dir }).catch((x) => x);
   expect(e).toBeInstanceOf(HmmlabError);
   expect(e.code).toBe('ENODEV');
-  expect(e.message).toBe('line 2: devwrite needs a device: replay with the mirror policy');
+  expect(e.message).toBe('line 2: devwrite needs a device: replay with a device policy (mirror or migrate)');
   expect((await readFile(join(dir, 'oplog.dat')).catch(() => new Uint8Array(0))).length).toBe(0);
 });
 

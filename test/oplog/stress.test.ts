@@ -120,9 +120,12 @@ test('--save-ops without a failure saves the last run, which replay --check repr
 // Concurrent: each is a child process that exits before opening the GPU.
 test.concurrent.each([
   [['--ops', '0'], 'EINVAL: bad --ops "0": expected a positive integer'],
-  [['--policy', 'migrate'], `EINVAL: bad --policy "migrate": expected 'mirror' or 'none'`],
+  [['--policy', 'kara'], `EINVAL: bad --policy "kara": expected one of 'mirror', 'migrate', 'none'`],
   [['--seed', '2147483648'], 'EINVAL: bad --seed "2147483648": expected an integer from 0 to 2147483647'],
-  [['--device', '--policy', 'none'], 'EINVAL: --device needs --policy mirror: device ops run on the GPU'],
+  [
+    ['--device', '--policy', 'none'],
+    'EINVAL: --device needs a device policy (mirror or migrate): device ops run on the GPU',
+  ],
   [['--max-file-size', '100'], 'EINVAL: bad --max-file-size "100": expected an integer >= 512'],
 ])('bad option %j: EINVAL in one line, exit 2, nothing run', async (args, message) => {
   const r = await hmmlab(['stress', ...args]);

@@ -120,3 +120,13 @@ describe('the sentences follow the numbers', () => {
     );
   });
 });
+
+it('the comparison chapter runs the same workloads under mirror, migrate and explicit', async () => {
+  let out = '';
+  const { compareChapter } = await import('../../src/cli/compare.ts');
+  expect(await runDemo({ gpu, print: (t) => (out += t) }, [compareChapter])).toBe(0);
+  expect(out).toMatch(/every run's data checked against what it wrote: OK/);
+  for (const p of ['mirror', 'migrate', 'explicit'])
+    expect(out).toMatch(new RegExp(`^glisse-dataset +${p} `, 'm'));
+  expect(out).toMatch(/migrate holds none of the dataset on the host/);
+});

@@ -1,19 +1,30 @@
 /**
- * The device half's errors under the mirror policy, on the real adapter: a device write that
- * page_mkwrite refuses fails those pages' accesses with a SIGBUS-like EFAULT naming them while the
- * other threads' writes land; device loss while the device holds dirty pages reports which pages
- * were lost (EIO), never hangs, and what the CPU held still reaches the disk; an orderly detach
- * copies back every page the device holds first, as device hot-unplug must.
+ * The device half's errors under each device policy (mirror, migrate) and page size, on the real
+ * adapter: a device write that page_mkwrite refuses fails those pages' accesses with a SIGBUS-like
+ * EFAULT naming them while the other threads' writes land; device loss while the device holds dirty
+ * pages reports which pages were lost (EIO), never hangs, and what the CPU held still reaches the
+ * disk (under migrate a dirty page the device read moved there with its data, so it is lost with the
+ * device and named); an orderly detach copies back every page the device holds first, as device
+ * hot-unplug must (under migrate every page comes home: A was freed when it moved).
  */
 import { afterEach, describe, expect, it } from 'vitest';
 import { HmmlabError } from '../../src/errors.ts';
 import type { GpuDevice } from '../../src/gpu/device.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
 import { rejection } from '../helpers/rejection.ts';
-import { diskBytes, expectBytes, type MirrorLab, mountMirror, openGpu, pattern } from './helpers.ts';
+import {
+  type DeviceLab,
+  type DevicePolicyName,
+  diskBytes,
+  expectBytes,
+  MATRIX,
+  mountDevice,
+  openGpu,
+  pattern,
+} from './helpers.ts';
 
 const NAME = 'err.dat';
-const opened: { gpu: GpuDevice; lab: MirrorLab | null }[] = [];
+const opened: { gpu: GpuDevice; lab: DeviceLab | null }[] = [];
 
 afterEach(async () => {
   for (const o of opened.splice(0)) {
@@ -22,18 +33,19 @@ afterEach(async () => {
   }
 });
 
-async function setup(pageSize: number, blocks?: number) {
+async function setup(policy: DevicePolicyName, pageSize: number, blocks?: number) {
   const gpu = await openGpu(5_000); // a hang fails fast
-  const slot: { gpu: GpuDevice; lab: MirrorLab | null } = { gpu, lab: null };
+  const slot: { gpu: GpuDevice; lab: DeviceLab | null } = { gpu, lab: null };
   opened.push(slot);
-  slot.lab = await mountMirror(gpu, { pageSize, hostPages: 64, devicePages: 64, blocks });
+  slot.lab = await mountDevice(gpu, { policy, pageSize, hostPages: 64, devicePages: 64, blocks });
   return slot.lab;
 }
 
-describe.each([4096, 65536])('device errors (mirror), page size %i', (P) => {
+describe.each(MATRIX)('device errors (%s), page size %i', (policy, P) => {
+  const migrate = policy === 'migrate';
   it('a device write that page_mkwrite refuses fails with EFAULT naming the pages; the other writes land', async () => {
     // Pages 0-1 have blocks; pages 2-3 are a hole past them, and the budget has no block left.
-    const lab = await setup(P, 2);
+    const lab = await setup(policy, P, 2);
     const f = await lab.fs.open(NAME, { create: true });
     await f.write(0, pattern(0, 2 * P, 1));
     await f.truncate(4 * P);
@@ -58,22 +70,25 @@ describe.each([4096, 65536])('device errors (mirror), page size %i', (P) => {
   });
 
   it('device loss while the device holds dirty pages: EIO naming them, no hang, CPU data on disk', async () => {
-    const lab = await setup(P);
+    const lab = await setup(policy, P);
     const f = await lab.fs.open(NAME, { create: true });
     await f.write(0, pattern(0, 8 * P, 1));
     await f.fsync();
     await f.write(0, pattern(0, 4 * P, 2)); // pages 0-3: dirty, held by the CPU only
     await f.deviceWrite(4 * P, 4 * P, 3); // pages 4-7: dirty, held by the device only
-    await f.deviceRead(0, 4); // page 0 also readable on the device (clean copy)
-    expect(lab.fs.snapshot(NAME, 4, 7).every((r) => r.host === 'S' && r.dev === 'rw')).toBe(true);
+    // Page 0 readable on the device too: mirror, a clean copy beside A; migrate, A moved there, dirty.
+    await f.deviceRead(0, 4);
+    const held = migrate ? 'E' : 'S';
+    expect(lab.fs.snapshot(NAME, 4, 7).every((r) => r.host === held && r.dev === 'rw')).toBe(true);
     const t0 = Date.now();
     lab.gpu.destroy();
     const e = await rejection(f.fsync());
     expect(Date.now() - t0).toBeLessThan(15_000);
     expect(e.code).toBe('EIO');
     expect(e.message).toMatch(/lost/);
-    expect(e.message).toMatch(/pages 4-7\b/);
-    expect(e.message).not.toMatch(/\b0-|\b[0-3]-[0-9]/); // the CPU's pages are not lost
+    // The CPU's pages are not lost; under migrate page 0 was no longer the CPU's.
+    expect(e.message).toMatch(migrate ? /pages 0, 4-7\b/ : /pages 4-7\b/);
+    expect(e.message).not.toMatch(/\b0-|\b[1-3]-[0-9]|\b[1-3],/);
     // Device ops fail from now on, at once.
     // The loss was reported once (by the fsync); the device is gone for good: ENODEV naming why.
     const again = await rejection(f.deviceRead(0, 4));
@@ -84,11 +99,14 @@ describe.each([4096, 65536])('device errors (mirror), page size %i', (P) => {
     expect(Date.now() - t0).toBeLessThan(30_000);
     const disk = diskBytes(lab.dir, NAME);
     expect(disk.length).toBe(8 * P);
-    expectBytes(disk.subarray(0, 4 * P), pattern(0, 4 * P, 2), 'CPU-held pages on disk after the loss');
+    // Page 0 under migrate: its newest data went with the device; the disk has what it had.
+    const cpuHeld = pattern(0, 4 * P, 2);
+    if (migrate) cpuHeld.set(pattern(0, P, 1));
+    expectBytes(disk.subarray(0, 4 * P), cpuHeld, 'CPU-held pages on disk after the loss');
   }, 60_000);
 
   it('an orderly detach first copies back every page the device holds', async () => {
-    const lab = await setup(P);
+    const lab = await setup(policy, P);
     const f = await lab.fs.open(NAME, { create: true });
     await f.write(0, pattern(0, 8 * P, 1));
     await f.fsync();
@@ -97,8 +115,9 @@ describe.each([4096, 65536])('device errors (mirror), page size %i', (P) => {
     const want = pattern(0, 8 * P, 1);
     want.set(pattern(P + 8, 3 * P, 2), P + 8);
     const before = lab.dm.counters.bytesDeviceToHost;
-    await lab.mirror.detach();
-    expect(lab.dm.counters.bytesDeviceToHost - before).toBe(4 * P); // the dirty pages, once each
+    await lab.policy.detach();
+    // mirror: the dirty pages, once each; migrate: every page the device holds comes home
+    expect(lab.dm.counters.bytesDeviceToHost - before).toBe((migrate ? 6 : 4) * P);
     const rows = lab.fs.snapshot(NAME, 0, 7);
     expect(rows.map((r) => r.dev)).toEqual(Array.from({ length: 8 }, () => '-'));
     expect(rows.map((r) => r.host).join('')).toMatch(/^[-CD]{8}$/); // no S, no E left

@@ -1,13 +1,15 @@
 /**
  * fsx-style property test with device ops (issue 4): random op logs with devread/devwrite among the
- * CPU ops, on a mirror mount, for page sizes 4 KiB and 64 KiB, host budgets of 4-8 pages and device
- * budgets of 4-16 pages over files of up to 24 pages, so host reclaim (leaving device entries) and
- * device eviction both run (the counters must show both). Every read is checked against the
+ * CPU ops, under each device policy (mirror, migrate) and page sizes 4 KiB and 64 KiB, host budgets
+ * of 4-8 pages and device budgets of 4-16 pages over files of up to 24 pages, so host reclaim and
+ * device eviction both run (the counters must show both: under mirror reclaim leaves device
+ * entries; under migrate the pages left for the device at once, and eviction brings them home). Every read is checked against the
  * reference model after its op and checkInvariants runs after every op (replay's afterOp hook), the
  * disk is compared after every fsync and remount and after the final unmount: replayOplog's check
- * mode, as `hmmlab replay --check --policy mirror` runs it. A log from generateOplog is replayed too.
+ * mode, as `hmmlab replay --check --policy NAME` runs it. A log from generateOplog is replayed too.
  *
- * The seed is printed; HMMLAB_FSX_SEED=<seed> reruns it, HMMLAB_FSX_RUNS=<n> logs per page size.
+ * The seed is printed; HMMLAB_FSX_SEED=<seed> reruns it, HMMLAB_FSX_RUNS=<n> logs per policy and
+ * page size.
  * A failure shrinks the log, saves it under os.tmpdir() and prints the replay command.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
@@ -21,12 +23,12 @@ import { generateOplog } from '../../src/oplog/generate.ts';
 import { replayOplog } from '../../src/oplog/replay.ts';
 import { type Op, serializeOplog } from '../../src/oplog/schema.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
-import { MirrorPolicy } from '../../src/policy/mirror.ts';
+import { createDevicePolicy } from '../../src/policy/registry.ts';
 import { finishOplog, opArbitrary } from '../oplog/arbitrary.ts';
-import { openGpu } from './helpers.ts';
+import { type DevicePolicyName, MATRIX, openGpu } from './helpers.ts';
 
 const SEED = process.env.HMMLAB_FSX_SEED ? Number(process.env.HMMLAB_FSX_SEED) : Date.now() % 0x7fffffff;
-const RUNS = Number(process.env.HMMLAB_FSX_RUNS ?? 50);
+const RUNS = Number(process.env.HMMLAB_FSX_RUNS ?? 25);
 const MAX_OPS = 200;
 const FILE_PAGES = 24;
 
@@ -36,12 +38,12 @@ interface FsxCase {
   ops: Op[];
 }
 
-async function saveFailure(c: FsxCase, pageSize: number): Promise<string> {
+async function saveFailure(c: FsxCase, policy: DevicePolicyName, pageSize: number): Promise<string> {
   const dir = join(tmpdir(), 'hmmlab-fsx-failures');
   await mkdir(dir, { recursive: true });
   const path = join(
     dir,
-    `fsx-device-seed${SEED}-page${pageSize}-host${c.hostPages}-dev${c.devicePages}.jsonl`,
+    `fsx-device-${policy}-seed${SEED}-page${pageSize}-host${c.hostPages}-dev${c.devicePages}.jsonl`,
   );
   await writeFile(path, serializeOplog(c.ops));
   return path;
@@ -80,9 +82,11 @@ afterAll(() => {
   if (!gpu.lost) gpu.destroy();
 });
 
-describe.each([4096, 65536])('fsx with device ops on a mirror mount, page size %i', (pageSize) => {
+describe.each(MATRIX)('fsx with device ops on a %s mount, page size %i', (policy, pageSize) => {
   test('random op logs match the reference model, invariants hold after every op', async () => {
-    console.log(`fsx-device page size ${pageSize}: seed ${SEED} (HMMLAB_FSX_SEED=${SEED} reruns it)`);
+    console.log(
+      `fsx-device ${policy} page size ${pageSize}: seed ${SEED} (HMMLAB_FSX_SEED=${SEED} reruns it)`,
+    );
     const arb = fc.record({
       hostPages: fc.integer({ min: 4, max: 8 }),
       devicePages: fc.integer({ min: 4, max: 16 }),
@@ -105,7 +109,7 @@ describe.each([4096, 65536])('fsx with device ops on a mirror mount, page size %
           const r = await replayOplog(c.ops, {
             pageSize,
             hostPages: c.hostPages,
-            policy: new MirrorPolicy(dm),
+            policy: createDevicePolicy(policy, dm),
             check: true,
             afterOp: async (fs) => {
               await checkInvariants(fs);
@@ -117,7 +121,8 @@ describe.each([4096, 65536])('fsx with device ops on a mirror mount, page size %
           total.reads += r.reads.length;
           total.diskChecks += r.diskChecks;
           total.reclaimed += r.vmstat.pgsteal_direct ?? 0;
-          total.deviceEntries += r.vmstat.workingset_device_entry ?? 0;
+          total.deviceEntries +=
+            (r.vmstat.workingset_device_entry ?? 0) + (r.vmstat.device_migrations_to_device ?? 0);
           total.deviceEvictions += dm.counters.evictions;
         } finally {
           dm.destroy();
@@ -127,27 +132,28 @@ describe.each([4096, 65536])('fsx with device ops on a mirror mount, page size %
     );
     if (details.failed) {
       const c = details.counterexample![0];
-      const path = await saveFailure(c, pageSize);
+      const path = await saveFailure(c, policy, pageSize);
       const message =
-        `fsx-device failed: page size ${pageSize}, seed ${SEED}, path ${details.counterexamplePath}, ` +
+        `fsx-device failed: policy ${policy}, page size ${pageSize}, seed ${SEED}, path ${details.counterexamplePath}, ` +
         `${details.numShrinks} shrinks\n${String(details.errorInstance)}\n` +
         `shrunk log (${c.ops.length} ops, host pages ${c.hostPages}, device pages ${c.devicePages}) saved as ${path}\n` +
-        `reproduce: node bin/hmmlab.mjs replay ${path} --check --policy mirror --page-size ${pageSize} ` +
+        `reproduce: node bin/hmmlab.mjs replay ${path} --check --policy ${policy} --page-size ${pageSize} ` +
         `--host-pages ${c.hostPages} --device-pages ${c.devicePages}\n` +
         `rerun: HMMLAB_FSX_SEED=${SEED} npx vitest run test/policy/fsx-device.test.ts`;
       console.error(message);
       throw new Error(message);
     }
-    console.log(`fsx-device page size ${pageSize}: ${JSON.stringify(total)}`);
+    console.log(`fsx-device ${policy} page size ${pageSize}: ${JSON.stringify(total)}`);
     expect(total.deviceOps).toBeGreaterThan(RUNS);
     expect(invariantChecks).toBeGreaterThanOrEqual(total.ops);
     expect(total.diskChecks).toBeGreaterThanOrEqual(RUNS); // at least the end of each log
     expect(total.reclaimed).toBeGreaterThan(0); // host reclaim ran
-    expect(total.deviceEntries).toBeGreaterThan(0); // ... and left device entries
+    // mirror: reclaim left device entries; migrate: pages left for the device in fault service.
+    expect(total.deviceEntries).toBeGreaterThan(0);
     expect(total.deviceEvictions).toBeGreaterThan(0); // device eviction ran
   }, 600_000);
 
-  test('a generated log with device ops replays through replay.ts on a mirror mount, checked', async () => {
+  test('a generated log with device ops replays through replay.ts, checked', async () => {
     const seed = SEED ^ pageSize;
     const hostPages = 6;
     const devicePages = 8;
@@ -164,13 +170,13 @@ describe.each([4096, 65536])('fsx with device ops on a mirror mount, page size %
         pageSize,
         hostPages,
         check: true,
-        policy: new MirrorPolicy(dm),
+        policy: createDevicePolicy(policy, dm),
         afterOp: (fs) => checkInvariants(fs),
       }).catch(async (e) => {
-        const path = await saveFailure({ hostPages, devicePages, ops }, pageSize);
+        const path = await saveFailure({ hostPages, devicePages, ops }, policy, pageSize);
         throw new Error(
           `${(e as Error).message}\nlog (generateOplog seed ${seed}) saved as ${path}\n` +
-            `reproduce: node bin/hmmlab.mjs replay ${path} --check --policy mirror --page-size ${pageSize} ` +
+            `reproduce: node bin/hmmlab.mjs replay ${path} --check --policy ${policy} --page-size ${pageSize} ` +
             `--host-pages ${hostPages} --device-pages ${devicePages}`,
           { cause: e },
         );

@@ -1,7 +1,8 @@
 /**
- * Shared set-up for the device-half tests: a real GPU, device memory, Kara's mirror policy and an
- * HmmFs over a fresh temp dir; the op-log byte pattern; byte comparisons; counter deltas; and what
- * the atomic kernel must leave behind.
+ * Shared set-up for the device-half tests: a real GPU, device memory, a device policy (Kara's mirror
+ * or Glisse's migrate, by name through src/policy/registry.ts) and an HmmFs over a fresh temp dir;
+ * the op-log byte pattern; byte comparisons; counter deltas; and what the atomic kernel must leave
+ * behind. `POLICIES` is the policy axis of the device test matrix (policy x page size).
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -13,7 +14,8 @@ import { GpuDevice } from '../../src/gpu/device.ts';
 import type { FaultInjector } from '../../src/inject/inject.ts';
 import { patternBytes } from '../../src/oplog/pattern.ts';
 import { firstDifference } from '../../src/oplog/replay.ts';
-import { MirrorPolicy } from '../../src/policy/mirror.ts';
+import type { DevicePolicy } from '../../src/policy/device.ts';
+import { createDevicePolicy, DEVICE_POLICY_NAMES, type DevicePolicyName } from '../../src/policy/registry.ts';
 
 export { diskBytes } from '../fs/helpers.ts';
 export { patternBytes as pattern };
@@ -24,6 +26,15 @@ export async function openGpu(timeoutMs = 20_000): Promise<GpuDevice> {
   gpu.timeoutMs = timeoutMs;
   return gpu;
 }
+
+/** The device policies every device test runs under. */
+export const POLICIES: readonly DevicePolicyName[] = DEVICE_POLICY_NAMES;
+export type { DevicePolicyName };
+
+/** The device test matrix: every policy x page sizes 4 KiB and 64 KiB, for describe.each. */
+export const MATRIX = POLICIES.flatMap((policy) =>
+  [4096, 65536].map((pageSize) => [policy, pageSize] as const),
+);
 
 export interface MirrorOptions {
   pageSize: number;
@@ -37,17 +48,29 @@ export interface MirrorOptions {
   dm?: DeviceMemory;
 }
 
-export interface MirrorLab {
+export interface DeviceOptions extends MirrorOptions {
+  /** The policy (default mirror). */
+  policy?: DevicePolicyName;
+}
+
+export interface DeviceLab {
   gpu: GpuDevice;
   dm: DeviceMemory;
-  mirror: MirrorPolicy;
+  /** The policy's name and the policy. */
+  name: DevicePolicyName;
+  policy: DevicePolicy;
   fs: HmmFs;
   dir: string;
   /** Unmount (errors ignored: a lost device may refuse), free the device memory, remove the dir. */
   cleanup(): Promise<void>;
 }
 
-export async function mountMirror(gpu: GpuDevice, o: MirrorOptions): Promise<MirrorLab> {
+/** A mirror mount (the policy of most device tests before migrate; mountDevice names one). */
+export type MirrorLab = DeviceLab;
+export const mountMirror = (gpu: GpuDevice, o: MirrorOptions): Promise<DeviceLab> =>
+  mountDevice(gpu, { ...o, policy: 'mirror' });
+
+export async function mountDevice(gpu: GpuDevice, o: DeviceOptions): Promise<DeviceLab> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-policy-'));
   const shared = o.dm !== undefined;
   const dm =
@@ -57,19 +80,21 @@ export async function mountMirror(gpu: GpuDevice, o: MirrorOptions): Promise<Mir
       pageSize: o.pageSize,
       batchSize: o.batchSize ?? 256,
     }));
-  const mirror = new MirrorPolicy(dm);
+  const name = o.policy ?? 'mirror';
+  const policy = createDevicePolicy(name, dm);
   const hfs = await HmmFs.mount({
     dir,
     pageSize: o.pageSize,
     hostPages: o.hostPages,
     blocks: o.blocks,
-    policy: mirror,
+    policy,
     inject: o.inject,
   });
   return {
     gpu,
     dm,
-    mirror,
+    name,
+    policy,
     fs: hfs,
     dir,
     async cleanup() {

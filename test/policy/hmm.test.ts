@@ -1,10 +1,13 @@
 /**
- * The cases of the kernel's tools/testing/selftests/mm/hmm-tests.c that apply to file pages, under
- * Jan Kara's mirror scheme on the real adapter: set up a file, do one device operation, check the
- * data, the faults and the bytes copied (the device layer's counters and the run's own), and the
- * page states (fs.snapshot, as test_hmm's SNAPSHOT). One behaviour a test, for page sizes 4 KiB and
- * 64 KiB. N = 32 pages: at 4 KiB that is two whole fault-around windows (64 KiB), so a CPU fault of
- * the first half maps exactly the first half; at 64 KiB there is no fault-around.
+ * The file-page behaviours of the kernel's tools/testing/selftests/mm/hmm-tests.c (file_read,
+ * file_write, exclusive, and file counterparts of anon_read_multiple; the migrate_* cases are hmm-tests.test.ts), under each
+ * device policy (Kara's mirror, Glisse's migrate) on the real adapter: set up a file, do one device
+ * operation, check the data, the faults and the bytes copied (the device layer's counters and the
+ * run's own), and the page states (fs.snapshot, as test_hmm's SNAPSHOT). One behaviour a test, for
+ * each policy and page sizes 4 KiB and 64 KiB; where a step means something else under migrate
+ * (the page moves instead of being copied), the test says what it checks for each.
+ * N = 32 pages: at 4 KiB that is two whole fault-around windows (64 KiB), so a CPU fault of the
+ * first half maps exactly the first half; at 64 KiB there is no fault-around.
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { GpuDevice } from '../../src/gpu/device.ts';
@@ -12,11 +15,12 @@ import { checkInvariants } from '../../src/policy/invariants.ts';
 import {
   atomicTotals,
   counters,
+  type DeviceLab,
   delta,
   diskBytes,
   expectBytes,
-  type MirrorLab,
-  mountMirror,
+  MATRIX,
+  mountDevice,
   openGpu,
   pattern,
   u32,
@@ -25,9 +29,10 @@ import {
 const N = 32;
 const NAME = 'hmm.dat';
 
-describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (P) => {
+describe.each(MATRIX)('hmm-tests on file pages (%s), page size %i', (policy, P) => {
+  const migrate = policy === 'migrate';
   let gpu: GpuDevice;
-  let lab: MirrorLab | null = null;
+  let lab: DeviceLab | null = null;
 
   beforeAll(async () => {
     gpu = await openGpu();
@@ -40,9 +45,9 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
     lab = null;
   });
 
-  /** A mirror mount with a file of N pages of tag 1, on disk and out of the page cache. */
+  /** A mount with a file of N pages of tag 1, on disk and out of the page cache. */
   async function setup(devicePages = 64, hostPages = 64) {
-    lab = await mountMirror(gpu, { pageSize: P, hostPages, devicePages });
+    lab = await mountDevice(gpu, { policy, pageSize: P, hostPages, devicePages });
     const f = await lab.fs.open(NAME, { create: true });
     await f.write(0, pattern(0, N * P, 1));
     await f.fsync();
@@ -57,7 +62,7 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
   }
   const all = (s: string, n = N) => Array.from({ length: n }, () => s);
 
-  it('device read of a file mapping: the data, one fault per page, copies to the device only', async () => {
+  it('file_read: device read of a file mapping: the data, one fault per page, copies to the device only', async () => {
     const { f, dm } = await setup();
     const vma = f.mmap();
     expectBytes(await vma.load(0, N * P), pattern(0, N * P, 1), 'CPU load');
@@ -69,7 +74,9 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
     expect(d.faultsRaw).toBeGreaterThan(N); // thousands of threads on each page: coalesced
     expect(d.bytesHostToDevice).toBe(N * P);
     expect(d.bytesDeviceToHost).toBe(0);
-    expect(await states()).toEqual(all('C/ro/ro'));
+    // mirror: A stays, write-protected; migrate: A moved to the device, the CPU mapping cleared.
+    expect(await states()).toEqual(all(migrate ? 'E/ro/-' : 'C/ro/ro'));
+    expect(lab!.fs.vmstat().nr_file_pages).toBe(migrate ? 0 : N);
     await checkInvariants(lab!.fs);
   });
 
@@ -84,23 +91,25 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
     expect(d.replays).toBe(0);
   });
 
-  it('a device read fault write-protects a writable CPU mapping; the next CPU store revokes the device', async () => {
+  it('a device read fault write-protects (mirror) or unmaps (migrate) a writable CPU mapping; the next CPU store takes the page back', async () => {
     const { f, dm } = await setup();
     const vma = f.mmap();
     await vma.store(0, pattern(0, 2 * P, 2));
     expect(await states(0, 1)).toEqual(all('D/-/rw', 2));
     expectBytes(await f.deviceRead(0, 2 * P), pattern(0, 2 * P, 2), 'device read of CPU-written pages');
-    expect(await states(0, 1)).toEqual(all('D/ro/ro', 2));
+    expect(await states(0, 1)).toEqual(all(migrate ? 'E/ro/-' : 'D/ro/ro', 2));
     const before = counters(dm.counters);
     await vma.store(P, pattern(P, 4, 3));
+    // mirror: A' revoked; migrate: page 1 migrated back (A' revoked and freed, its data copied home)
     expect(delta(before, dm.counters).revocations).toBeGreaterThanOrEqual(1);
-    expect(await states(0, 1)).toEqual(['D/ro/ro', 'D/-/rw']);
+    expect(delta(before, dm.counters).bytesDeviceToHost).toBe(migrate ? P : 0);
+    expect(await states(0, 1)).toEqual(migrate ? ['E/ro/-', 'D/-/rw'] : ['D/ro/ro', 'D/-/rw']);
     const want = pattern(0, 2 * P, 2);
     want.set(pattern(P, 4, 3), P);
     expectBytes(await f.deviceRead(0, 2 * P), want, 'device read after the CPU store');
   });
 
-  it('device write is visible through the mapping and through read(2), each page copied back once', async () => {
+  it('file_write: device write is visible through the mapping and through read(2), each page copied back once', async () => {
     const { lab, f, dm } = await setup();
     const vma = f.mmap();
     await vma.load(0, N * P);
@@ -115,13 +124,14 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
     expect(d.bytesDeviceToHost).toBe(0);
     expect(lab.fs.vmstat().pgunmap - pgunmap).toBeGreaterThanOrEqual(N); // every CPU PTE cleared
     const rows = await lab.fs.snapshot(NAME, 0, N - 1);
-    expect(rows.map((r) => `${r.host}/${r.dev}/${r.cpu}`)).toEqual(all('S/rw/-'));
+    expect(rows.map((r) => `${r.host}/${r.dev}/${r.cpu}`)).toEqual(all(migrate ? 'E/rw/-' : 'S/rw/-'));
     expect(rows.every((r) => r.devDirty && r.frame !== null)).toBe(true);
 
     const want = pattern(0, N * P, 1);
     want.set(pattern(P / 2, N * P - P, 2), P / 2);
     expectBytes(await vma.load(0, N * P), want, 'mmap load after the device write');
-    expect(await states()).toEqual(all('D/ro/ro'));
+    // mirror: copied back, A' read-only beside A; migrate: migrated back, A' freed
+    expect(await states()).toEqual(all(migrate ? 'D/-/ro' : 'D/ro/ro'));
     expectBytes(await f.read(0, N * P), want, 'read(2) after the device write');
     d = delta(before, dm.counters);
     expect(d.bytesDeviceToHost).toBe(N * P);
@@ -137,15 +147,20 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
     const before = counters(dm.counters);
     expectBytes(await vma.load(0, (N / 2) * P), pattern(0, (N / 2) * P, 3), 'CPU load of the first half');
     expect(delta(before, dm.counters).bytesDeviceToHost).toBe((N / 2) * P);
-    expect(await states()).toEqual([...all('D/ro/ro', N / 2), ...all('S/rw/-', N / 2)]);
+    expect(await states()).toEqual(
+      migrate
+        ? [...all('D/-/ro', N / 2), ...all('E/rw/-', N / 2)]
+        : [...all('D/ro/ro', N / 2), ...all('S/rw/-', N / 2)],
+    );
 
-    // Writing the whole range again upgrades the first half (no copy: A' holds the data).
+    // Writing the whole range again: mirror upgrades the first half (no copy: A' holds the data);
+    // migrate moves it to the device again (one copy each).
     const again = counters(dm.counters);
     await f.deviceWrite(0, N * P, 4);
     const d = delta(again, dm.counters);
     expect(d.faultsUnique).toBe(N / 2);
-    expect(d.bytesHostToDevice).toBe(0);
-    expect(await states()).toEqual(all('S/rw/-'));
+    expect(d.bytesHostToDevice).toBe(migrate ? (N / 2) * P : 0);
+    expect(await states()).toEqual(all(migrate ? 'E/rw/-' : 'S/rw/-'));
     expectBytes(await f.read(0, N * P), pattern(0, N * P, 4), 'read(2) of the rewritten range');
   });
 
@@ -158,18 +173,21 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
     expect(d.evictionsDirty).toBeGreaterThanOrEqual(N - 4);
     const s = await states();
     expect(s.filter((x) => !x.includes('/-/')).length).toBeLessThanOrEqual(4);
-    expect(s.filter((x) => x === 'D/-/-').length).toBeGreaterThanOrEqual(N - 4); // copied back to A
+    // mirror: copied back to A; migrate: migrated home (a host page was free)
+    expect(s.filter((x) => x === 'D/-/-').length).toBeGreaterThanOrEqual(N - 4);
     await checkInvariants(lab.fs);
     expectBytes(await f.read(0, N * P), pattern(0, N * P, 5), 'read(2) after device eviction');
     expectBytes(await f.mmap().load(0, N * P), pattern(0, N * P, 5), 'mmap load after device eviction');
 
-    // Clean device pages are dropped, not copied back.
+    // Clean device pages: mirror drops them (A holds the data); migrate brings them home (A was
+    // freed when they moved), each once.
+    await f.fsync();
     const clean = counters(dm.counters);
     expectBytes(await f.deviceRead(0, N * P), pattern(0, N * P, 5), 'device read through 4 frames');
     d = delta(clean, dm.counters);
     expect(d.evictions).toBeGreaterThanOrEqual(N - 4);
     expect(d.evictionsDirty).toBe(0);
-    expect(d.bytesDeviceToHost).toBe(0);
+    expect(d.bytesDeviceToHost).toBe(migrate ? d.evictions * P : 0);
     await f.fsync();
     expectBytes(diskBytes(lab.dir, NAME), pattern(0, N * P, 5), 'disk after fsync');
   });
@@ -203,9 +221,11 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
     ['read(2)', 'read'],
     ['an mmap store', 'store'],
     ['write(2)', 'write'],
-  ] as const)('device-exclusive atomic access revoked by %s', (_what, how) => {
-    it('exact totals, visible to the CPU; the next device access faults again', async () => {
-      lab = await mountMirror(gpu, { pageSize: P, hostPages: 64, devicePages: 64 });
+  ] as const)('exclusive: device-exclusive atomic access, then %s', (_what, how) => {
+    // mirror: a CPU read write-protects A', a CPU write revokes it. migrate: an mmap access migrates
+    // the page back; read(2) and write(2) bounce, and the device keeps the page.
+    it('exact totals, visible to the CPU; the next device access faults again where the CPU took the page', async () => {
+      lab = await mountDevice(gpu, { policy, pageSize: P, hostPages: 64, devicePages: 64 });
       const f = await lab.fs.open(NAME, { create: true });
       await f.write(0, new Uint8Array(2 * P));
       const dm = lab.dm;
@@ -217,7 +237,7 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
       let before = counters(dm.counters);
       await f.deviceAtomicInc(0, words, threads, iters);
       expect(delta(before, dm.counters).faultsUnique).toBe(2);
-      expect(await states(0, 1)).toEqual(all('S/rw/-', 2));
+      expect(await states(0, 1)).toEqual(all(migrate ? 'E/rw/-' : 'S/rw/-', 2));
       // The device sees its own totals without a fault (rw includes read).
       before = counters(dm.counters);
       expect(u32(await f.deviceRead(0, 2 * P))).toEqual(once);
@@ -245,22 +265,33 @@ describe.each([4096, 65536])('hmm-tests on file pages (mirror), page size %i', (
           break;
       }
       const d = delta(before, dm.counters);
-      const revoked = how === 'store' || how === 'write';
-      if (revoked) {
+      const writes = how === 'store' || how === 'write';
+      if (migrate) {
+        // load: both pages home; store: page 0 home; read/write: one bounce copy, both stay
+        const home = how === 'load' ? 2 : how === 'store' ? 1 : 0;
+        expect(d.revocations).toBe(home);
+        const onDevice = how === 'load' ? [] : how === 'store' ? [1] : [0, 1];
+        const rows = await states(0, 1);
+        for (const i of [0, 1])
+          expect(rows[i]).toBe(onDevice.includes(i) ? 'E/rw/-' : `D/-/${how === 'load' ? 'ro' : 'rw'}`);
+        expect(d.bytesDeviceToHost).toBe(how === 'write' ? P : 2 * P - (how === 'store' ? P : 0));
+      } else if (writes) {
         expect(d.revocations).toBeGreaterThanOrEqual(1);
         expect(await states(0, 0)).toEqual([how === 'store' ? 'D/-/rw' : 'D/-/-']);
         expect(await states(1, 1)).toEqual(['S/rw/-']);
+        expect(d.bytesDeviceToHost).toBe(P);
       } else {
         expect(d.writeProtects).toBeGreaterThanOrEqual(2);
         expect(await states(0, 1)).toEqual(all(how === 'load' ? 'D/ro/ro' : 'D/ro/-', 2));
+        expect(d.bytesDeviceToHost).toBe(2 * P);
       }
-      expect(d.bytesDeviceToHost).toBe(revoked ? P : 2 * P);
       expect(u32(await f.read(0, 2 * P))).toEqual(want);
 
       // The next atomic run must fault again on every page the CPU took back.
       before = counters(dm.counters);
       await f.deviceAtomicInc(0, words, threads, iters);
-      expect(delta(before, dm.counters).faultsUnique).toBe(2);
+      const retaken = migrate ? (how === 'load' ? 2 : how === 'store' ? 1 : 0) : 2;
+      expect(delta(before, dm.counters).faultsUnique).toBe(retaken);
       for (let w = 0; w < words; w++) want[w] += once[w];
       expect(u32(await f.read(0, 2 * P))).toEqual(want);
       await checkInvariants(lab.fs);

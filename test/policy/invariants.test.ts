@@ -14,14 +14,15 @@ import { applyPteOps } from '../../src/device/pagetable.ts';
 import { PTE_DIRTY } from '../../src/device/pte.ts';
 import { type File, HmmFs } from '../../src/fs/hmmfs.ts';
 import type { GpuDevice } from '../../src/gpu/device.ts';
+import { page_cache_alloc_nowait, replace_page_cache_entry } from '../../src/mm/index.ts';
 import { trylock_page, unlock_page } from '../../src/mm/page.ts';
 import { mk_pte } from '../../src/mm/pte.ts';
-import { type Page, PG_uptodate, PG_writeback } from '../../src/mm/types.ts';
+import { type DeviceEntry, type Page, PG_uptodate, PG_writeback } from '../../src/mm/types.ts';
 import { checkInvariants } from '../../src/policy/invariants.ts';
 import { MirrorPolicy } from '../../src/policy/mirror.ts';
-import type { PageState } from '../../src/policy/mirrorTable.ts';
+import { MIRROR_TABLE, type PageState } from '../../src/policy/mirrorTable.ts';
 import { rejection } from '../helpers/rejection.ts';
-import { type MirrorLab, mountMirror, openGpu, pattern } from './helpers.ts';
+import { type MirrorLab, mountDevice, mountMirror, openGpu, pattern } from './helpers.ts';
 
 const P = 4096;
 const NAME = 'inv.dat';
@@ -72,7 +73,7 @@ describe('checkInvariants on a mirror mount', () => {
     if (e?.kind !== 'page') throw new Error(`page ${index} is not resident`);
     return e;
   };
-  const frameOf = (index: number): number => lab.mirror.devicePage(f.mapping, index).frame!;
+  const frameOf = (index: number): number => lab.policy.devicePage(f.mapping, index).frame!;
   /** Clear and set bits of one PTE on the GPU through the device's PTE-update kernel, nothing else. */
   const pteOp = (index: number, clear: number, set: number) =>
     applyPteOps(gpu, lab.dm.kernels.pteUpdate, space, [{ index, clear, set }], {
@@ -255,12 +256,13 @@ describe('checkInvariants on a mirror mount', () => {
 
 /** A scheme stricter than the mirror table: it never lets a device entry stay writable. */
 class NoWritableEntries extends MirrorPolicy {
-  isLegal(s: PageState): boolean {
-    return !(s.host === 'E' && s.dev === 'rw');
-  }
+  override readonly table = {
+    ...MIRROR_TABLE,
+    isLegal: (s: PageState) => MIRROR_TABLE.isLegal(s) && !(s.host === 'E' && s.dev === 'rw'),
+  };
 }
 
-it("the checker asks the policy's isLegal, not the mirror table", async () => {
+it("the checker asks the policy's own table, not the mirror table", async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-inv-'));
   const dm = await DeviceMemory.create(gpu, { devicePages: 32, pageSize: P });
   const hfs = await HmmFs.mount({ dir, pageSize: P, hostPages: 8, policy: new NoWritableEntries(dm) });
@@ -290,4 +292,67 @@ it('after ops that failed (write(2) past the block budget, a refused device writ
   } finally {
     await lab.cleanup();
   }
+});
+
+describe('checkInvariants on a migrate mount: the migrate table is the one it checks against', () => {
+  /** Pages 0-1: E ro (clean), 2: E ro newer than the disk (a write(2) bounced into it), 3: E rw, 4: D mapped ro. */
+  async function migrateState() {
+    const lab = await mountDevice(gpu, { policy: 'migrate', pageSize: P, hostPages: 8, devicePages: 32 });
+    const f = await lab.fs.open(NAME, { create: true });
+    await f.write(0, pattern(0, 5 * P, 1));
+    await f.fsync();
+    await f.deviceRead(0, 3 * P);
+    await f.write(2 * P + 8, pattern(2 * P + 8, 8, 2)); // bounced: page 2 stays on the device
+    await f.deviceWrite(3 * P, P, 3);
+    await f.write(4 * P, pattern(4 * P, 8, 4));
+    await f.mmap().load(4 * P, 4);
+    return { lab, f };
+  }
+
+  it('a legal state of every kind passes, a read-only entry newer than the disk included', async () => {
+    const { lab } = await migrateState();
+    try {
+      const rows = lab.fs.snapshot(NAME, 0, 4).map((r) => `${r.host} ${r.cpu} ${r.dev}`);
+      expect(rows).toEqual(['E - ro', 'E - ro', 'E - ro', 'E - rw', 'D ro -']);
+      await checkInvariants(lab.fs);
+    } finally {
+      await lab.cleanup();
+    }
+  });
+
+  it('a read-only entry that differs from the disk and was never written is still caught', async () => {
+    const { lab, f } = await migrateState();
+    try {
+      const { buffer, offset } = lab.dm.pool.locate(lab.policy.devicePage(f.mapping, 1).frame!);
+      gpu.device.queue.writeBuffer(buffer, offset + 8, new Uint8Array([254, 254, 254, 254]));
+      await expectBroken(
+        lab,
+        /page 1: its read-only device copy \(frame \d+\) differs from the disk at byte offset 8/,
+      );
+    } finally {
+      await lab.cleanup();
+    }
+  });
+
+  it("a state the mirror table allows is illegal under migrate's: A uptodate beside a device copy", async () => {
+    const { lab, f } = await migrateState();
+    try {
+      // A' of page 0 kept, and A brought back beside it behind the policy's back (as mirror's E ro -> C).
+      const e = f.mapping.i_pages.get(0)!;
+      const { frame } = lab.policy.devicePage(f.mapping, 0);
+      const data = await lab.dm.copyFromFrames([frame!]);
+      const page = page_cache_alloc_nowait(f.mapping, 0)!;
+      page.data.set(data[0]);
+      page.flags |= PG_uptodate;
+      unlock_page(page);
+      try {
+        await expectBroken(lab, /page 0: illegal state \(A C, A' ro, CPU -\)/);
+      } finally {
+        trylock_page(page);
+        replace_page_cache_entry(page, e as DeviceEntry);
+      }
+    } finally {
+      await lab.cleanup();
+    }
+  });
 });

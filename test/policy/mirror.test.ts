@@ -347,7 +347,7 @@ describe('mirror policy: device ops and their errors', () => {
     await g.write(0, new Uint8Array(16));
     const e = await g.deviceRead(0, 16).catch((x) => x);
     expect(e.code).toBe('ENODEV');
-    expect(e.message).toMatch(/no device: mount with the mirror policy/);
+    expect(e.message).toMatch(/no device: mount with a device policy, mirror or migrate/);
     await plain.unmount();
     fs.rmSync(dir, { recursive: true, force: true });
   });
