@@ -11,6 +11,7 @@ import path from 'node:path';
 import { formatPages } from '../device/fault.ts';
 import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../device/frames.ts';
 import type { KernelKind, KernelParams } from '../device/kernels.ts';
+import type { DeviceOutputSink } from '../device/replay.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { type FaultInjector, NO_INJECT } from '../inject/inject.ts';
 import { checkBytes, checkDirectAlign, checkFileLimit, checkOffset } from '../mm/args.ts';
@@ -421,7 +422,12 @@ export class File {
    * A device kernel over [off, off + len): off and len multiples of 4, within EOF (EINVAL
    * otherwise). ENODEV when the mount has no device.
    */
-  private device(what: string, kind: KernelKind, params: KernelParams): Promise<DeviceKernelResult | null> {
+  private device(
+    what: string,
+    kind: KernelKind,
+    params: KernelParams,
+    sink?: DeviceOutputSink,
+  ): Promise<DeviceKernelResult | null> {
     return this.op(what, async () => {
       const { off, len } = params;
       checkOffset(`${what} offset`, off);
@@ -443,7 +449,7 @@ export class File {
         );
       }
       if (len === 0) return null;
-      return policy.runDeviceKernel(this.mapping, kind, params);
+      return policy.runDeviceKernel(this.mapping, kind, params, sink);
     });
   }
 
@@ -455,9 +461,13 @@ export class File {
     return r?.run ?? emptyRun();
   }
 
-  /** devread: the bytes of [off, off + len) as device threads load them. */
-  async deviceRead(off: number, len: number): Promise<Uint8Array> {
-    const r = await this.device('deviceRead', 'devread', { off, len });
+  /**
+   * devread: the bytes of [off, off + len) as device threads load them. With `sink`, they go there
+   * as each kernel chunk ends, in file order (sink(bytes, fileOffset)), and none is returned: a
+   * read of any length holds one chunk's bytes at a time.
+   */
+  async deviceRead(off: number, len: number, sink?: DeviceOutputSink): Promise<Uint8Array> {
+    const r = await this.device('deviceRead', 'devread', { off, len }, sink);
     return r?.bytes ?? new Uint8Array(0);
   }
 
