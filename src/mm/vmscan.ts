@@ -6,7 +6,7 @@
  * replace it by a device entry (the device holds its data), or keep it.
  */
 import { delete_from_page_cache } from './filemap.ts';
-import { asMapping } from './mapping.ts';
+import { asMapping, type Mapping } from './mapping.ts';
 import {
   PageDirty,
   PageLocked,
@@ -41,7 +41,7 @@ export async function shrink_page(page: Page, writeDirty: boolean): Promise<bool
         `reclaim: policy ${m.policy.name} frees page ${page.index} whose data is on the device`,
       );
     delete_from_page_cache(page);
-    m.shadows.add(page.index);
+    remember_shadow(m, page.index);
     return true;
   }
   // The device copy stays; a device entry takes the page's place in the index.
@@ -50,6 +50,21 @@ export async function shrink_page(page: Page, writeDirty: boolean): Promise<bool
   m.i_pages.set(page.index, entry);
   m.host.vmstat.count('workingset_device_entry');
   return true;
+}
+
+/**
+ * Shadow entries a file keeps at most, per host page of the budget: as mm/workingset.c bounds its
+ * shadow nodes by the LRU's size (about 8 entries a page), so that they follow memory, not the
+ * pages a long run ever evicted. The oldest go first.
+ */
+export const SHADOWS_PER_HOST_PAGE = 8;
+const MIN_SHADOWS = 1024;
+
+function remember_shadow(m: Mapping, index: number): void {
+  m.shadows.delete(index);
+  m.shadows.add(index);
+  const cap = Math.max(MIN_SHADOWS, SHADOWS_PER_HOST_PAGE * m.host.hostPages);
+  if (m.shadows.size > cap) m.shadows.delete(m.shadows.values().next().value!);
 }
 
 /** try_to_free_pages: direct reclaim of up to `nr` pages. Returns the pages freed. */
