@@ -10,10 +10,11 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { parseCount, parsePageSize } from '../bench/units.ts';
+import { parseCount, parseMaxFileSize, parsePageSize } from '../bench/units.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { FaultInjector, formatInjected, INJECT_POINTS, parseInjectSpecs } from '../inject/inject.ts';
+import { DEFAULT_MAX_FILE_SIZE } from '../mm/args.ts';
 import { formatVmstat } from '../mm/vmstat.ts';
 import { parseOplog } from '../oplog/parse.ts';
 import type { ReplayRecord } from '../oplog/replay.ts';
@@ -37,6 +38,7 @@ interface ReplayCliOptions {
   snapshot?: boolean;
   inject?: string;
   retries?: string;
+  maxFileSize?: string;
 }
 
 async function readLog(path: string): Promise<string> {
@@ -96,6 +98,11 @@ export function registerReplay(program: Command): void {
     .option('--page-size <bytes>', 'page size, a power of two from 4K to 2M', '4096')
     .option('--host-pages <n>', 'host page budget: reclaim runs past it', '1024')
     .option('--blocks <n>', 'block budget of the filesystem: writes past it fail with ENOSPC')
+    .option(
+      '--max-file-size <bytes>',
+      'file-size limit: writes past it fail with EFBIG (default 1G, at most 8T; the backing file is ' +
+        'sparse and the only thing that grows with it)',
+    )
     .option('--dir <dir>', 'directory for the backing file (default: a temporary one, removed afterwards)')
     .option('--stats', 'print the vmstat counters to stderr at the end')
     .option(
@@ -122,6 +129,7 @@ export function registerReplay(program: Command): void {
       const pageSize = parsePageSize(opts.pageSize, 4096);
       const hostPages = parseCount('--host-pages', opts.hostPages, 1024);
       const blocks = opts.blocks === undefined ? undefined : parseCount('--blocks', opts.blocks, 0, 0);
+      const maxFileSize = parseMaxFileSize(opts.maxFileSize, DEFAULT_MAX_FILE_SIZE);
       let policyName = opts.policy ?? 'mirror';
       if (policyName !== 'mirror' && policyName !== 'none') {
         throw new HmmlabError('EINVAL', `--policy must be 'mirror' or 'none', got '${policyName}'`);
@@ -191,6 +199,7 @@ export function registerReplay(program: Command): void {
           pageSize,
           hostPages,
           blocks,
+          mount: { maxFileSize },
           policy,
           dir: opts.dir,
           check: opts.check,

@@ -13,7 +13,7 @@
 import { randomInt } from 'node:crypto';
 import { SingleBar } from 'cli-progress';
 import type { Command } from 'commander';
-import { formatBytes, parseCount, parsePageSize } from '../bench/units.ts';
+import { formatBytes, parseCount, parseMaxFileSize, parsePageSize } from '../bench/units.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { formatFired } from '../inject/inject.ts';
@@ -69,9 +69,6 @@ export const STRESS_DEFAULTS = {
   filePages: 32,
 };
 
-/** The file-size limit of HmmFs (mount default): a larger --max-file-size could only fail with EFBIG. */
-const MAX_FILE_SIZE_LIMIT = 2 ** 30;
-
 export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): StressArgs {
   const policy = o.policy ?? 'mirror';
   if (policy !== 'mirror' && policy !== 'none') {
@@ -85,10 +82,7 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
   if (seed >= 0x80000000) {
     throw new HmmlabError('EINVAL', `bad --seed "${o.seed}": expected an integer from 0 to 2147483647`);
   }
-  const maxFileSize = parseCount('--max-file-size', o.maxFileSize, STRESS_DEFAULTS.filePages * pageSize, 512);
-  if (maxFileSize > MAX_FILE_SIZE_LIMIT) {
-    throw new HmmlabError('EINVAL', `bad --max-file-size "${o.maxFileSize}": at most 1 GiB`);
-  }
+  const maxFileSize = parseMaxFileSize(o.maxFileSize, STRESS_DEFAULTS.filePages * pageSize, 512);
   return {
     ops: parseCount('--ops', o.ops, STRESS_DEFAULTS.ops),
     seed,
@@ -343,6 +337,7 @@ export function registerStress(program: Command): void {
           devicePages: a.devicePages,
           batch: a.batch,
           blocks: a.blocks,
+          maxFileSize: a.maxFileSize,
           inject: f.inject,
           retries: RATE_RETRIES,
         });

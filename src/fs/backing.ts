@@ -90,11 +90,15 @@ export class BackingFile implements AddressSpaceOps {
   private scanBlocks(): void {
     const size = this.size;
     const ps = this.pageSize;
-    const buf = new Uint8Array(Math.max(ps, SCAN_CHUNK));
+    const buf = Buffer.alloc(Math.max(ps, SCAN_CHUNK));
+    const zeros = Buffer.alloc(buf.length);
     for (let pos = 0; pos < size; pos += buf.length) {
       const n = this.preadFull(buf, pos);
+      // memcmp against zeros: a sparse file of gigabytes is mostly holes.
+      if (buf.subarray(0, n).equals(zeros.subarray(0, n))) continue;
       for (let at = 0; at < n; at += ps) {
-        if (buf.subarray(at, Math.min(n, at + ps)).some((b) => b !== 0) && this.blocks.add((pos + at) / ps)) {
+        const end = Math.min(n, at + ps);
+        if (!buf.subarray(at, end).equals(zeros.subarray(at, end)) && this.blocks.add((pos + at) / ps)) {
           this.budget.used++;
         }
       }

@@ -89,13 +89,23 @@ export class VmArea {
   }
 }
 
-/** Remove every PTE of the VmArea and detach it from the file (munmap, unmount). */
+/**
+ * Remove every PTE of the VmArea and detach it from the file (munmap, unmount). A present PTE maps
+ * a page of the cache (reclaim and truncate unmap a page before dropping it), so the walk is over
+ * the cached pages when they are fewer than the mapping's: a mapping as large as a file-size
+ * limit of terabytes costs what is cached, not a PTE load per page of the limit.
+ */
 export function zap_vma(vma: VmArea): void {
-  for (let i = 0; i < vma.nrPages; i++) {
+  const m = vma.mapping;
+  const indices = m.i_pages.size < vma.nrPages ? [...m.i_pages.keys()] : null;
+  const n = indices ? indices.length : vma.nrPages;
+  for (let k = 0; k < n; k++) {
+    const i = indices ? indices[k] : k;
+    if (i >= vma.nrPages) continue;
     const pte = Atomics.load(vma.pte, i);
     if (pte_none(pte)) continue;
     Atomics.store(vma.pte, i, 0);
-    const e = vma.mapping.i_pages.get(i);
+    const e = m.i_pages.get(i);
     if (e && e.kind === 'page' && e.slot === pte_slot(pte)) e.mapcount--;
   }
   vma.mapping.i_mmap.delete(vma);

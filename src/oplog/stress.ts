@@ -14,6 +14,7 @@ import { join } from 'node:path';
 import { errorMessage, isHmmlabError } from '../errors.ts';
 import type { HmmFs } from '../fs/hmmfs.ts';
 import { FaultInjector, INJECT_POINTS, type InjectPoint } from '../inject/inject.ts';
+import { DEFAULT_MAX_FILE_SIZE } from '../mm/args.ts';
 import { checkInvariants } from '../policy/invariants.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { generateOplog } from './generate.ts';
@@ -201,6 +202,8 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
         pageSize: options.pageSize,
         hostPages: options.hostPages,
         blocks: options.blocks,
+        // The mount's file-size limit holds what the generator writes (1 GiB at least, as by default).
+        mount: { maxFileSize: Math.max(DEFAULT_MAX_FILE_SIZE, options.maxFileSize) },
         policy: held?.policy,
         check: true,
         inject,
@@ -273,6 +276,8 @@ export interface ReplaySetup {
   devicePages?: number;
   batch?: number;
   blocks?: number;
+  /** The generator's file-size limit: replay needs it past the 1 GiB default. */
+  maxFileSize?: number;
 }
 
 /** The `hmmlab replay --check` command line that replays `path` as the stress run did. */
@@ -284,6 +289,9 @@ export function replayCommand(path: string, s: ReplaySetup): string {
     if (s.batch !== undefined) args.push('--batch', String(s.batch));
   }
   if (s.blocks !== undefined) args.push('--blocks', String(s.blocks));
+  if (s.maxFileSize !== undefined && s.maxFileSize > DEFAULT_MAX_FILE_SIZE) {
+    args.push('--max-file-size', String(s.maxFileSize));
+  }
   if (s.inject) args.push('--inject', s.inject, '--retries', String(s.retries ?? 1));
   return args.join(' ');
 }

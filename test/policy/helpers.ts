@@ -35,6 +35,8 @@ export interface MirrorOptions {
   inject?: FaultInjector;
   /** An existing device memory to mount over (two mounts sharing one device). */
   dm?: DeviceMemory;
+  /** Work a kernel launch covers at most (DeviceMemoryOptions.chunkBytes): small to span chunks. */
+  chunkBytes?: number;
 }
 
 export interface MirrorLab {
@@ -56,6 +58,7 @@ export async function mountMirror(gpu: GpuDevice, o: MirrorOptions): Promise<Mir
       devicePages: o.devicePages,
       pageSize: o.pageSize,
       batchSize: o.batchSize ?? 256,
+      chunkBytes: o.chunkBytes,
     }));
   const mirror = new MirrorPolicy(dm);
   const hfs = await HmmFs.mount({
