@@ -6,35 +6,18 @@
  * a later chunk leaves the earlier chunks done and the run can be repeated, and offsets past 4 GiB
  * are exact.
  */
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import {
-  DeviceMemory,
-  type DeviceMemoryOptions,
   type FaultResolution,
   type FaultServicer,
   patternBytes,
   wordChecksum,
 } from '../../src/device/index.ts';
-import { GpuDevice } from '../../src/gpu/device.ts';
 import { FaultInjector } from '../../src/inject/inject.ts';
 import { atomicTotals, expectBytes, u32 } from '../policy/helpers.ts';
-import { HostBacking } from './backing.ts';
+import { deviceRig } from './backing.ts';
 
-let gpu: GpuDevice;
-const made: DeviceMemory[] = [];
-beforeAll(async () => {
-  gpu = await GpuDevice.open();
-});
-afterAll(() => gpu?.destroy());
-afterEach(() => {
-  for (const dm of made.splice(0)) dm.destroy();
-});
-
-async function setup(opts: DeviceMemoryOptions): Promise<{ dm: DeviceMemory; hb: HostBacking }> {
-  const dm = await DeviceMemory.create(gpu, opts);
-  made.push(dm);
-  return { dm, hb: new HostBacking(dm, opts.pageSize) };
-}
+const setup = deviceRig();
 
 /** Some bytes that are not the pattern of any tag: position-dependent, seedless. */
 function fileBytes(n: number): Uint8Array {
