@@ -10,6 +10,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
+import { peakRss } from '../bench/rss.ts';
 import { parseCount, parseMaxFileSize, parsePageSize } from '../bench/units.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
@@ -237,6 +238,7 @@ export function registerReplay(program: Command): void {
         if (opts.stats) {
           process.stderr.write(`${formatVmstat(result.vmstat)}\n`);
           if (device) process.stderr.write(`${formatBatchSummary(device.batchLog)}\n`);
+          process.stderr.write(`peak resident memory ${(peakRss() / 2 ** 20).toFixed(0)} MiB (VmHWM)\n`);
         }
       } finally {
         bar?.stop();

@@ -51,6 +51,8 @@ export class FramePool {
   /** Owned frames in LRU order: the first key is the least recently used. */
   private readonly lru = new Map<number, true>();
   private readonly pins = new Map<number, number>();
+  /** copy.ts: the plain bounce buffer of host -> device copies (made at the first copy). */
+  bounce?: Uint8Array;
 
   constructor(gpu: GpuDevice, opts: FramePoolOptions) {
     checkPageSize(opts.pageSize);

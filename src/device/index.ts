@@ -85,6 +85,7 @@ export {
   patternBytes,
   planChunks,
   planKernel,
+  SOFTWARE_CHUNK_BYTES,
   wordChecksum,
 } from './kernels.ts';
 export {

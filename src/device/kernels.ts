@@ -34,8 +34,11 @@ export const MAX_ATOMIC_BYTES = 2 ** 32;
  * Work one launch covers, by default (DeviceMemoryOptions.chunkBytes): 16 MiB of words, or of
  * atomic threads' progress. A longer op runs chunk after chunk, each with its own fault/replay
  * loop, so a launch's buffers stay within the binding limits and the run's memory stays bounded.
+ * A software adapter's buffers are host memory, and its launches cost little next to the work:
+ * there the default is 4 MiB (a devread's output, its readback and its copy are 12 MiB, not 48).
  */
 export const DEFAULT_CHUNK_BYTES = 16 << 20;
+export const SOFTWARE_CHUNK_BYTES = 4 << 20;
 /** The largest chunk: a chunk's word offsets (first_word + item) stay well within u32. */
 export const MAX_CHUNK_BYTES = 1 << 30;
 

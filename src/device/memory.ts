@@ -20,6 +20,7 @@ import {
   type KernelKind,
   type KernelParams,
   KernelPipelines,
+  SOFTWARE_CHUNK_BYTES,
 } from './kernels.ts';
 import { applyPteOps, checkIndices, DevicePageTable, type InstalledPte, type PteOp } from './pagetable.ts';
 import {
@@ -48,8 +49,9 @@ export interface DeviceMemoryOptions {
   /** Launches of one chunk of a kernel run before it gives up (ELOOP-like EGPU error). */
   maxLaunches?: number;
   /**
-   * Work one launch covers at most (kernels.ts DEFAULT_CHUNK_BYTES, 16 MiB; clamped to the
-   * adapter's binding limit): a longer op runs chunk by chunk. Tests lower it to span many chunks.
+   * Work one launch covers at most (kernels.ts DEFAULT_CHUNK_BYTES, 16 MiB; 4 MiB on a software
+   * adapter; clamped to the adapter's binding limit): a longer op runs chunk by chunk. Tests lower
+   * it to span many chunks.
    */
   chunkBytes?: number;
 }
@@ -144,7 +146,8 @@ export class DeviceMemory {
     }
     this.batchSize = batch;
     this.maxLaunches = opts.maxLaunches ?? 10_000;
-    this.chunkBytes = chunkBytesFor(opts.chunkBytes ?? DEFAULT_CHUNK_BYTES, gpu.limits);
+    const chunkDefault = gpu.info.software ? SOFTWARE_CHUNK_BYTES : DEFAULT_CHUNK_BYTES;
+    this.chunkBytes = chunkBytesFor(opts.chunkBytes ?? chunkDefault, gpu.limits);
     this.unsubscribeLost = gpu.onLost((reason) => {
       this.lostReason = reason;
     });

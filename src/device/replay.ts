@@ -85,7 +85,8 @@ export interface FailedAccess {
 
 /**
  * Where a devread's bytes go as the run goes, instead of one buffer as large as the op: each
- * chunk's bytes once its work is done, in file order; `off` is the file offset of bytes[0].
+ * chunk's bytes once its work is done, in file order; `off` is the file offset of bytes[0]. The
+ * view is valid during the call only (the next chunk's bytes reuse it): copy what is kept.
  */
 export type DeviceOutputSink = (bytes: Uint8Array, off: number) => void;
 
@@ -125,6 +126,9 @@ interface LaunchBuffers {
   faultLayout: FaultLayout;
   /** The launch's readback: fault header, first entries, raw counts and PTEs of the chunk's pages. */
   readback: GPUBuffer;
+  /** The output's readback and its host copy, made at the first chunk with output, reused after. */
+  outReadback?: GPUBuffer;
+  outHost?: Uint8Array;
 }
 
 /** A chunk's place in the run, for the fault loop and the batch records. */
@@ -164,7 +168,7 @@ export async function runKernel(
       chunks++;
       dm.counters.chunks++;
       if (chunk.outWords) {
-        const out = await dm.gpu.readBuffer(bufs.out, 0, chunk.outWords * 4);
+        const out = await readChunkOutput(dm, bufs, chunk.outWords * 4);
         if (kind === 'devread') {
           if (sink) sink(out, (plan.firstWord + chunk.itemBase) * 4);
           else bytes!.set(out, chunk.itemBase * 4);
@@ -332,6 +336,28 @@ function createLaunchBuffers(dm: DeviceMemory, plan: KernelPlan): LaunchBuffers 
     for (const b of made) b.destroy();
     throw e;
   }
+}
+
+/**
+ * A chunk's output, read back through one staging buffer and one host buffer for the whole run
+ * (a view, valid until the next chunk's): a devread of gigabytes allocates them once.
+ */
+async function readChunkOutput(dm: DeviceMemory, bufs: LaunchBuffers, bytes: number): Promise<Uint8Array> {
+  const g = dm.gpu;
+  const size = bufs.out.size;
+  bufs.outReadback ??= g.createBuffer(
+    'out-readback',
+    size,
+    GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  );
+  bufs.outHost ??= new Uint8Array(size);
+  const enc = g.device.createCommandEncoder({ label: 'output readback' });
+  enc.copyBufferToBuffer(bufs.out, 0, bufs.outReadback, 0, bytes);
+  g.device.queue.submit([enc.finish()]);
+  await g.map(bufs.outReadback, GPUMapMode.READ, 0, bytes);
+  bufs.outHost.set(new Uint8Array(bufs.outReadback.getMappedRange(0, bytes)));
+  bufs.outReadback.unmap();
+  return bufs.outHost.subarray(0, bytes);
 }
 
 /** The PTE window a chunk binds: from its first page rounded down to the offset alignment. */

@@ -478,8 +478,8 @@ export class File {
 
   /**
    * devread: the bytes of [off, off + len) as device threads load them. With `sink`, they go there
-   * as each kernel chunk ends, in file order (sink(bytes, fileOffset)), and none is returned: a
-   * read of any length holds one chunk's bytes at a time.
+   * as each kernel chunk ends, in file order (sink(bytes, fileOffset); the view is valid during the
+   * call only), and none is returned: a read of any length holds one chunk's bytes at a time.
    */
   async deviceRead(off: number, len: number, sink?: DeviceOutputSink): Promise<Uint8Array> {
     const r = await this.device('deviceRead', 'devread', { off, len }, sink);

@@ -64,7 +64,14 @@ function remember_shadow(m: Mapping, index: number): void {
   m.shadows.delete(index);
   m.shadows.add(index);
   const cap = Math.max(MIN_SHADOWS, SHADOWS_PER_HOST_PAGE * m.host.hostPages);
-  if (m.shadows.size > cap) m.shadows.delete(m.shadows.values().next().value!);
+  if (m.shadows.size <= cap + cap / 4) return;
+  // The oldest quarter at once, in one pass: a Set walked from its start after many deletes there
+  // skips every deleted slot, and one oldest entry a call would make each eviction cost the cap.
+  let drop = m.shadows.size - cap;
+  for (const i of m.shadows) {
+    if (drop-- <= 0) break;
+    m.shadows.delete(i);
+  }
 }
 
 /** try_to_free_pages: direct reclaim of up to `nr` pages. Returns the pages freed. */
@@ -72,7 +79,7 @@ export async function try_to_free_pages(host: PageCache, nr: number): Promise<nu
   let freed = 0;
   let budget = 2 * host.lru.size + 1;
   while (freed < nr && budget-- > 0 && host.lru.size > 0) {
-    const page: Page = host.lru.values().next().value!;
+    const page: Page = host.lru.first()!;
     // Rotate first: whatever happens, the next scan starts with the next page.
     host.lru.delete(page);
     host.lru.add(page);
