@@ -91,6 +91,7 @@ describe('bench scale: sizes and report', () => {
         usPerPage: us,
         cpuMs: 1,
         cpuUsPerPage: 2 * us,
+        sysMs: 0,
         written: 0,
         gbps: 1,
         peakRss: rss,
