@@ -282,7 +282,8 @@ describe.each([4096, 65536])('device memory, page size %i', (pageSize) => {
 describe('fault readback', () => {
   it('reads back more faults than the first readback holds (1,100 pages in one launch)', async () => {
     const pageSize = 4096; // 1,100 pages of 64 KiB is more than a fast test should move
-    const { dm, hb } = await setup({ devicePages: 1100, pageSize });
+    // One chunk for the whole op (a software adapter's default chunk is 1,024 pages).
+    const { dm, hb } = await setup({ devicePages: 1100, pageSize, chunkBytes: 1100 * pageSize });
     const r = await dm.runKernel('devread', dm.space(14), { off: 0, len: 1100 * pageSize }, hb.servicer);
     expect(r.launches).toBe(2);
     expect(r.batches.map((b) => b.faultsUnique)).toEqual([256, 256, 256, 256, 76]);
