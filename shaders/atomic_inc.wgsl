@@ -7,10 +7,10 @@
 @compute @workgroup_size(256)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   for (var i = gid.x; i < p.items; i += p.threads) {
-    var done = progress[i];
+    var done = atomicLoad(&progress[i]);
     while (done < p.k) {
-      let word = p.first_word + (i * p.spread + done) % p.nwords;
-      let tr = mmu_translate(word / p.page_words, true, gid.x);
+      let word = p.first_word + ((p.item_base + i) * p.spread + done) % p.nwords;
+      let tr = mmu_translate(p.range_page + word / p.page_words, true, gid.x);
       if (tr.status != T_OK) {
         done = mmu_stop(done, tr); // a fault: the replay resumes it at `done`
         break;
@@ -18,7 +18,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       frame_add(tr.frame, word % p.page_words, 1u);
       done += 1u;
     }
-    progress[i] = done;
+    atomicStore(&progress[i], done);
   }
   mmu_end();
 }

@@ -14,7 +14,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     let o = (w.page - p.first_page) * 2u;
     atomicAdd(&out[o], v);
     atomicXor(&out[o + 1u], v);
-    mmu_item_done(i);
+    mmu_item_done(w);
   }
   mmu_end();
 }

@@ -10,7 +10,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
       continue;
     }
     atomicStore(&out[i], frame_load(w.frame, w.offset));
-    mmu_item_done(i);
+    mmu_item_done(w);
   }
   mmu_end();
 }

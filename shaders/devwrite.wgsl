@@ -1,11 +1,14 @@
 // devwrite: one work item per 4-byte word of [off, off + len); writes the op log's pattern
-// byte(x) = (x + 7 * tag) mod 251 at file offset x (docs/oplog.md), computed here on the GPU.
+// byte(x) = (x + 7 * tag) mod 251 at file offset x (docs/oplog.md), computed here on the GPU from
+// the chunk's pattern_base (item 0's byte), so file offsets past 4 GiB stay exact.
 //!include mmu.wgsl
 
-fn pattern_word(x: u32) -> u32 {
+// The pattern word of item i: its bytes are 4i .. 4i + 3 past item 0's.
+fn pattern_word(i: u32) -> u32 {
+  let x = p.pattern_base + (i % 251u) * 4u;
   var v = 0u;
   for (var b = 0u; b < 4u; b++) {
-    v |= (((x + b) % 251u + p.tag_mod) % 251u) << (8u * b);
+    v |= ((x + b) % 251u) << (8u * b);
   }
   return v;
 }
@@ -17,8 +20,8 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (!w.ok) {
       continue;
     }
-    frame_store(w.frame, w.offset, pattern_word(w.word * 4u));
-    mmu_item_done(i);
+    frame_store(w.frame, w.offset, pattern_word(i));
+    mmu_item_done(w);
   }
   mmu_end();
 }

@@ -29,7 +29,7 @@ import {
   type KernelResult,
   patternBytes,
 } from '../device/index.ts';
-import { MAX_DEVICE_OFFSET } from '../device/kernels.ts';
+import { MAX_CHUNK_BYTES } from '../device/kernels.ts';
 import { diffCounters } from '../device/stats.ts';
 import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
@@ -122,16 +122,17 @@ export interface FaultBenchRow extends FaultRowPlan {
 // ---- limits and options ----
 
 /**
- * The most pages a run may use: devread's output and every kernel's progress buffer hold a word per
- * word touched and are bound whole (maxStorageBufferBindingSize); the host holds the file three
- * times and lavapipe's device memory is host memory, so stay within an eighth of free memory.
+ * The most pages a run may use: a row measures one launch loop over its slice, so the slice is one
+ * kernel chunk, whose devread output is bound whole (maxStorageBufferBindingSize, and at most
+ * MAX_CHUNK_BYTES); the host holds the file three times and lavapipe's device memory is host
+ * memory, so stay within an eighth of free memory.
  */
 export function faultPagesCap(gpu: GpuDevice, pageSize: number, freeMemory: number): number {
   const bytes = Math.min(
     gpu.limits.maxStorageBufferBindingSize,
     gpu.limits.maxBufferSize,
     Math.floor(freeMemory / 8),
-    MAX_DEVICE_OFFSET,
+    MAX_CHUNK_BYTES,
   );
   return Math.floor(bytes / pageSize);
 }
@@ -218,8 +219,11 @@ function checkOptions(pages: number, pageSize: number, batches: number[], thread
       `bench faults: ${threads} threads is more than the ${pages} pages to share`,
     );
   }
-  if (pages * pageSize > MAX_DEVICE_OFFSET) {
-    throw new HmmlabError('ELIMIT', `bench faults: ${pages} pages of ${pageSize} bytes end past 4 GiB`);
+  if (pages * pageSize > MAX_CHUNK_BYTES) {
+    throw new HmmlabError(
+      'ELIMIT',
+      `bench faults: ${pages} pages of ${pageSize} bytes are more than one kernel chunk holds (1 GiB)`,
+    );
   }
 }
 
@@ -402,6 +406,8 @@ export async function runFaultSample(rig: FaultRig, row: FaultRowPlan): Promise<
     devicePages: row.devicePages,
     pageSize: ps,
     batchSize: row.batchSize,
+    // One chunk per slice: a row is one launch loop (the thrashing row thrashes within it).
+    chunkBytes: Math.max(4, rig.pages * ps),
   });
   try {
     hostEvictionHook(dm, rig.file, ps);

@@ -5,15 +5,16 @@
  */
 import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../device/frames.ts';
 import { HmmlabError } from '../errors.ts';
+import { MAX_FILE_SIZE_LIMIT } from '../mm/args.ts';
 
-const UNITS: Record<string, number> = { '': 1, k: 1 << 10, m: 1 << 20, g: 1 << 30 };
+const UNITS: Record<string, number> = { '': 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 };
 
 /**
- * The number `text` writes: decimal digits, then an optional K, M or G (binary multiples, with or
- * without "iB" or "B"); blanks around are ignored. NaN when it is not one or not a safe integer.
+ * The number `text` writes: decimal digits, then an optional K, M, G or T (binary multiples, with
+ * or without "iB" or "B"); blanks around are ignored. NaN when it is not one or not a safe integer.
  */
 export function numberOf(text: string): number {
-  const m = /^\s*(\d+)\s*([kmg]?)(?:i?b)?\s*$/i.exec(text);
+  const m = /^\s*(\d+)\s*([kmgt]?)(?:i?b)?\s*$/i.exec(text);
   const n = m ? Number(m[1]) * UNITS[m[2].toLowerCase()] : Number.NaN;
   return Number.isSafeInteger(n) ? n : Number.NaN;
 }
@@ -45,6 +46,15 @@ export function parseCount(flag: string, text: string | undefined, fallback: num
   return n;
 }
 
+/** `--max-file-size` (replay, stress): a byte count from `min` to MAX_FILE_SIZE_LIMIT (8 TiB), or EINVAL. */
+export function parseMaxFileSize(text: string | undefined, fallback: number, min = 1): number {
+  const n = parseCount('--max-file-size', text, fallback, min);
+  if (n > MAX_FILE_SIZE_LIMIT) {
+    throw new HmmlabError('EINVAL', `bad --max-file-size "${text}": at most 8 TiB (8T)`);
+  }
+  return n;
+}
+
 /** `--page-size`: 4096, 64K, 2MiB...; a power of two from 4 KiB to 2 MiB, or EINVAL. */
 export function parsePageSize(text: string | undefined, fallback: number): number {
   if (text === undefined) return fallback;
@@ -68,7 +78,8 @@ export function parseSizeList(text: string): number[] {
 /** 4096 -> "4 KiB", 1048581 -> "1048581 B" (exact sizes stay exact). */
 export function formatBytes(n: number): string {
   for (const [unit, k] of [
-    ['GiB', 1 << 30],
+    ['TiB', 2 ** 40],
+    ['GiB', 2 ** 30],
     ['MiB', 1 << 20],
     ['KiB', 1 << 10],
   ] as const) {

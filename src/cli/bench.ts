@@ -1,12 +1,18 @@
 /**
  * `hmmlab bench copy`: raw WebGPU copy bandwidth per path and size (src/bench/copy.ts).
  * `hmmlab bench faults`: fault-driven device access against a prefetch and the floor (src/bench/faults.ts).
- * A progress bar on stderr while they run; then a table, or with --json only a JSON array on stdout.
+ * `hmmlab bench scale`: cost per page and peak memory as the file grows, budgets fixed (src/bench/scale.ts;
+ * each size in a child process of its own, `bench scale --one SIZE`, so that its peak memory is its own).
+ * A progress bar on stderr while they run; then a table, or with --json only JSON on stdout.
  */
-import { writeFileSync } from 'node:fs';
-import { freemem } from 'node:os';
+import { spawn } from 'node:child_process';
+import { mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from 'node:fs';
+import { freemem, tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { SingleBar } from 'cli-progress';
-import type { Command } from 'commander';
+import { type Command, Option } from 'commander';
 import {
   benchCopy,
   COPY_PATHS,
@@ -31,10 +37,11 @@ import {
   formatFaultTable,
   parseFaultBenchArgs,
 } from '../bench/faults.ts';
-import { formatBytes, parseCount, parseSizeList } from '../bench/units.ts';
+import type { ScaleRow, ScaleSettings, ScaleSizeResult } from '../bench/scale.ts';
+import { formatBytes, parseCount, parsePageSize, parseSize, parseSizeList } from '../bench/units.ts';
 import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
-import { adapterName, withGpu } from './info.ts';
+import { adapterName, adapterReport, gpuOptionsOf, withGpu } from './info.ts';
 
 export interface BenchCopyOptions {
   json?: boolean;
@@ -186,5 +193,245 @@ export function registerBench(program: Command): void {
         }
         await writeChart(opts, faultChartSpec(rows, `hmmlab fault cost: ${adapterName(gpu)}`));
       });
+    });
+  registerBenchScale(bench);
+}
+
+// ---- bench scale ----
+
+interface BenchScaleFlags {
+  json?: boolean;
+  sizes?: string;
+  pageSize?: string;
+  hostPages?: string;
+  devicePages?: string;
+  policy?: string;
+  chunk?: string;
+  dir?: string;
+  out?: string;
+  svg?: string;
+  one?: string;
+}
+
+const BIN = fileURLToPath(new URL('../../bin/hmmlab.mjs', import.meta.url));
+const RESULTS_DIR = fileURLToPath(new URL('../../bench/results/', import.meta.url));
+
+async function scaleSettingsOf(o: BenchScaleFlags): Promise<ScaleSettings> {
+  const { DEFAULT_SCALE_SETTINGS, SCALE_POLICIES } = await import('../bench/scale.ts');
+  const policy = o.policy ?? DEFAULT_SCALE_SETTINGS.policy;
+  if (!SCALE_POLICIES[policy]) {
+    throw new HmmlabError(
+      'EINVAL',
+      `bad --policy "${policy}": expected one of ${Object.keys(SCALE_POLICIES).join(', ')} (a policy with a device)`,
+    );
+  }
+  return {
+    pageSize: parsePageSize(o.pageSize, DEFAULT_SCALE_SETTINGS.pageSize),
+    hostPages: parseCount('--host-pages', o.hostPages, DEFAULT_SCALE_SETTINGS.hostPages),
+    devicePages: parseCount('--device-pages', o.devicePages, DEFAULT_SCALE_SETTINGS.devicePages),
+    policy,
+    chunkBytes: o.chunk === undefined ? undefined : parseSize(o.chunk),
+  };
+}
+
+/** The flags a child is run with: the parent's settings, spelled out. */
+function settingsArgs(s: ScaleSettings): string[] {
+  const args = ['--page-size', String(s.pageSize), '--host-pages', String(s.hostPages)];
+  args.push('--device-pages', String(s.devicePages), '--policy', s.policy);
+  if (s.chunkBytes !== undefined) args.push('--chunk', String(s.chunkBytes));
+  return args;
+}
+
+/** One size in a child process: its rows as they come (onRow), its result at the end. */
+function runScaleChild(
+  cmd: Command,
+  size: number,
+  settings: ScaleSettings,
+  dir: string,
+  onRow: (row: ScaleRow) => void,
+): Promise<ScaleSizeResult> {
+  const { adapter, backend } = gpuOptionsOf(cmd);
+  const global = [...(adapter ? ['--adapter', adapter] : []), ...(backend ? ['--backend', backend] : [])];
+  const args = [
+    BIN,
+    ...global,
+    'bench',
+    'scale',
+    '--one',
+    String(size),
+    '--dir',
+    dir,
+    ...settingsArgs(settings),
+  ];
+  const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => {
+    stderr += d;
+  });
+  let result: ScaleSizeResult | undefined;
+  const lines = createInterface({ input: child.stdout });
+  lines.on('line', (line) => {
+    const msg = JSON.parse(line) as { row?: ScaleRow; result?: ScaleSizeResult };
+    if (msg.row) onRow(msg.row);
+    if (msg.result) result = msg.result;
+  });
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code) => {
+      if (result && code === 0) return resolve(result);
+      // The child's own one-line error, without Dawn's and Mesa's noise.
+      const why = stderr
+        .split('\n')
+        .filter((l) => l.startsWith('hmmlab: ') || /Error/.test(l))
+        .join('; ');
+      reject(
+        new HmmlabError(
+          'EIO',
+          `bench scale: the run of ${formatBytes(size)} failed (exit ${code}): ${why || 'no message'}`,
+        ),
+      );
+    });
+  });
+}
+
+/** A file name for an adapter: "llvmpipe-mesa-25-0-7" and the like. */
+function slug(text: string): string {
+  return (
+    text
+      .toLowerCase()
+      .replace(/[^a-z0-9]+/g, '-')
+      .replace(/^-|-$/g, '')
+      .slice(0, 48) || 'adapter'
+  );
+}
+
+export function registerBenchScale(bench: Command): void {
+  bench
+    .command('scale')
+    .description(
+      'cost per page and peak resident memory as the file grows with the budgets fixed: write(2), fsync, ' +
+        'read(2), devread, devwrite, fsync over files of 16 MiB to 4 GiB on a software adapter, to 64 GiB on ' +
+        'a GPU (clamped to the free disk and the device), each size in a process of its own',
+    )
+    .option('--json', 'print only the JSON report on stdout')
+    .option('--sizes <list>', 'comma-separated file sizes (16M, 1G, ...), whole pages')
+    .option('--page-size <bytes>', 'page size (default 4096)')
+    .option('--host-pages <n>', 'host page budget (default 1024: 4 MiB at 4 KiB pages)')
+    .option('--device-pages <n>', 'device frames (default 1024)')
+    .option('--policy <name>', "the coherence policy (default 'mirror')")
+    .option(
+      '--chunk <bytes>',
+      'work one kernel launch covers at most (default 16M; 4M on a software adapter)',
+    )
+    .option('--dir <dir>', 'where the files go (default: the temporary directory)')
+    .option('--out <dir>', 'where the JSON and SVG reports go (default bench/results/)')
+    .option('--svg <file>', 'the chart (default: next to the JSON, same name)')
+    .addOption(
+      new Option(
+        '--one <bytes>',
+        'run one size here and print JSON lines (how the parent runs each size)',
+      ).hideHelp(),
+    )
+    .action(async (opts: BenchScaleFlags, cmd: Command) => {
+      const settings = await scaleSettingsOf(opts);
+      const scale = await import('../bench/scale.ts');
+      if (opts.one !== undefined) {
+        const size = parseSize(opts.one);
+        const dir = mkdtempSync(join(opts.dir ?? tmpdir(), 'hmmlab-scale-'));
+        try {
+          await withGpu(cmd, async (gpu) => {
+            const result = await scale.runScaleSize(gpu, size, settings, dir, (row) =>
+              process.stdout.write(`${JSON.stringify({ row })}\n`),
+            );
+            process.stdout.write(`${JSON.stringify({ result })}\n`);
+          });
+        } finally {
+          rmSync(dir, { recursive: true, force: true });
+        }
+        return;
+      }
+      const explicit = opts.sizes === undefined ? undefined : parseSizeList(opts.sizes);
+      const dir = opts.dir ?? tmpdir();
+      const disk = statfsSync(dir);
+      const adapter = await withGpu(cmd, async (gpu) => {
+        const cap = scale.scaleSizeCap(gpu, settings.pageSize, disk.bavail * disk.bsize);
+        if (explicit) scale.checkScaleSizes(explicit, cap, settings.pageSize);
+        return {
+          name: adapterName(gpu),
+          report: adapterReport(gpu),
+          sizes: explicit ?? scale.defaultScaleSizes(cap, gpu.info.software, settings.pageSize),
+          cap,
+        };
+      });
+      const { sizes } = adapter;
+      const bar = new SingleBar({
+        stream: process.stderr,
+        format: 'bench scale [{bar}] {value}/{total} {what}',
+        hideCursor: true,
+        clearOnComplete: true,
+        barsize: 30,
+      });
+      bar.start(sizes.length * scale.SCALE_OPS.length, 0, { what: '' });
+      const results: ScaleSizeResult[] = [];
+      let done = 0;
+      try {
+        for (const size of sizes) {
+          bar.update(done, { what: `${formatBytes(size)} write` });
+          results.push(
+            await runScaleChild(cmd, size, settings, dir, (row) => {
+              const next = scale.SCALE_OPS[scale.SCALE_OPS.indexOf(row.op) + 1];
+              bar.update(++done, { what: next ? `${formatBytes(size)} ${next}` : '' });
+            }),
+          );
+        }
+      } finally {
+        bar.stop();
+      }
+      const report = {
+        bench: 'scale',
+        date: new Date().toISOString(),
+        machine: scale.machineInfo(),
+        adapter: adapter.report,
+        settings: { ...settings, sizes, sizeCap: adapter.cap },
+        ops: scale.SCALE_OP_TEXT,
+        results,
+        growth: scale.costGrowth(results),
+      };
+      const outDir = opts.out ?? RESULTS_DIR;
+      mkdirSync(outDir, { recursive: true });
+      const base = join(outDir, `scale-${slug(adapter.name)}`);
+      writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
+      const svg = opts.svg ?? `${base}.svg`;
+      writeFileSync(
+        svg,
+        await (await import('../plot/svg.ts')).renderSvg(
+          scale.scaleChartSpec(results, `hmmlab bench scale: ${adapter.name}`),
+        ),
+      );
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify(report)}\n`);
+        return;
+      }
+      const s = settings;
+      process.stdout.write(
+        `${adapter.name} (${adapter.report.backend}): policy ${s.policy}, page size ${formatBytes(s.pageSize)}, ` +
+          `${s.hostPages} host pages (${formatBytes(s.hostPages * s.pageSize)}), ${s.devicePages} device frames ` +
+          `(${formatBytes(s.devicePages * s.pageSize)}); us per page, peak resident memory per size\n`,
+      );
+      process.stdout.write(scale.formatScaleTable(results, 'usPerPage'));
+      process.stdout.write(scale.formatScaleTable(results, 'cpuUsPerPage'));
+      if (results.length > 1) {
+        const g = report.growth;
+        const list = (m: Record<string, number>) =>
+          Object.entries(m)
+            .map(([k, v]) => `${k} ${v.toFixed(2)}x`)
+            .join(', ');
+        process.stdout.write(
+          `cost per page at ${formatBytes(sizes[sizes.length - 1])} over ${formatBytes(sizes[0])} ` +
+            `(${sizes[sizes.length - 1] / sizes[0]}x the file): wall ${list(g.last.usPerPage)}; ` +
+            `cpu ${list(g.last.cpuUsPerPage)}; peak memory ${g.peakRss.last.toFixed(2)}x\n`,
+        );
+      }
+      process.stdout.write(`report written to ${base}.json, chart to ${svg}\n`);
     });
 }

@@ -16,11 +16,12 @@
  */
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
-import { parseCount, parsePageSize, plural } from '../bench/units.ts';
+import { peakRss } from '../bench/rss.ts';
+import { parseCount, parseMaxFileSize, parsePageSize, plural } from '../bench/units.ts';
 import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import type { HmmFs } from '../fs/hmmfs.ts';
 import { FaultInjector, formatInjected, INJECT_POINTS, parseInjectSpecs } from '../inject/inject.ts';
-import { DEFAULT_FILE_SIZE_LIMIT } from '../oplog/eof.ts';
+import { DEFAULT_MAX_FILE_SIZE } from '../mm/args.ts';
 import { parseOplog } from '../oplog/parse.ts';
 import type { ReplayRecord } from '../oplog/replay.ts';
 import { formatOp, isDeviceOp } from '../oplog/schema.ts';
@@ -49,6 +50,7 @@ interface ReplayCliOptions {
   snapshot?: boolean;
   inject?: string;
   retries?: string;
+  maxFileSize?: string;
 }
 
 async function readLog(path: string): Promise<string> {
@@ -96,6 +98,11 @@ export function registerReplay(program: Command): void {
     .option('--host-pages <n>', 'host page budget: reclaim runs past it', '1024')
     .option('--blocks <n>', 'block budget of the filesystem: writes past it fail with ENOSPC')
     .option(
+      '--max-file-size <bytes>',
+      'file-size limit: writes past it fail with EFBIG, checked with the whole log before the disk is ' +
+        'touched (default 1G, at most 8T; the backing file is sparse and the only thing that grows with it)',
+    )
+    .option(
       '--dir <dir>',
       'directory for the backing file DIR/oplog.dat, which is kept afterwards (default: a temporary ' +
         'directory, removed afterwards); an existing oplog.dat there is an error (EEXIST)',
@@ -137,6 +144,7 @@ export function registerReplay(program: Command): void {
       let policyName = parsePolicy(opts.policy);
       const devicePages = parseCount('--device-pages', opts.devicePages, 1024);
       const batchSize = parseCount('--batch', opts.batch, 256);
+      const maxFileSize = parseMaxFileSize(opts.maxFileSize, DEFAULT_MAX_FILE_SIZE);
       const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
       const retries = parseCount('--retries', opts.retries, 1, 0);
       if (opts.overwrite && opts.dir === undefined) {
@@ -144,7 +152,7 @@ export function registerReplay(program: Command): void {
       }
       // The whole log is parsed (its EOF rules and the file-size limit checked) before anything
       // touches the disk.
-      const log = parseOplog(await readLog(logPath), { maxFileSize: DEFAULT_FILE_SIZE_LIMIT });
+      const log = parseOplog(await readLog(logPath), { maxFileSize });
       // A log without device ops needs no GPU unless the user asked for a device policy by name:
       // the host-only page cache then runs it the same, also on a machine with no adapter.
       const dev = log.ops.findIndex(isDeviceOp);
@@ -212,6 +220,7 @@ export function registerReplay(program: Command): void {
             hostPages,
             blocks,
             policy: mount.policy,
+            mount: { maxFileSize },
             dir: opts.dir,
             check: opts.check,
             lines: log.lines,
@@ -266,7 +275,10 @@ export function registerReplay(program: Command): void {
           const after = result?.vmstat ?? fsAtEnd?.vmstat() ?? {};
           const s = runStats(after, before);
           const device = policyHasDevice(policyName) ? batches.batches : null;
-          if (opts.stats) process.stderr.write(`${formatStats(s, device)}\n`);
+          if (opts.stats) {
+            process.stderr.write(`${formatStats(s, device)}\n`);
+            process.stderr.write(`peak resident memory ${(peakRss() / 2 ** 20).toFixed(0)} MiB (VmHWM)\n`);
+          }
           if (opts.statsJson !== undefined) {
             const f = failure === null ? null : { code: errorCode(failure), message: errorMessage(failure) };
             await writeStatsJson(opts.statsJson, 'replay', s, batches.batches, f);

@@ -377,6 +377,7 @@ export function registerStress(program: Command): void {
         devicePages: a.devicePages,
         batch: a.batch,
         blocks: a.blocks,
+        maxFileSize: a.maxFileSize,
         retries: a.injectRate > 0 ? RATE_RETRIES : undefined,
       };
       const bar = opsProgressBar('stress', a.runs * a.ops);

@@ -5,9 +5,8 @@
  */
 import { randomInt } from 'node:crypto';
 import type { Command } from 'commander';
-import { parseCount } from '../bench/units.ts';
+import { parseCount, parseMaxFileSize as parseFileSizeLimit } from '../bench/units.ts';
 import { HmmlabError } from '../errors.ts';
-import { DEFAULT_FILE_SIZE_LIMIT } from '../oplog/eof.ts';
 import { SEED_LIMIT } from '../oplog/generate.ts';
 import type { OpName } from '../oplog/schema.ts';
 
@@ -23,13 +22,12 @@ export function parseSeed(text: string | undefined): number {
   return seed;
 }
 
-/** --max-file-size: at least 512 bytes, at most the mount's file-size limit (past it: only EFBIG). */
+/**
+ * --max-file-size of a generated workload: at least 512 bytes, at most the largest file-size limit
+ * a mount takes (8 TiB; the mount's limit is raised to it where it is past the 1 GiB default).
+ */
 export function parseMaxFileSize(text: string | undefined, pageSize: number): number {
-  const n = parseCount('--max-file-size', text, DEFAULT_FILE_PAGES * pageSize, 512);
-  if (n > DEFAULT_FILE_SIZE_LIMIT) {
-    throw new HmmlabError('EINVAL', `bad --max-file-size "${text}": at most 1 GiB`);
-  }
-  return n;
+  return parseFileSizeLimit(text, DEFAULT_FILE_PAGES * pageSize, 512);
 }
 
 /** Each switch `--no-NAME` and the ops it leaves out. */

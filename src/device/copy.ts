@@ -11,6 +11,9 @@ import type { GpuDevice } from '../gpu/device.ts';
 import { injectedError } from '../inject/inject.ts';
 import type { FramePool } from './frames.ts';
 
+/** The bounce buffer of host -> device copies: at most this many bytes (or one page) a writeBuffer. */
+export const COPY_BOUNCE_BYTES = 4 << 20;
+
 export interface FrameWrite {
   frame: number;
   /** At most a page; a shorter source (the page at EOF) leaves the rest of the frame zero. */
@@ -74,16 +77,24 @@ export function copyToFrames(
   );
   const runs = frameRuns(frames, pool.framesPerBuffer, pageSize);
   gpu.checkAlive('copy to device frames');
+  // One plain bounce buffer for every copy of the pool: writeBuffer copies the data at the call,
+  // so it is free again right after; a run longer than it goes in pieces of whole pages.
+  const per = Math.max(1, Math.floor(COPY_BOUNCE_BYTES / pageSize));
+  pool.bounce ??= new Uint8Array(per * pageSize);
+  const plain = pool.bounce;
   for (const run of runs) {
-    const plain = new Uint8Array(run.count * pageSize);
-    for (let j = 0; j < run.count; j++) plain.set(byFrame.get(frames[run.first + j])!, j * pageSize);
-    gpu.device.queue.writeBuffer(
-      pool.buffers[run.bufferIndex],
-      run.offset,
-      plain.buffer,
-      0,
-      plain.byteLength,
-    );
+    for (let k = 0; k < run.count; k += per) {
+      const n = Math.min(per, run.count - k);
+      plain.fill(0, 0, n * pageSize); // a short source (the page at EOF) leaves the rest zero
+      for (let j = 0; j < n; j++) plain.set(byFrame.get(frames[run.first + k + j])!, j * pageSize);
+      gpu.device.queue.writeBuffer(
+        pool.buffers[run.bufferIndex],
+        run.offset + k * pageSize,
+        plain.buffer,
+        0,
+        n * pageSize,
+      );
+    }
   }
   return { bytes: frames.length * pageSize, runs: runs.length };
 }

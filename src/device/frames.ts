@@ -53,6 +53,8 @@ export class FramePool {
   private readonly pins = new Map<number, number>();
   /** The most frames owned at once since the pool was made (or resetPeak): what compare reports. */
   peak = 0;
+  /** copy.ts: the plain bounce buffer of host -> device copies (made at the first copy). */
+  bounce?: Uint8Array;
 
   constructor(gpu: GpuDevice, opts: FramePoolOptions) {
     checkPageSize(opts.pageSize);

@@ -70,14 +70,22 @@ export {
 } from './fault.ts';
 export { checkPageSize, type FrameOwner, FramePool, MAX_FRAME_BUFFERS } from './frames.ts';
 export {
+  chunkBytesFor,
+  DEFAULT_CHUNK_BYTES,
   dispatchThreads,
+  type KernelChunk,
   type KernelKind,
   type KernelParams,
   type KernelPlan,
+  MAX_ATOMIC_BYTES,
+  MAX_CHUNK_BYTES,
+  MAX_DEVICE_PAGES,
   MIN_THREADS,
   patternByte,
   patternBytes,
+  planChunks,
   planKernel,
+  SOFTWARE_CHUNK_BYTES,
   wordChecksum,
 } from './kernels.ts';
 export {
@@ -94,6 +102,7 @@ export {
 export { DevicePageTable, type InstalledPte } from './pagetable.ts';
 export { type DevicePerm, pteDecode, pteEncode } from './pte.ts';
 export type {
+  DeviceOutputSink,
   FailedAccess,
   FaultResolution,
   FaultServiceContext,

@@ -23,8 +23,24 @@ export const WORKGROUP_SIZE = 256;
 export const MAX_THREADS = 65_536;
 /** The concurrency every kernel reaches where the work allows. */
 export const MIN_THREADS = 16_384;
-/** Files (and device address spaces) are addressed in u32 words on the GPU. */
-export const MAX_DEVICE_OFFSET = 2 ** 32;
+/**
+ * Page indices a device address space can hold: a fault entry keeps the page in 31 bits (the top
+ * bit says write). The device page table is a u32 per page, so maxBufferSize may bind it sooner.
+ */
+export const MAX_DEVICE_PAGES = 2 ** 31;
+/** The atomic kernel's increments cycle over the range's words in u32 arithmetic: at most 4 GiB. */
+export const MAX_ATOMIC_BYTES = 2 ** 32;
+/**
+ * Work one launch covers, by default (DeviceMemoryOptions.chunkBytes): 16 MiB of words, or of
+ * atomic threads' progress. A longer op runs chunk after chunk, each with its own fault/replay
+ * loop, so a launch's buffers stay within the binding limits and the run's memory stays bounded.
+ * A software adapter's buffers are host memory, and its launches cost little next to the work:
+ * there the default is 4 MiB (a devread's output, its readback and its copy are 12 MiB, not 48).
+ */
+export const DEFAULT_CHUNK_BYTES = 16 << 20;
+export const SOFTWARE_CHUNK_BYTES = 4 << 20;
+/** The largest chunk: a chunk's word offsets (first_word + item) stay well within u32. */
+export const MAX_CHUNK_BYTES = 1 << 30;
 
 export interface KernelParams {
   /** Byte offset in the file; a multiple of 4. */
@@ -39,38 +55,66 @@ export interface KernelParams {
   k?: number;
 }
 
+/** The whole request; its launches run chunk by chunk (planChunks). */
 export interface KernelPlan {
   kind: KernelKind;
   firstWord: number;
   /** Work items: words, or logical threads for the atomic kernel. */
   items: number;
-  /** Invocations dispatched (a multiple of WORKGROUP_SIZE). */
-  threads: number;
   /** Whether its accesses are stores (write faults). */
   write: boolean;
   firstPage: number;
   lastPage: number;
-  /** Words of the output buffer: devread one per item, checksum two per page. */
-  outWords: number;
+  /** The op's tag reduced: (7 * tag) mod 251 (devwrite). */
   tagMod: number;
   k: number;
   nwords: number;
   /** atomic: logical thread i starts at word i * spread, so the threads cover the range. */
   spread: number;
+  pageWords: number;
 }
 
-function checkRange(kind: string, off: number, len: number): void {
+/**
+ * One launch's share of the work: a run of whole pages for the word kernels (so that a page is
+ * serviced in one chunk only and its fault counts are those of the unchunked op), a slice of
+ * logical threads for the atomic kernel. Its fault/replay loop ends before the next chunk starts.
+ */
+export interface KernelChunk {
+  /** 0-based, in run order. */
+  index: number;
+  /** The op's items [itemBase, itemBase + items). */
+  itemBase: number;
+  items: number;
+  /** Invocations dispatched (a multiple of WORKGROUP_SIZE). */
+  threads: number;
+  /** Pages its items may touch. */
+  firstPage: number;
+  lastPage: number;
+  /** Words from the start of firstPage to item 0's word (word kernels; atomic: to the range's word 0). */
+  firstWord: number;
+  /** devwrite: (file offset of item 0 + 7 * tag) mod 251. */
+  patternBase: number;
+  /** Words of the output buffer: devread one per item, checksum two per page. */
+  outWords: number;
+  /** Progress slots: one per page for the word kernels, one per logical thread for atomic. */
+  slots: number;
+}
+
+function checkRange(kind: string, off: number, len: number, pageSize: number): void {
   if (!Number.isSafeInteger(off) || off < 0 || off % 4 !== 0) {
     throw new HmmlabError('EINVAL', `${kind}: offset ${off} is not a non-negative multiple of 4`);
   }
   if (!Number.isSafeInteger(len) || len <= 0 || len % 4 !== 0) {
     throw new HmmlabError('EINVAL', `${kind}: length ${len} is not a positive multiple of 4`);
   }
-  if (off + len > MAX_DEVICE_OFFSET) {
+  if (Math.floor((off + len - 1) / pageSize) >= MAX_DEVICE_PAGES) {
     throw new HmmlabError(
       'EINVAL',
-      `${kind}: range ${off}+${len} ends past 4 GiB, the device's address limit`,
+      `${kind}: range ${off}+${len} ends past page ${MAX_DEVICE_PAGES - 1}, the device's address limit`,
     );
+  }
+  if (kind === 'atomic' && len > MAX_ATOMIC_BYTES) {
+    throw new HmmlabError('EINVAL', `atomic: length ${len} is over 4 GiB, the atomic kernel's range limit`);
   }
 }
 
@@ -88,70 +132,149 @@ export function dispatchThreads(items: number): number {
 export function planKernel(kind: KernelKind, params: KernelParams, pageSize: number): KernelPlan {
   if (!KERNEL_KINDS.includes(kind)) throw new HmmlabError('EINVAL', `unknown device kernel "${kind}"`);
   const { off, len } = params;
-  checkRange(kind, off, len);
+  checkRange(kind, off, len, pageSize);
   const firstWord = off / 4;
   const words = len / 4;
   const firstPage = Math.floor(off / pageSize);
   const lastPage = Math.floor((off + len - 1) / pageSize);
-  const base = { kind, firstWord, firstPage, lastPage, tagMod: 0, k: 0, nwords: words, spread: 1 };
+  const base = {
+    kind,
+    firstWord,
+    firstPage,
+    lastPage,
+    tagMod: 0,
+    k: 0,
+    nwords: words,
+    spread: 1,
+    pageWords: pageSize / 4,
+  };
   switch (kind) {
     case 'devwrite': {
       const tag = params.tag ?? 0;
       if (!Number.isSafeInteger(tag) || tag < 0) {
         throw new HmmlabError('EINVAL', `devwrite: tag ${tag} is not a non-negative integer`);
       }
-      return {
-        ...base,
-        items: words,
-        threads: dispatchThreads(words),
-        write: true,
-        outWords: 0,
-        tagMod: (7 * (tag % 251)) % 251, // tag % 251 first: 7 * tag loses precision past 2^50
-      };
+      // tag % 251 first: 7 * tag loses precision past 2^50.
+      return { ...base, items: words, write: true, tagMod: (7 * (tag % 251)) % 251 };
     }
     case 'devread':
-      return { ...base, items: words, threads: dispatchThreads(words), write: false, outWords: words };
     case 'checksum':
-      return {
-        ...base,
-        items: words,
-        threads: dispatchThreads(words),
-        write: false,
-        outWords: 2 * (lastPage - firstPage + 1),
-      };
+      return { ...base, items: words, write: false };
     case 'atomic': {
       const items = positiveInt(kind, 'threads', params.threads ?? MIN_THREADS, 1 << 24);
       const k = positiveInt(kind, 'k', params.k ?? 64, 1 << 20);
       const spread = Math.max(1, Math.floor(words / items));
-      return { ...base, items, threads: dispatchThreads(items), write: true, outWords: 0, k, spread };
+      return { ...base, items, write: true, k, spread };
     }
   }
 }
 
-/** The uniform block of shaders/mmu.wgsl (struct Params). */
-export function encodeParams(
-  plan: KernelPlan,
-  layout: { pageWords: number; framesPerBuffer: number; countsBase: number; faultCap: number; pages: number },
-): Uint32Array {
+/** The chunk size in force: the setting, within the adapter's binding and buffer limits. */
+export function chunkBytesFor(
+  setting: number,
+  limits: { maxStorageBufferBindingSize: number; maxBufferSize: number },
+): number {
+  if (!Number.isSafeInteger(setting) || setting < 4) {
+    throw new HmmlabError('EINVAL', `kernel chunk size ${setting} is not an integer of at least 4 bytes`);
+  }
+  return Math.min(setting, limits.maxStorageBufferBindingSize, limits.maxBufferSize, MAX_CHUNK_BYTES);
+}
+
+/**
+ * Cut a plan into chunks of at most `chunkBytes` of work: whole pages (at least one) of words for
+ * devwrite, devread and checksum; chunkBytes / 4 logical threads for atomic, whose pages are those
+ * its threads' increments reach (the whole range when they wrap).
+ */
+export function* planChunks(plan: KernelPlan, chunkBytes: number): Generator<KernelChunk> {
+  const pw = plan.pageWords;
+  if (plan.kind === 'atomic') {
+    const per = Math.max(1, Math.floor(chunkBytes / 4));
+    const w0 = plan.firstWord % pw; // the range's word 0 within its first page
+    for (let index = 0, a = 0; a < plan.items; index++, a += per) {
+      const items = Math.min(per, plan.items - a);
+      const lo = a * plan.spread;
+      const hi = (a + items - 1) * plan.spread + plan.k - 1; // last word offset reached, unwrapped
+      const whole = hi >= plan.nwords;
+      yield {
+        index,
+        itemBase: a,
+        items,
+        threads: dispatchThreads(items),
+        firstPage: whole ? plan.firstPage : plan.firstPage + Math.floor((w0 + lo) / pw),
+        lastPage: whole ? plan.lastPage : plan.firstPage + Math.floor((w0 + hi) / pw),
+        firstWord: w0,
+        patternBase: 0,
+        outWords: 0,
+        slots: items,
+      };
+    }
+    return;
+  }
+  const pagesPer = Math.max(1, Math.floor(chunkBytes / (pw * 4)));
+  const endWord = plan.firstWord + plan.items;
+  for (let index = 0, page = plan.firstPage; page <= plan.lastPage; index++, page += pagesPer) {
+    const lastPage = Math.min(plan.lastPage, page + pagesPer - 1);
+    const startWord = Math.max(plan.firstWord, page * pw);
+    const items = Math.min(endWord, (lastPage + 1) * pw) - startWord;
+    const pages = lastPage - page + 1;
+    yield {
+      index,
+      itemBase: startWord - plan.firstWord,
+      items,
+      threads: dispatchThreads(items),
+      firstPage: page,
+      lastPage,
+      firstWord: startWord - page * pw,
+      patternBase: ((startWord % 251) * 4 + plan.tagMod) % 251,
+      outWords: plan.kind === 'devread' ? items : plan.kind === 'checksum' ? 2 * pages : 0,
+      slots: pages,
+    };
+  }
+}
+
+/** How the launch binds the device page table: a window of whole 256-byte blocks from pteBase. */
+export interface LaunchLayout {
+  pageWords: number;
+  framesPerBuffer: number;
+  /** Page of the bound PTE window's word 0, and pages the window holds. */
+  pteBase: number;
+  ptePages: number;
+  /** Fault buffer: entries it holds, and the word where its per-page raw counts start. */
+  faultCap: number;
+  countsBase: number;
+  /** This launch's stamp in the progress record (1 for a chunk's first launch). */
+  launch: number;
+}
+
+/** The uniform block of shaders/mmu.wgsl (struct Params), for one launch of one chunk. */
+export function encodeParams(plan: KernelPlan, chunk: KernelChunk, layout: LaunchLayout): Uint32Array {
   return Uint32Array.from([
-    plan.firstWord,
-    plan.items,
-    plan.threads,
+    chunk.firstPage,
+    chunk.firstWord,
+    chunk.items,
+    chunk.threads,
     layout.pageWords,
     layout.framesPerBuffer,
-    plan.tagMod,
+    chunk.patternBase,
     plan.k,
     plan.nwords,
-    plan.firstPage,
-    layout.countsBase,
+    layout.pteBase,
+    layout.ptePages,
     layout.faultCap,
-    layout.pages,
+    layout.countsBase,
     plan.spread,
+    layout.launch,
+    chunk.itemBase,
+    // atomic: the range's first page (its words count from there); the word kernels' is the chunk's
+    plan.firstPage,
     0,
     0,
     0,
   ]);
 }
+
+/** Bytes of the Params uniform buffer (encodeParams' words). */
+export const PARAMS_BYTES = 80;
 
 /** Pipelines of one device: one explicit bind-group layout for every kernel, so unused bindings are fine. */
 export class KernelPipelines {

@@ -14,7 +14,14 @@ import { type FaultInjector, injectedError, injectedPoint, NO_INJECT } from '../
 import { copyFromFrames, copyToFrames, type FrameWrite } from './copy.ts';
 import { formatPages } from './fault.ts';
 import { FramePool } from './frames.ts';
-import { type KernelKind, type KernelParams, KernelPipelines } from './kernels.ts';
+import {
+  chunkBytesFor,
+  DEFAULT_CHUNK_BYTES,
+  type KernelKind,
+  type KernelParams,
+  KernelPipelines,
+  SOFTWARE_CHUNK_BYTES,
+} from './kernels.ts';
 import { applyPteOps, checkIndices, DevicePageTable, type InstalledPte, type PteOp } from './pagetable.ts';
 import {
   type DevicePerm,
@@ -27,7 +34,7 @@ import {
   pteDirty,
   pteEncode,
 } from './pte.ts';
-import { type FaultServicer, type KernelResult, runKernel } from './replay.ts';
+import { type DeviceOutputSink, type FaultServicer, type KernelResult, runKernel } from './replay.ts';
 import { type DeviceCounters, type FaultBatchRecord, zeroCounters } from './stats.ts';
 
 export interface DeviceMemoryOptions {
@@ -39,8 +46,14 @@ export interface DeviceMemoryOptions {
   batchSize?: number;
   /** Frames per frame buffer (default: as many as one binding holds). */
   framesPerBuffer?: number;
-  /** Launches of one kernel run before it gives up (ELOOP-like EGPU error). */
+  /** Launches of one chunk of a kernel run before it gives up (ELOOP-like EGPU error). */
   maxLaunches?: number;
+  /**
+   * Work one launch covers at most (kernels.ts DEFAULT_CHUNK_BYTES, 16 MiB; 4 MiB on a software
+   * adapter; clamped to the adapter's binding limit): a longer op runs chunk by chunk. Tests lower
+   * it to span many chunks.
+   */
+  chunkBytes?: number;
 }
 
 /** A frame leaving the device: its PTE is already revoked (and the TLB shot down). */
@@ -104,6 +117,8 @@ export class DeviceMemory {
   readonly pool: FramePool;
   readonly batchSize: number;
   readonly maxLaunches: number;
+  /** Work a launch covers at most (bytes of words, or of atomic threads' progress). */
+  readonly chunkBytes: number;
   readonly counters: DeviceCounters = zeroCounters();
   /** The last MAX_BATCH_RECORDS fault batches. */
   readonly batchLog: FaultBatchRecord[] = [];
@@ -131,6 +146,8 @@ export class DeviceMemory {
     }
     this.batchSize = batch;
     this.maxLaunches = opts.maxLaunches ?? 10_000;
+    const chunkDefault = gpu.info.software ? SOFTWARE_CHUNK_BYTES : DEFAULT_CHUNK_BYTES;
+    this.chunkBytes = chunkBytesFor(opts.chunkBytes ?? chunkDefault, gpu.limits);
     this.unsubscribeLost = gpu.onLost((reason) => {
       this.lostReason = reason;
     });
@@ -530,25 +547,31 @@ export class DeviceMemory {
 
   // ---- kernels ----
 
-  /** Launch a device kernel over `space`, servicing faults through `servicer` and replaying until done. */
+  /**
+   * Launch a device kernel over `space`, servicing faults through `servicer` and replaying until
+   * done, chunk by chunk. A devread hands its bytes to `sink` as each chunk ends, if one is given.
+   */
   runKernel(
     kind: KernelKind,
     space: DevicePageTable,
     params: KernelParams,
     servicer: FaultServicer,
+    sink?: DeviceOutputSink,
   ): Promise<KernelResult> {
     try {
       this.own(space, `device kernel ${kind}`);
     } catch (e) {
       return Promise.reject(e);
     }
-    // Runs on one space take turns: they share its fault buffer.
+    // Runs on one space take turns: they share its page table and its pending grants.
     const prev = this.running.get(space.id) ?? Promise.resolve();
     const id = space.id;
     // Counted until the caller's await resumes (finally runs first), so forget() right after is fine.
     this.kernelsOn.set(id, (this.kernelsOn.get(id) ?? 0) + 1);
     const run = prev
-      .then(() => this.guard(`device kernel ${kind}`, () => runKernel(this, kind, space, params, servicer)))
+      .then(() =>
+        this.guard(`device kernel ${kind}`, () => runKernel(this, kind, space, params, servicer, sink)),
+      )
       .finally(() => {
         const n = (this.kernelsOn.get(id) ?? 1) - 1;
         if (n > 0) this.kernelsOn.set(id, n);

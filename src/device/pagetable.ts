@@ -1,7 +1,7 @@
 /**
  * The device page table of one device address space (one per file mapping, keyed by the
- * AddressSpace id): a GPU storage buffer with a PTE word per page index (pte.ts), the space's fault
- * buffer (fault.ts), and the host's shadow of what it installed.
+ * AddressSpace id): a GPU storage buffer with a PTE word per page index (pte.ts), and the host's
+ * shadow of what it installed. (The fault buffer is a kernel run's: replay.ts sizes it per chunk.)
  *
  * Every change to a PTE is a small kernel (shaders/pte_update.wgsl) ordered on the GPU queue after
  * the launches before it; it clears and sets bits atomically, so the DIRTY bit a kernel set survives,
@@ -15,10 +15,15 @@
  */
 import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
-import { faultLayout } from './fault.ts';
 import type { DevicePerm } from './pte.ts';
 
 const MIN_PAGES = 64;
+/**
+ * Pages whose invalidation sequence a table remembers at most: past it, it forgets them all, and a
+ * service that began before that counts every page as raced (a retry is always safe), so memory
+ * does not grow with the pages a long run ever invalidated.
+ */
+const MAX_TRACKED_INVALIDATIONS = 1 << 16;
 
 export interface PteOp {
   index: number;
@@ -35,7 +40,6 @@ export class DevicePageTable {
   /** Pages the PTE buffer holds; it grows (doubling) to the highest page a launch touches. */
   capacity = 0;
   pte!: GPUBuffer;
-  faults!: GPUBuffer;
   /** The host's shadow: index -> frame and permission as installed (FAIL and DIRTY bits live on the GPU). */
   readonly entries = new Map<number, InstalledPte>();
   /** Pages whose DIRTY bit was set at the last readback (every launch reads its range back). */
@@ -47,6 +51,8 @@ export class DevicePageTable {
   readonly pending = new Map<number, InstalledPte>();
   private seq = 0;
   private readonly invalidatedAt = new Map<number, number>();
+  /** readRetry for a sequence older than this cannot tell which pages were hit: it says all of them. */
+  private forgottenBefore = 0;
 
   constructor(
     private readonly gpu: GpuDevice,
@@ -55,23 +61,31 @@ export class DevicePageTable {
     this.ensureCapacity(MIN_PAGES);
   }
 
-  /** Grow the buffers to hold page index `pages - 1`; PTEs are copied on the queue. */
+  /**
+   * Grow the PTE buffer to hold page index `pages - 1` (doubling, within maxBufferSize); PTEs are
+   * copied on the queue. ELIMIT past what one buffer can hold.
+   */
   ensureCapacity(pages: number): void {
     if (pages <= this.capacity) return;
+    const limit = Math.floor(this.gpu.limits.maxBufferSize / 4);
+    if (pages > limit) {
+      throw new HmmlabError(
+        'ELIMIT',
+        `device page table of space ${this.id}: page ${pages - 1} is past the ${limit} PTEs one buffer holds (maxBufferSize)`,
+      );
+    }
     let cap = Math.max(this.capacity, MIN_PAGES);
     while (cap < pages) cap *= 2;
+    cap = Math.min(cap, limit);
     const usage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
     const pte = this.gpu.createBuffer(`pte-${this.id}`, cap * 4, usage);
-    const faults = this.gpu.createBuffer(`faults-${this.id}`, faultLayout(cap).words * 4, usage);
     if (this.capacity > 0) {
       const enc = this.gpu.device.createCommandEncoder({ label: 'pte grow' });
       enc.copyBufferToBuffer(this.pte, 0, pte, 0, this.capacity * 4);
       this.gpu.device.queue.submit([enc.finish()]);
       this.pte.destroy();
-      this.faults.destroy();
     }
     this.pte = pte;
-    this.faults = faults;
     this.capacity = cap;
   }
 
@@ -84,6 +98,7 @@ export class DevicePageTable {
   readRetry(seq: number, indices: Iterable<number>): Set<number> {
     const hit = new Set<number>();
     if (seq === this.seq) return hit;
+    if (seq < this.forgottenBefore) return new Set(indices);
     for (const i of indices) if ((this.invalidatedAt.get(i) ?? -1) > seq) hit.add(i);
     return hit;
   }
@@ -92,6 +107,16 @@ export class DevicePageTable {
   invalidate(indices: Iterable<number>): void {
     this.seq++;
     for (const i of indices) this.invalidatedAt.set(i, this.seq);
+    if (this.invalidatedAt.size > MAX_TRACKED_INVALIDATIONS) this.forgetInvalidations();
+  }
+
+  /**
+   * No service that began before now can still ask (fault service ended): forget which pages were
+   * invalidated when. A readRetry for an older sequence then says every page raced.
+   */
+  forgetInvalidations(): void {
+    this.invalidatedAt.clear();
+    this.forgottenBefore = this.seq;
   }
 
   /** Its buffers were destroyed (DeviceMemory.forget): it cannot be used again. */
@@ -100,7 +125,6 @@ export class DevicePageTable {
   destroy(): void {
     this.destroyed = true;
     this.pte.destroy();
-    this.faults.destroy();
   }
 }
 

@@ -21,8 +21,10 @@ export interface DeviceCounters {
   batches: number;
   /** Kernel dispatches, first launches included. */
   launches: number;
-  /** Dispatches after the first of a kernel run, for unfinished work. */
+  /** Dispatches after the first of a chunk, for unfinished work. */
   replays: number;
+  /** Chunks of kernel work run to the end (an op longer than a chunk runs several, one after another). */
+  chunks: number;
   kernels: number;
   bytesHostToDevice: number;
   bytesDeviceToHost: number;
@@ -45,6 +47,8 @@ export interface DeviceCounters {
 export interface FaultBatchRecord {
   kernel: string;
   space: number;
+  /** The chunk (0-based), the launch (1-based, over the run) and the batch (0-based, over the run). */
+  chunk: number;
   launch: number;
   batch: number;
   faultsRaw: number;
@@ -73,6 +77,7 @@ export function zeroCounters(): DeviceCounters {
     batches: 0,
     launches: 0,
     replays: 0,
+    chunks: 0,
     kernels: 0,
     bytesHostToDevice: 0,
     bytesDeviceToHost: 0,

@@ -16,10 +16,54 @@ export interface BlockBudget {
 }
 
 const ZERO_CHUNK = 1 << 20;
+/** Bytes the open-time block scan reads at once. */
+const SCAN_CHUNK = 1 << 20;
+
+/** A bit per page index, grown on demand: a file's blocks cost 1 bit a page, whatever its size. */
+class PageBits {
+  private words = new Uint32Array(64);
+
+  has(i: number): boolean {
+    const w = i >>> 5;
+    return w < this.words.length && (this.words[w] & (1 << (i & 31))) !== 0;
+  }
+
+  /** Set bit i; false if it was set. */
+  add(i: number): boolean {
+    const w = i >>> 5;
+    if (w >= this.words.length) {
+      const next = new Uint32Array(Math.max(w + 1, 2 * this.words.length));
+      next.set(this.words);
+      this.words = next;
+    }
+    if (this.words[w] & (1 << (i & 31))) return false;
+    this.words[w] |= 1 << (i & 31);
+    return true;
+  }
+
+  /** Clear the bits in [first, last]; how many were set. */
+  clearRange(first: number, last: number): number {
+    let n = 0;
+    const end = Math.min(last, this.words.length * 32 - 1);
+    for (let i = first; i <= end; i++) {
+      const w = i >>> 5;
+      if (this.words[w] === 0 && (i & 31) === 0) {
+        i += 31; // a whole empty word
+        continue;
+      }
+      const bit = 1 << (i & 31);
+      if (this.words[w] & bit) {
+        this.words[w] &= ~bit;
+        n++;
+      }
+    }
+    return n;
+  }
+}
 
 export class BackingFile implements AddressSpaceOps {
   /** Page indices that own a block. */
-  readonly blocks = new Set<number>();
+  private readonly blocks = new PageBits();
   private fd: number;
 
   constructor(
@@ -45,12 +89,18 @@ export class BackingFile implements AddressSpaceOps {
   /** On open, every page with a non-zero byte owns a block (a hole reads as zeros either way). */
   private scanBlocks(): void {
     const size = this.size;
-    const buf = new Uint8Array(this.pageSize);
-    for (let i = 0; i * this.pageSize < size; i++) {
-      const n = this.preadFull(buf, i * this.pageSize);
-      if (buf.subarray(0, n).some((b) => b !== 0)) {
-        this.blocks.add(i);
-        this.budget.used++;
+    const ps = this.pageSize;
+    const buf = Buffer.alloc(Math.max(ps, SCAN_CHUNK));
+    const zeros = Buffer.alloc(buf.length);
+    for (let pos = 0; pos < size; pos += buf.length) {
+      const n = this.preadFull(buf, pos);
+      // memcmp against zeros: a sparse file of gigabytes is mostly holes.
+      if (buf.subarray(0, n).equals(zeros.subarray(0, n))) continue;
+      for (let at = 0; at < n; at += ps) {
+        const end = Math.min(n, at + ps);
+        if (!buf.subarray(at, end).equals(zeros.subarray(at, end)) && this.blocks.add((pos + at) / ps)) {
+          this.budget.used++;
+        }
       }
     }
   }
@@ -129,12 +179,7 @@ export class BackingFile implements AddressSpaceOps {
   }
 
   free_blocks(first: number, last: number): void {
-    for (const b of [...this.blocks]) {
-      if (b >= first && b <= last) {
-        this.blocks.delete(b);
-        this.budget.used--;
-      }
-    }
+    this.budget.used -= this.blocks.clearRange(first, last);
   }
 
   async set_size(size: number): Promise<void> {

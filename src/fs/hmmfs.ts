@@ -11,9 +11,17 @@ import path from 'node:path';
 import { formatPages } from '../device/fault.ts';
 import { MAX_PAGE_SIZE, MIN_PAGE_SIZE } from '../device/frames.ts';
 import type { KernelKind, KernelParams } from '../device/kernels.ts';
+import type { DeviceOutputSink } from '../device/replay.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { type FaultInjector, NO_INJECT } from '../inject/inject.ts';
-import { checkBytes, checkDirectAlign, checkFileLimit, checkOffset } from '../mm/args.ts';
+import {
+  checkBytes,
+  checkDirectAlign,
+  checkFileLimit,
+  checkOffset,
+  DEFAULT_MAX_FILE_SIZE,
+  MAX_FILE_SIZE_LIMIT,
+} from '../mm/args.ts';
 import { dio_read, dio_write } from '../mm/direct.ts';
 import { filemap_read, generic_perform_write } from '../mm/filemap.ts';
 import { Mapping } from '../mm/mapping.ts';
@@ -36,6 +44,8 @@ import { type CoherencePolicy, hostOnlyPolicy } from '../policy/policy.ts';
 import { BackingFile, type BlockBudget } from './backing.ts';
 import { Mutex } from './mutex.ts';
 
+export { DEFAULT_MAX_FILE_SIZE, MAX_FILE_SIZE_LIMIT };
+
 export interface MountOptions {
   /** Directory holding the files; a fresh os.tmpdir() one when absent. */
   dir?: string;
@@ -45,7 +55,10 @@ export interface MountOptions {
   hostPages?: number;
   /** Block budget in pages (blocks of pageSize bytes) over all files; none when absent. */
   blocks?: number;
-  /** File-size limit in bytes (default 1 GiB): EFBIG past it. */
+  /**
+   * File-size limit in bytes (default 1 GiB, at most MAX_FILE_SIZE_LIMIT): EFBIG past it. Only the
+   * sparse backing file grows with what is written below it; no memory grows with the limit.
+   */
   maxFileSize?: number;
   /** Coherence policy (default hostOnlyPolicy). */
   policy?: CoherencePolicy;
@@ -100,9 +113,12 @@ function checkMountOptions(
   if (o.blocks !== undefined && (!Number.isSafeInteger(blocks) || blocks < 0)) {
     throw new HmmlabError('EINVAL', `blocks must be a non-negative integer, got ${o.blocks}`);
   }
-  const maxFileSize = o.maxFileSize ?? 2 ** 30;
-  if (!Number.isSafeInteger(maxFileSize) || maxFileSize < 1) {
-    throw new HmmlabError('EINVAL', `maxFileSize must be a positive integer, got ${o.maxFileSize}`);
+  const maxFileSize = o.maxFileSize ?? DEFAULT_MAX_FILE_SIZE;
+  if (!Number.isSafeInteger(maxFileSize) || maxFileSize < 1 || maxFileSize > MAX_FILE_SIZE_LIMIT) {
+    throw new HmmlabError(
+      'EINVAL',
+      `maxFileSize must be a positive integer of at most ${MAX_FILE_SIZE_LIMIT} (8 TiB), got ${o.maxFileSize}`,
+    );
   }
   return { pageSize, hostPages, blocks, maxFileSize, policy: o.policy ?? hostOnlyPolicy };
 }
@@ -423,7 +439,12 @@ export class File {
    * A device kernel over [off, off + len): off and len multiples of 4, within EOF (EINVAL
    * otherwise). ENODEV when the mount has no device.
    */
-  private device(what: string, kind: KernelKind, params: KernelParams): Promise<DeviceKernelResult | null> {
+  private device(
+    what: string,
+    kind: KernelKind,
+    params: KernelParams,
+    sink?: DeviceOutputSink,
+  ): Promise<DeviceKernelResult | null> {
     return this.op(what, async () => {
       const { off, len } = params;
       checkOffset(`${what} offset`, off);
@@ -445,7 +466,7 @@ export class File {
         );
       }
       if (len === 0) return null;
-      return policy.runDeviceKernel(this.mapping, kind, params);
+      return policy.runDeviceKernel(this.mapping, kind, params, sink);
     });
   }
 
@@ -457,9 +478,13 @@ export class File {
     return r?.run ?? emptyRun();
   }
 
-  /** devread: the bytes of [off, off + len) as device threads load them. */
-  async deviceRead(off: number, len: number): Promise<Uint8Array> {
-    const r = await this.device('deviceRead', 'devread', { off, len });
+  /**
+   * devread: the bytes of [off, off + len) as device threads load them. With `sink`, they go there
+   * as each kernel chunk ends, in file order (sink(bytes, fileOffset); the view is valid during the
+   * call only), and none is returned: a read of any length holds one chunk's bytes at a time.
+   */
+  async deviceRead(off: number, len: number, sink?: DeviceOutputSink): Promise<Uint8Array> {
+    const r = await this.device('deviceRead', 'devread', { off, len }, sink);
     return r?.bytes ?? new Uint8Array(0);
   }
 

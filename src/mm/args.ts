@@ -15,6 +15,14 @@ export function checkBytes(name: string, v: unknown): Uint8Array {
   return v;
 }
 
+/** The default file-size limit of a mount: 1 GiB. */
+export const DEFAULT_MAX_FILE_SIZE = 2 ** 30;
+/**
+ * The largest file-size limit a mount takes, 8 TiB: ext4's largest file (4 KiB blocks) is 16 TiB,
+ * and 2^31 device pages of 4 KiB (a device fault names a page in 31 bits) are 8 TiB.
+ */
+export const MAX_FILE_SIZE_LIMIT = 2 ** 43;
+
 /** EFBIG when [off, off + len) runs past the file-size limit. */
 export function checkFileLimit(what: string, off: number, len: number, limit: number): void {
   if (off + len > limit) {

@@ -110,20 +110,34 @@ export class VmArea {
   }
 }
 
-/** Remove every PTE of the VmArea and detach it from the file (munmap, unmount). */
+/**
+ * Remove every PTE of the VmArea and detach it from the file (munmap, unmount). A present PTE maps
+ * a page of the cache (reclaim and truncate unmap a page before dropping it), so the walk is over
+ * the cached pages when they are fewer than the mapping's: a mapping as large as a file-size
+ * limit of terabytes costs what is cached, not a PTE load per page of the limit.
+ */
 export function zap_vma(vma: VmArea): void {
   zap_vma_range(vma, 0, vma.nrPages - 1);
   vma.mapping.i_mmap.delete(vma);
   vma.closed = true;
 }
 
-/** zap_page_range: remove the PTEs of pages [first, last] of the VmArea. */
+/**
+ * zap_page_range: remove the PTEs of pages [first, last] of the VmArea. A PTE maps only a cached
+ * page, so where the file has fewer cached pages than the range, walk those instead of every PTE
+ * word (a mapping of a large file's size limit has millions).
+ */
 function zap_vma_range(vma: VmArea, first: number, last: number): void {
-  for (let i = first; i <= last; i++) {
+  const m = vma.mapping;
+  const indices = m.i_pages.size < last - first + 1 ? [...m.i_pages.keys()] : null;
+  const n = indices ? indices.length : last - first + 1;
+  for (let k = 0; k < n; k++) {
+    const i = indices ? indices[k] : first + k;
+    if (i < first || i > last || i >= vma.nrPages) continue;
     const pte = Atomics.load(vma.pte, i);
     if (pte_none(pte)) continue;
     Atomics.store(vma.pte, i, 0);
-    const e = vma.mapping.i_pages.get(i);
+    const e = m.i_pages.get(i);
     if (e && e.kind === 'page' && e.slot === pte_slot(pte)) e.mapcount--;
   }
 }

@@ -6,16 +6,16 @@
  * order. Reclaim only trylocks, so it never waits on a page the caller holds.
  */
 import type { CoherencePolicy } from '../policy/policy.ts';
+import { PageLru } from './lru.ts';
 import type { Mapping } from './mapping.ts';
 import { PagePool } from './pool.ts';
-import type { Page } from './types.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
 import { VmStat } from './vmstat.ts';
 
 export class PageCache {
   readonly pool: PagePool;
-  /** The LRU, oldest first (a Set keeps insertion order; re-adding moves a page to the tail). */
-  readonly lru = new Set<Page>();
+  /** The LRU, oldest first; delete then add moves a page to the tail. */
+  readonly lru = new PageLru();
   readonly mappings = new Set<Mapping>();
 
   constructor(

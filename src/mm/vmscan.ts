@@ -10,7 +10,7 @@
  * as a refault when it is read again.
  */
 import { delete_from_page_cache, replace_page_cache_entry } from './filemap.ts';
-import { asMapping } from './mapping.ts';
+import { asMapping, type Mapping } from './mapping.ts';
 import {
   PageDirty,
   PageLocked,
@@ -49,7 +49,7 @@ export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolea
         `reclaim: policy ${m.policy.name} frees page ${page.index} whose data is on the device`,
       );
     delete_from_page_cache(page);
-    if (why === 'reclaim') m.shadows.add(page.index);
+    if (why === 'reclaim') remember_shadow(m, page.index);
     return true;
   }
   // The device copy stays; a device entry takes the page's place in the index.
@@ -58,12 +58,34 @@ export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolea
   return true;
 }
 
+/**
+ * Shadow entries a file keeps at most, per host page of the budget: as mm/workingset.c bounds its
+ * shadow nodes by the LRU's size (about 8 entries a page), so that they follow memory, not the
+ * pages a long run ever evicted. The oldest go first.
+ */
+export const SHADOWS_PER_HOST_PAGE = 8;
+const MIN_SHADOWS = 1024;
+
+function remember_shadow(m: Mapping, index: number): void {
+  m.shadows.delete(index);
+  m.shadows.add(index);
+  const cap = Math.max(MIN_SHADOWS, SHADOWS_PER_HOST_PAGE * m.host.hostPages);
+  if (m.shadows.size <= cap + cap / 4) return;
+  // The oldest quarter at once, in one pass: a Set walked from its start after many deletes there
+  // skips every deleted slot, and one oldest entry a call would make each eviction cost the cap.
+  let drop = m.shadows.size - cap;
+  for (const i of m.shadows) {
+    if (drop-- <= 0) break;
+    m.shadows.delete(i);
+  }
+}
+
 /** try_to_free_pages: direct reclaim of up to `nr` pages. Returns the pages freed. */
 export async function try_to_free_pages(host: PageCache, nr: number): Promise<number> {
   let freed = 0;
   let budget = 2 * host.lru.size + 1;
   while (freed < nr && budget-- > 0 && host.lru.size > 0) {
-    const page: Page = host.lru.values().next().value!;
+    const page: Page = host.lru.first()!;
     // Rotate first: whatever happens, the next scan starts with the next page.
     host.lru.delete(page);
     host.lru.add(page);

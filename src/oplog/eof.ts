@@ -6,11 +6,11 @@
  * log before replay touches the disk, and the model applies the same function.
  */
 import type { HmmlabError } from '../errors.ts';
-import { checkFileLimit } from '../mm/args.ts';
+import { checkFileLimit, DEFAULT_MAX_FILE_SIZE } from '../mm/args.ts';
 import { isDeviceOp, type Op } from './schema.ts';
 
 /** The file-size limit of a mount (HmmFs.mount's default maxFileSize): EFBIG past it. */
-export const DEFAULT_FILE_SIZE_LIMIT = 2 ** 30;
+export const DEFAULT_FILE_SIZE_LIMIT = DEFAULT_MAX_FILE_SIZE;
 
 /**
  * i_size after `op`, given i_size before it (docs/oplog.md's rules; a zero-length write changes

@@ -1,23 +1,39 @@
 /**
- * The reference model of docs/oplog.md: the file as a plain growable byte array, every op applied by
- * its rule and nothing else (no pages, no cache, no device). Replay --check and the fsx-style test
- * compare hmmlab against it. Bytes past `size` in the array are kept zero, so growing the file
- * (write past EOF, truncate up) reads zeros without extra work.
+ * The reference model of docs/oplog.md: the file as a list of runs, every op applied by its rule
+ * and nothing else (no pages, no cache, no device). Replay --check and the fsx-style tests compare
+ * hmmlab against it.
+ *
+ * Every byte an op log writes is its op's pattern, (x + 7 * tag) mod 251, so the file is exactly
+ * the runs of bytes each op left, [start, end) with its tag, in file order, and zeros between them.
+ * The model keeps those runs and computes bytes on demand (readInto), so a log over gigabytes is a
+ * few runs per op, not a byte array as large as the file; reads and disk images are compared a
+ * chunk at a time. Adjacent runs of one tag join: an op's pattern continues across them.
  */
 import { eofError, sizeAfter } from './eof.ts';
 import { oplogError } from './parse.ts';
-import { fillPattern } from './pattern.ts';
+import { fillPattern, PATTERN_MODULUS } from './pattern.ts';
 import type { Op } from './schema.ts';
 
-const EMPTY = new Uint8Array(0);
+/** Bytes [start, end) of the file hold the pattern of `tag` (reduced mod 251: the pattern's period). */
+interface Run {
+  start: number;
+  end: number;
+  tag: number;
+}
 
 export class OplogModel {
-  private buf = new Uint8Array(0);
+  /** Disjoint, ascending, none empty; gaps are zeros. Runs never reach past `size`. */
+  private runs: Run[] = [];
   size = 0;
 
-  /** The whole file as the model has it (a view; valid until the next op). */
+  /** Runs the model holds (its memory is this, whatever the file size). */
+  get runCount(): number {
+    return this.runs.length;
+  }
+
+  /** The whole file as the model has it (a new array: for small files). */
   bytes(): Uint8Array {
-    return this.buf.subarray(0, this.size);
+    return this.readInto(new Uint8Array(this.size), 0);
   }
 
   /**
@@ -32,10 +48,7 @@ export class OplogModel {
       case 'mapwrite':
       case 'diowrite':
       case 'devwrite':
-        if (op.len > 0) {
-          this.reserve(op.off + op.len);
-          fillPattern(this.buf.subarray(op.off, op.off + op.len), op.off, op.tag);
-        }
+        if (op.len > 0) this.set(op.off, op.off + op.len, op.tag % PATTERN_MODULUS);
         break;
       case 'read':
       case 'mapread':
@@ -43,12 +56,11 @@ export class OplogModel {
       case 'devread':
         return this.read(op.off, op.len);
       case 'truncate':
-        if (op.size < this.size) this.buf.fill(0, op.size, this.size);
-        else this.reserve(op.size);
+        if (op.size < this.size) this.set(op.size, this.size, null);
         break;
       case 'punch': {
         const end = Math.min(op.off + op.len, this.size);
-        if (op.off < end) this.buf.fill(0, op.off, end);
+        if (op.off < end) this.set(op.off, end, null);
         break;
       }
       case 'fsync':
@@ -68,11 +80,10 @@ export class OplogModel {
   applyFailed(op: Op, landed: readonly (readonly [number, number])[]): void {
     const size = sizeAfter(op, this.size, true);
     if ('tag' in op) {
-      this.reserve(size);
       for (const [from, to] of landed) {
         if (from < 0 || to > size || from > to)
           throw new RangeError(`landed range [${from}, ${to}) past EOF ${size}`);
-        fillPattern(this.buf.subarray(from, to), from, op.tag);
+        if (to > from) this.set(from, to, op.tag % PATTERN_MODULUS);
       }
     }
     this.size = size;
@@ -80,16 +91,59 @@ export class OplogModel {
 
   /** Bytes [off, off+len) clamped to EOF: short at EOF, empty past it. */
   read(off: number, len: number): Uint8Array {
-    if (off >= this.size) return EMPTY;
-    return this.buf.slice(off, Math.min(off + len, this.size));
+    return this.readInto(new Uint8Array(this.readLength(off, len)), off);
   }
 
-  /** Grow the array (zero-filled) to hold `n` bytes; doubling keeps appends cheap. */
-  private reserve(n: number): void {
-    if (n <= this.buf.length) return;
-    const next = new Uint8Array(Math.max(n, Math.min(this.buf.length * 2, n + (64 << 20))));
-    next.set(this.buf.subarray(0, this.size));
-    this.buf = next;
+  /** How many bytes a read of [off, off+len) returns: clamped to EOF. */
+  readLength(off: number, len: number): number {
+    return Math.max(0, Math.min(off + len, this.size) - off);
+  }
+
+  /** Fill `dst` with the file's bytes from offset `off` (zeros past EOF); returns dst. */
+  readInto(dst: Uint8Array, off: number): Uint8Array {
+    dst.fill(0);
+    const end = off + dst.length;
+    for (let i = this.firstEndingAfter(off); i < this.runs.length && this.runs[i].start < end; i++) {
+      const r = this.runs[i];
+      const a = Math.max(off, r.start);
+      const b = Math.min(end, r.end);
+      fillPattern(dst.subarray(a - off, b - off), a, r.tag);
+    }
+    return dst;
+  }
+
+  /** Index of the first run whose end is past `x` (binary search). */
+  private firstEndingAfter(x: number): number {
+    let lo = 0;
+    let hi = this.runs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.runs[mid].end <= x) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** Make [start, end) the pattern of `tag`, or zeros (null): cut the runs it covers, join neighbours. */
+  private set(start: number, end: number, tag: number | null): void {
+    const i = this.firstEndingAfter(start);
+    let j = i;
+    while (j < this.runs.length && this.runs[j].start < end) j++;
+    const put: Run[] = [];
+    if (i < j && this.runs[i].start < start) put.push({ ...this.runs[i], end: start });
+    if (tag !== null) put.push({ start, end, tag });
+    if (i < j && this.runs[j - 1].end > end) put.push({ ...this.runs[j - 1], start: end });
+    this.runs.splice(i, j - i, ...put);
+    // Join touching runs of one tag around what changed.
+    for (let k = Math.max(1, i); k < Math.min(this.runs.length, i + put.length + 1); k++) {
+      const a = this.runs[k - 1];
+      const b = this.runs[k];
+      if (a.end === b.start && a.tag === b.tag) {
+        a.end = b.end;
+        this.runs.splice(k, 1);
+        k--;
+      }
+    }
   }
 }
 
@@ -100,5 +154,5 @@ export function modelOplog(
 ): { reads: (Uint8Array | null)[]; file: Uint8Array } {
   const m = new OplogModel();
   const reads = ops.map((op, k) => m.apply(op, lines?.[k] ?? k + 1));
-  return { reads, file: m.bytes().slice() };
+  return { reads, file: m.bytes() };
 }

@@ -16,9 +16,16 @@
  * Device ops call `deviceWrite(off, len, tag)` and `deviceRead(off, len)` on the file (DeviceFile);
  * they need a mount whose policy has a device (`policy`: mirror or migrate); without one, a log with
  * device ops is refused (ENODEV) before the disk is touched.
+ *
+ * Memory follows the budgets, not the ops: a write-like op longer than `streamChunk` (4 MiB) is
+ * applied as successive calls of a chunk each, its pattern generated a chunk at a time (an error
+ * part way leaves the chunks before it written, as a short write(2) would; a retry writes it all
+ * again); a read-like op's bytes are hashed, and in check mode compared with the model, as they
+ * come, a chunk at a time (devread: a kernel chunk at a time, through the device's sink); the disk
+ * is compared and hashed by streaming the backing file.
  */
-import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { createHash, type Hash } from 'node:crypto';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { firstDifference } from '../bench/random.ts';
@@ -32,7 +39,7 @@ import { DEFAULT_FILE_SIZE_LIMIT, sizeAfter } from './eof.ts';
 import { expectMismatch, landedRanges } from './expect.ts';
 import { OplogModel } from './model.ts';
 import { validateOplog } from './parse.ts';
-import { PATTERN_MODULUS, patternBytes } from './pattern.ts';
+import { fillPattern, PATTERN_MODULUS } from './pattern.ts';
 import { describeOp, isDeviceOp, isReadOp, type Op, type ReadOp, type WriteOp } from './schema.ts';
 
 export interface ReplayOptions {
@@ -73,7 +80,15 @@ export interface ReplayOptions {
   onRetry?: (line: number, op: Op | null, error: unknown) => void;
   /** Called after an attempt that failed, before it is run again (stress checks the invariants). */
   afterFailedAttempt?: (fs: HmmFs, line: number) => Promise<void> | void;
+  /**
+   * Bytes a long write-like op is applied in, and the backing file read in (a positive multiple of
+   * 512, at least the page size; default STREAM_CHUNK). Tests lower it to stream at small sizes.
+   */
+  streamChunk?: number;
 }
+
+/** Default ReplayOptions.streamChunk: what one call of a long op moves, 4 MiB. */
+export const STREAM_CHUNK = 4 << 20;
 
 export interface ReadRecord {
   /** 0-based line index of the op in the log. */
@@ -107,7 +122,8 @@ export interface ReplayResult {
 /** What the device half implements on a file for devwrite/devread (one thread per 4-byte word). */
 export interface DeviceFile {
   deviceWrite(off: number, len: number, tag: number): Promise<unknown>;
-  deviceRead(off: number, len: number): Promise<Uint8Array>;
+  /** With a sink, the bytes go there in file order, chunk by chunk (sink(bytes, fileOffset)). */
+  deviceRead(off: number, len: number, sink?: (bytes: Uint8Array, off: number) => void): Promise<Uint8Array>;
 }
 
 export function hasDevice(f: unknown): f is DeviceFile {
@@ -143,23 +159,118 @@ export function sha256(bytes: Uint8Array): string {
 
 const hex = (b: number | undefined) => (b === undefined ? 'EOF' : `0x${b.toString(16).padStart(2, '0')}`);
 
-function compare(
-  line: number,
-  op: Op | { op: 'end' },
-  what: string,
-  base: number,
-  got: Uint8Array,
-  want: Uint8Array,
-): void {
-  const d = firstDifference(got, want);
-  if (d < 0) return;
-  throw new ReplayMismatch(
-    line,
-    op,
-    base + d,
-    `${what}: ${got.length} bytes, model ${want.length}; first difference at file offset ${base + d} ` +
-      `(got ${hex(got[d])}, model ${hex(want[d])})`,
-  );
+/**
+ * Bytes that come in chunks, in file order from `base`, compared with the model's bytes a chunk at
+ * a time: the first difference is kept (a length difference counts, as firstDifference's), and
+ * finish() throws it as a ReplayMismatch once the whole length is known.
+ */
+class StreamCheck {
+  private total = 0;
+  private diff: { at: number; got: number | undefined; want: number | undefined } | null = null;
+  private scratch = new Uint8Array(0);
+
+  constructor(
+    private readonly model: OplogModel,
+    private readonly base: number,
+    /** Bytes the model has for the range. */
+    private readonly expected: number,
+  ) {}
+
+  feed(bytes: Uint8Array): void {
+    const at = this.total;
+    this.total += bytes.length;
+    if (this.diff) return;
+    const inModel = Math.max(0, Math.min(bytes.length, this.expected - at));
+    if (inModel > 0) {
+      if (this.scratch.length < inModel) this.scratch = new Uint8Array(inModel);
+      const want = this.model.readInto(this.scratch.subarray(0, inModel), this.base + at);
+      const d = firstDifference(bytes.subarray(0, inModel), want);
+      if (d >= 0) {
+        this.diff = { at: at + d, got: bytes[d], want: want[d] };
+        return;
+      }
+    }
+    if (bytes.length > inModel) this.diff = { at: at + inModel, got: bytes[inModel], want: undefined };
+  }
+
+  finish(line: number, op: Op | { op: 'end' }, what: string): void {
+    if (!this.diff && this.total < this.expected) {
+      const want = this.model.readInto(new Uint8Array(1), this.base + this.total)[0];
+      this.diff = { at: this.total, got: undefined, want };
+    }
+    if (!this.diff) return;
+    const offset = this.base + this.diff.at;
+    throw new ReplayMismatch(
+      line,
+      op,
+      offset,
+      `${what}: ${this.total} bytes, model ${this.expected}; first difference at file offset ${offset} ` +
+        `(got ${hex(this.diff.got)}, model ${hex(this.diff.want)})`,
+    );
+  }
+}
+
+/** The bytes a read-like op returned, as they came: their count and hash, and the model's check. */
+class ReadStream {
+  len = 0;
+  private readonly hash: Hash = createHash('sha256');
+
+  constructor(
+    private readonly base: number,
+    readonly check: StreamCheck | null,
+  ) {}
+
+  /** The op's next bytes, at file offset `off` (they must follow the ones before). */
+  take = (bytes: Uint8Array, off: number): void => {
+    if (off !== this.base + this.len) {
+      throw new Error(`replay: read bytes at offset ${off}, expected ${this.base + this.len}`);
+    }
+    this.len += bytes.length;
+    this.hash.update(bytes);
+    this.check?.feed(bytes);
+  };
+
+  digest(): string {
+    return this.hash.digest('hex');
+  }
+}
+
+/**
+ * [off, off + len) as calls of at most `chunk` bytes: in one call when it fits, else cut at
+ * multiples of `chunk` (page and sector aligned, so no call splits a page). Lazy: a read of 2^53
+ * bytes stops at EOF, not after 2^31 spans.
+ */
+function* spans(off: number, len: number, chunk: number): Generator<[number, number]> {
+  if (len <= chunk) {
+    yield [off, len];
+    return;
+  }
+  for (let o = off; o < off + len; ) {
+    const n = Math.min(off + len, (Math.floor(o / chunk) + 1) * chunk) - o;
+    yield [o, n];
+    o += n;
+  }
+}
+
+/** Read the backing file a chunk at a time into `take`: its size. */
+async function streamBacking(
+  path: string,
+  chunk: number,
+  take: (bytes: Uint8Array) => void,
+): Promise<number> {
+  const fh = await open(path, 'r');
+  try {
+    const buf = new Uint8Array(chunk);
+    let pos = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, 0, chunk, pos);
+      if (bytesRead === 0) return pos;
+      take(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+  } finally {
+    await fh.close();
+  }
 }
 
 type HmmFile = Awaited<ReturnType<HmmFs['open']>>;
@@ -190,53 +301,77 @@ function deviceOf(f: HmmFile, op: Op, line: number): DeviceFile {
 }
 
 /**
- * The bytes a write-like op stores. EFBIG comes before the buffer: a log may name any length up to
- * 2^53-1, and a write past the file-size limit must fail as the filesystem would, not as an
- * allocation of that length.
+ * A write-like op, a chunk at a time: the pattern is generated into one buffer of at most
+ * `chunk` bytes. EFBIG comes first: a log may name any length up to 2^53-1, and a write past the
+ * file-size limit must fail as the filesystem would, before anything is written.
  */
-function dataOf(t: Target, op: WriteOp): Uint8Array {
+async function applyWrite(t: Target, op: WriteOp, size: number, chunk: number): Promise<void> {
+  if (op.len === 0) return;
   checkFileLimit(op.op, op.off, op.len, t.fs.maxFileSize);
-  return patternBytes(op.off, op.len, op.tag);
+  // A store past EOF would be SIGBUS: extend the file to off+len first, as fsx does.
+  if (op.op === 'mapwrite' && op.off + op.len > size) await t.f.truncate(op.off + op.len);
+  const buf = new Uint8Array(Math.min(op.len, chunk));
+  for (const [o, n] of spans(op.off, op.len, chunk)) {
+    const data = fillPattern(buf.subarray(0, n), o, op.tag);
+    if (op.op === 'write') await t.f.write(o, data);
+    else if (op.op === 'mapwrite') await t.mapping().store(o, data);
+    else await t.f.writeDirect(o, data);
+  }
 }
 
-/** Apply one op to the target; the bytes of a read-like op, null for others. `size` is i_size before it. */
+/** A read-like op, its bytes streamed into `rs` a chunk at a time (read and dioread stop short at EOF). */
+async function applyRead(t: Target, op: ReadOp, size: number, line: number, chunk: number, rs: ReadStream) {
+  switch (op.op) {
+    case 'read':
+    case 'dioread':
+      for (const [o, n] of spans(op.off, op.len, chunk)) {
+        const got = op.op === 'read' ? await t.f.read(o, n) : await t.f.readDirect(o, n);
+        rs.take(got, o);
+        if (got.length < n) break;
+      }
+      return;
+    case 'mapread': {
+      const n = Math.max(0, Math.min(op.len, size - op.off));
+      for (const [o, k] of n > 0 ? spans(op.off, n, chunk) : []) rs.take(await t.mapping().load(o, k), o);
+      return;
+    }
+    case 'devread':
+      await deviceOf(t.f, op, line).deviceRead(op.off, op.len, rs.take);
+      return;
+  }
+}
+
+/** Apply one op to the target; for a read-like op, its bytes as streamed. `size` is i_size before it. */
 async function applyOp(
   t: Target,
   op: Op,
   size: number,
   line: number,
   name: string,
-): Promise<Uint8Array | null> {
+  chunk: number,
+  model: OplogModel | null,
+): Promise<ReadStream | null> {
   switch (op.op) {
     case 'write':
-      if (op.len > 0) await t.f.write(op.off, dataOf(t, op));
+    case 'mapwrite':
+    case 'diowrite':
+      await applyWrite(t, op, size, chunk);
       return null;
     case 'read':
-      return await t.f.read(op.off, op.len);
-    case 'mapwrite': {
-      if (op.len === 0) return null;
-      const data = dataOf(t, op); // EFBIG names the mapwrite, not the truncate below
-      // A store past EOF would be SIGBUS: extend the file to off+len first, as fsx does.
-      if (op.off + op.len > size) await t.f.truncate(op.off + op.len);
-      await t.mapping().store(op.off, data);
-      return null;
-    }
-    case 'mapread': {
-      const n = Math.max(0, Math.min(op.len, size - op.off));
-      return n > 0 ? await t.mapping().load(op.off, n) : new Uint8Array(0);
+    case 'mapread':
+    case 'dioread':
+    case 'devread': {
+      // Each attempt hashes (and checks) afresh: a retried read starts over.
+      const expected = op.op === 'devread' ? op.len : Math.max(0, Math.min(op.off + op.len, size) - op.off);
+      const rs = new ReadStream(op.off, model ? new StreamCheck(model, op.off, expected) : null);
+      await applyRead(t, op, size, line, chunk, rs);
+      return rs;
     }
     case 'devwrite':
       // The pattern depends on tag mod 251 only; reduced here, a tag near 2^53 stays exact on the
       // device side too (7 * tag would not be).
       await deviceOf(t.f, op, line).deviceWrite(op.off, op.len, op.tag % PATTERN_MODULUS);
       return null;
-    case 'devread':
-      return await deviceOf(t.f, op, line).deviceRead(op.off, op.len);
-    case 'diowrite':
-      if (op.len > 0) await t.f.writeDirect(op.off, dataOf(t, op));
-      return null;
-    case 'dioread':
-      return await t.f.readDirect(op.off, op.len);
     case 'truncate':
       await t.f.truncate(op.size);
       return null;
@@ -351,6 +486,10 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
   }
   const inject = options.inject ?? NO_INJECT;
   const retries = options.retries ?? 1;
+  const chunk = options.streamChunk ?? STREAM_CHUNK;
+  if (!Number.isSafeInteger(chunk) || chunk < 512 || chunk % 512 !== 0) {
+    throw new HmmlabError('EINVAL', `replay: stream chunk ${chunk} is not a positive multiple of 512`);
+  }
 
   const ownDir = options.dir === undefined;
   const dir = options.dir ?? (await mkdtemp(join(tmpdir(), 'hmmlab-replay-')));
@@ -387,7 +526,9 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
 
     const diskCheck = async (line: number, op: Op | { op: 'end' }) => {
       if (!model) return;
-      compare(line, op, 'backing file on disk', 0, await readFile(backing), model.bytes());
+      const check = new StreamCheck(model, 0, model.size);
+      await streamBacking(backing, chunk, (b) => check.feed(b));
+      check.finish(line, op, 'backing file on disk');
       diskChecks++;
     };
 
@@ -397,19 +538,25 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       const line = lineOf(k);
       inject.line = line;
       options.beforeOp?.(line, op);
-      let got: Uint8Array | null = null;
+      let got: ReadStream | null = null;
       let failed: HmmlabError | null = null; // failed as its `expect` said: the run goes on
       try {
-        got = await withRetries(inject, retries, () => applyOp(t, op, size, line, name), onFailed(line, op));
+        got = await withRetries(
+          inject,
+          retries,
+          () => applyOp(t, op, size, line, name, chunk, model),
+          onFailed(line, op),
+        );
       } catch (e) {
         failed = expectedFailure(op, line, e); // anything else is thrown, naming the line
       }
       if (!failed) expectMet(op, line);
-      const want = model ? modelApply(model, op, line, failed, fs.pageSize) : null;
+      // A read changes nothing in the model: its bytes were checked as they came.
+      if (model && !isReadOp(op)) modelApply(model, op, line, failed, fs.pageSize);
       size = sizeAfter(op, size, failed !== null);
       if (got && isReadOp(op)) {
-        if (want) compare(line, op, 'returned', op.off, got, want);
-        const r: ReadRecord = { i: line - 1, op: op.op, len: got.length, sha256: sha256(got) };
+        got.check?.finish(line, op, 'returned');
+        const r: ReadRecord = { i: line - 1, op: op.op, len: got.len, sha256: got.digest() };
         reads.push(r);
         options.onRecord?.(r);
       }
@@ -430,16 +577,19 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
     inject.where = 'final unmount';
     await withRetries(inject, retries, () => mountedFs.unmount(), onFailed(0, null));
     mounted = false;
-    const disk = await readFile(backing);
-    const end: EndRecord = { op: 'end', size: disk.length, sha256: sha256(disk) };
-    if (model) {
-      compare(
+    // The end line: the backing file hashed (and checked) as it is read, a chunk at a time.
+    const hash = createHash('sha256');
+    const check = model ? new StreamCheck(model, 0, model.size) : null;
+    const diskSize = await streamBacking(backing, chunk, (b) => {
+      hash.update(b);
+      check?.feed(b);
+    });
+    const end: EndRecord = { op: 'end', size: diskSize, sha256: hash.digest('hex') };
+    if (check) {
+      check.finish(
         ops.length > 0 ? lineOf(ops.length - 1) : 0,
         { op: 'end' },
         'backing file on disk after unmount',
-        0,
-        disk,
-        model.bytes(),
       );
       diskChecks++;
     }

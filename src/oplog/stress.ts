@@ -16,6 +16,7 @@ import { join } from 'node:path';
 import { errorMessage, isHmmlabError } from '../errors.ts';
 import type { HmmFs } from '../fs/hmmfs.ts';
 import { FaultInjector, INJECT_POINTS, type InjectPoint } from '../inject/inject.ts';
+import { DEFAULT_MAX_FILE_SIZE } from '../mm/args.ts';
 import { checkInvariants } from '../policy/invariants.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { isGauge } from './counters.ts';
@@ -240,6 +241,8 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
         hostPages: options.hostPages,
         blocks: options.blocks,
         dir: options.dir,
+        // The mount's file-size limit holds what the generator writes (1 GiB at least, as by default).
+        mount: { maxFileSize: Math.max(DEFAULT_MAX_FILE_SIZE, options.maxFileSize) },
         policy: held?.policy,
         check: true,
         inject,
@@ -384,6 +387,8 @@ export interface ReplaySetup {
   devicePages?: number;
   batch?: number;
   blocks?: number;
+  /** The generator's file-size limit: replay needs it past the 1 GiB default. */
+  maxFileSize?: number;
 }
 
 /** The `hmmlab replay --check` command line that replays `path` as the stress run did. */
@@ -395,6 +400,9 @@ export function replayCommand(path: string, s: ReplaySetup): string {
     if (s.batch !== undefined) args.push('--batch', String(s.batch));
   }
   if (s.blocks !== undefined) args.push('--blocks', String(s.blocks));
+  if (s.maxFileSize !== undefined && s.maxFileSize > DEFAULT_MAX_FILE_SIZE) {
+    args.push('--max-file-size', String(s.maxFileSize));
+  }
   if (s.inject) args.push('--inject', s.inject, '--retries', String(s.retries ?? 1));
   return args.join(' ');
 }

@@ -21,6 +21,7 @@
 import {
   type DeviceFault,
   type DeviceMemory,
+  type DeviceOutputSink,
   type DevicePageTable,
   type EvictedFrame,
   type EvictionOutcome,
@@ -416,13 +417,14 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     m: AddressSpace,
     kind: KernelKind,
     params: KernelParams,
+    sink?: DeviceOutputSink,
   ): Promise<DeviceKernelResult> {
     this.checkUsable(`device ${kind} on ${m.name}`);
     const space = this.space(m);
     this.running = true;
     let r: Awaited<ReturnType<DeviceMemory['runKernel']>>;
     try {
-      r = await this.dm.runKernel(kind, space, params, this.servicer(m));
+      r = await this.dm.runKernel(kind, space, params, this.servicer(m), sink);
     } catch (e) {
       throw this.lossOr(e); // while `running`: a loss counts every device-writable page as written
     } finally {

@@ -4,7 +4,7 @@
  * snapshot, and the mount's lock for work started outside an operation (detach). HmmFs asks
  * `isDevicePolicy` and never branches on a policy's name.
  */
-import type { DeviceMemory, KernelKind, KernelParams } from '../device/index.ts';
+import type { DeviceMemory, DeviceOutputSink, KernelKind, KernelParams } from '../device/index.ts';
 import type { Errno } from '../errors.ts';
 import type { FaultInjector } from '../inject/inject.ts';
 import type { AddressSpace } from '../mm/types.ts';
@@ -27,7 +27,7 @@ export interface DeviceRun {
 /** A kernel run's result as the policy hands it to the filesystem. */
 export interface DeviceKernelResult {
   run: DeviceRun;
-  /** devread: the bytes. */
+  /** devread without a sink: the bytes. */
   bytes?: Uint8Array;
   /** checksum: per page of the range, wrapping sum and xor of its words. */
   checksums?: { index: number; sum: number; xor: number }[];
@@ -61,8 +61,16 @@ export interface DeviceCheckView {
 
 export interface DevicePolicy extends CoherencePolicy {
   readonly hasDevice: true;
-  /** Run a device kernel over `mapping`'s pages; faults are serviced by the policy. */
-  runDeviceKernel(mapping: AddressSpace, kind: KernelKind, params: KernelParams): Promise<DeviceKernelResult>;
+  /**
+   * Run a device kernel over `mapping`'s pages; faults are serviced by the policy. A devread with
+   * a `sink` streams its bytes there chunk by chunk (DeviceKernelResult.bytes is then absent).
+   */
+  runDeviceKernel(
+    mapping: AddressSpace,
+    kind: KernelKind,
+    params: KernelParams,
+    sink?: DeviceOutputSink,
+  ): Promise<DeviceKernelResult>;
   /** The device half of page `index`'s snapshot row (host shadow: no GPU round trip). */
   devicePage(mapping: AddressSpace, index: number): DevicePageColumns;
   /** Indices of `mapping` the device holds a copy of, ascending. */

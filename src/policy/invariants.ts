@@ -171,8 +171,8 @@ function checkPageStates(policy: CoherencePolicy, m: Mapping): void {
 interface Table {
   space: DevicePageTable;
   m: Mapping;
-  /** Every PTE of the table as the GPU holds it, index = position. */
-  rows: DevicePageState[];
+  /** Every PTE of the table that is not empty, as the GPU holds it, by page index. */
+  rows: Map<number, DevicePageState>;
 }
 
 const NO_PTE: Pick<DevicePageState, 'perm' | 'frame'> = { perm: 'none', frame: null };
@@ -197,7 +197,7 @@ async function checkDevice(policy: DevicePolicy, view: DeviceCheckView, mappings
     spaces.map(async (space) => ({
       space,
       m: byId.get(space.id)!,
-      rows: await dm.snapshot(space, 0, space.capacity - 1),
+      rows: await liveRows(dm, space),
     })),
   );
   checkPteBits(tables);
@@ -207,9 +207,27 @@ async function checkDevice(policy: DevicePolicy, view: DeviceCheckView, mappings
   await checkReadOnlyCopies(policy, view, mappings);
 }
 
+/** PTEs read back at once: a table as large as a file of gigabytes is read a window at a time. */
+const PTE_WINDOW = 1 << 16;
+
+/** The non-empty PTEs of a whole table (any bit set): what the checks look at, bounded by what is mapped. */
+async function liveRows(
+  dm: DeviceCheckView['memory'],
+  space: DevicePageTable,
+): Promise<Map<number, DevicePageState>> {
+  const rows = new Map<number, DevicePageState>();
+  for (let first = 0; first < space.capacity; first += PTE_WINDOW) {
+    const last = Math.min(space.capacity, first + PTE_WINDOW) - 1;
+    for (const r of await dm.snapshot(space, first, last)) {
+      if (r.perm !== 'none' || r.frame !== null || r.dirty || r.failRead || r.failWrite) rows.set(r.index, r);
+    }
+  }
+  return rows;
+}
+
 function checkPteBits(tables: Table[]): void {
   for (const { m, rows } of tables) {
-    for (const r of rows) {
+    for (const r of rows.values()) {
       if (r.failRead || r.failWrite) {
         const which = [r.failRead ? 'FAIL_READ' : '', r.failWrite ? 'FAIL_WRITE' : '']
           .filter(Boolean)
@@ -236,7 +254,7 @@ function checkPteBits(tables: Table[]): void {
 function checkOneFramePerPage(tables: Table[]): Map<number, { m: Mapping; index: number }> {
   const mappedBy = new Map<number, { m: Mapping; index: number }>();
   for (const { m, rows } of tables) {
-    for (const r of rows) {
+    for (const r of rows.values()) {
       if (r.frame === null) continue;
       const other = mappedBy.get(r.frame);
       if (other)
@@ -254,9 +272,9 @@ function checkOneFramePerPage(tables: Table[]): Map<number, { m: Mapping; index:
 /** The GPU's PTEs, the policy's records and the device layer's shadow say the same, page by page. */
 function checkRecords(policy: DevicePolicy, view: DeviceCheckView, { space, m, rows }: Table): void {
   const indices = new Set<number>([...policy.deviceIndices(m), ...space.entries.keys()]);
-  for (const r of rows) if (r.perm !== 'none') indices.add(r.index);
+  for (const r of rows.values()) if (r.perm !== 'none') indices.add(r.index);
   for (const index of [...indices].sort((a, b) => a - b)) {
-    const gpu = rows[index] ?? NO_PTE;
+    const gpu = rows.get(index) ?? NO_PTE;
     const rec = view.record(m, index);
     if (rec && gpu.perm === 'none')
       throw broken(

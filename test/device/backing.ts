@@ -4,7 +4,36 @@
  * into a frame and maps it (rw for a write fault); eviction copies dirty frames back. Pages in
  * `refuseWrite` are refused (EFAULT), as a page_mkwrite that says no.
  */
-import type { DeviceFault, DeviceMemory, FaultResolution, FaultServicer } from '../../src/device/index.ts';
+import { afterAll, afterEach, beforeAll } from 'vitest';
+import {
+  type DeviceFault,
+  DeviceMemory,
+  type DeviceMemoryOptions,
+  type FaultResolution,
+  type FaultServicer,
+} from '../../src/device/index.ts';
+import { GpuDevice } from '../../src/gpu/device.ts';
+
+/**
+ * A test file's device: the GPU opened once for the file, and `setup` for a fresh DeviceMemory
+ * with a HostBacking, destroyed after each test.
+ */
+export function deviceRig(): (opts: DeviceMemoryOptions) => Promise<{ dm: DeviceMemory; hb: HostBacking }> {
+  let gpu: GpuDevice;
+  const made: DeviceMemory[] = [];
+  beforeAll(async () => {
+    gpu = await GpuDevice.open();
+  });
+  afterAll(() => gpu?.destroy());
+  afterEach(() => {
+    for (const dm of made.splice(0)) dm.destroy();
+  });
+  return async (opts) => {
+    const dm = await DeviceMemory.create(gpu, opts);
+    made.push(dm);
+    return { dm, hb: new HostBacking(dm, opts.pageSize) };
+  };
+}
 
 export class HostBacking {
   readonly data = new Map<number, Uint8Array>();

@@ -1,10 +1,11 @@
 /**
  * The pure parts of the device layer: PTE bits, fault-buffer parsing, coalescing and batching,
- * frame runs for batched copies, launch plans (thread counts, validation).
+ * frame runs for batched copies, launch plans (thread counts, validation, chunks).
  */
 import { describe, expect, it } from 'vitest';
 import {
   coalesceFaults,
+  DEFAULT_CHUNK_BYTES,
   dispatchThreads,
   faultBatches,
   faultLayout,
@@ -12,6 +13,8 @@ import {
   frameRuns,
   MIN_THREADS,
   parseFaultEntries,
+  patternByte,
+  planChunks,
   planKernel,
   pteDecode,
   pteEncode,
@@ -82,11 +85,11 @@ describe('frame runs', () => {
 
 describe('kernel plans', () => {
   it('gives big kernels at least 16,384 threads and strides past 65,536', () => {
-    expect(planKernel('devwrite', { off: 0, len: 4 * 20000, tag: 1 }, 4096).threads).toBeGreaterThanOrEqual(
-      MIN_THREADS,
-    );
+    const first = (kind: 'devwrite' | 'atomic', len: number) =>
+      [...planChunks(planKernel(kind, { off: 0, len, tag: 1 }, 4096), DEFAULT_CHUNK_BYTES)][0];
+    expect(first('devwrite', 4 * 20000).threads).toBeGreaterThanOrEqual(MIN_THREADS);
     expect(dispatchThreads(10_000_000)).toBe(65_536);
-    expect(planKernel('atomic', { off: 0, len: 16 }, 4096).threads).toBe(MIN_THREADS);
+    expect(first('atomic', 16).threads).toBe(MIN_THREADS);
   });
 
   it('covers the pages of a range that is not page aligned', () => {
@@ -97,6 +100,41 @@ describe('kernel plans', () => {
   it('rejects offsets and lengths that are not word multiples, naming them', () => {
     expect(() => planKernel('devwrite', { off: 2, len: 4 }, 4096)).toThrow(/offset 2/);
     expect(() => planKernel('devread', { off: 0, len: 6 }, 4096)).toThrow(HmmlabError);
-    expect(() => planKernel('devread', { off: 2 ** 32, len: 4 }, 4096)).toThrow(/4 GiB/);
+    expect(() => planKernel('devread', { off: 2 ** 31 * 4096, len: 4 }, 4096)).toThrow(/address limit/);
+    expect(() => planKernel('atomic', { off: 0, len: 2 ** 32 + 4 }, 4096)).toThrow(/4 GiB/);
+  });
+
+  it('addresses files past 4 GiB: a chunk counts its words from its own first page', () => {
+    const off = 5 * 2 ** 30 + 12; // 5 GiB + 12
+    const plan = planKernel('devwrite', { off, len: 8192, tag: 3 }, 4096);
+    const chunks = [...planChunks(plan, 4096)];
+    const p0 = Math.floor(off / 4096);
+    expect(chunks.map((c) => [c.firstPage, c.firstWord, c.itemBase, c.items])).toEqual([
+      [p0, 3, 0, 1021],
+      [p0 + 1, 0, 1021, 1024],
+      [p0 + 2, 0, 2045, 3],
+    ]);
+    // pattern_base is item 0's byte of the pattern, exact however far the file offset is.
+    for (const c of chunks) expect(c.patternBase).toBe(patternByte(off + c.itemBase * 4, 3));
+  });
+
+  it('cuts word kernels into whole pages and atomic threads into slices', () => {
+    const plan = planKernel('devread', { off: 4092, len: 5 * 4096 }, 4096);
+    const chunks = [...planChunks(plan, 2 * 4096)];
+    expect(chunks.map((c) => [c.firstPage, c.lastPage, c.items, c.outWords, c.slots])).toEqual([
+      [0, 1, 1 + 1024, 1025, 2],
+      [2, 3, 2048, 2048, 2],
+      [4, 5, 1024 + 1023, 2047, 2],
+    ]);
+    expect(chunks.reduce((s, c) => s + c.items, 0)).toBe(plan.items);
+    const atomic = planKernel('atomic', { off: 0, len: 64 * 4096, threads: 1000, k: 8 }, 4096);
+    const slices = [...planChunks(atomic, 400 * 4)];
+    expect(slices.map((c) => [c.itemBase, c.items, c.slots])).toEqual([
+      [0, 400, 400],
+      [400, 400, 400],
+      [800, 200, 200],
+    ]);
+    // Thread i starts at word i * 65 (spread) and does 8 increments: the slice's pages only.
+    expect([slices[0].firstPage, slices[0].lastPage]).toEqual([0, Math.floor((399 * 65 + 7) / 1024)]);
   });
 });

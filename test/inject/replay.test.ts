@@ -223,8 +223,10 @@ describe.each(POLICIES)('the command line (%s)', (policy) => {
       policy,
       '--inject-rate',
       '0.02',
+      // A fixed seed: at this rate a random one may leave a rare point (fdatasync) unfired; the
+      // high-rate run below explores random seeds.
       '--seed',
-      String(SEED % 1000),
+      '1',
       '--ops',
       '5000',
       '--json',

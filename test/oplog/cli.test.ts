@@ -196,3 +196,38 @@ test('replay of a log without device ops needs no GPU unless --policy mirror is 
     expect.stringMatching(/^hmmlab: ENODEV: no WebGPU adapter named "no-such-adapter"/),
   ]);
 });
+
+test('--max-file-size lifts the 1 GiB limit (the backing file is sparse); past 8 TiB it is EINVAL', async () => {
+  const path = join(dir, 'far.jsonl');
+  const off = 2 ** 30; // ends past the default limit; the end hash reads the 1 GiB hole
+  await writeFile(
+    path,
+    `{"op":"write","off":${off},"len":100,"tag":1}\n{"op":"read","off":${off - 10},"len":20}\n`,
+  );
+  const refused = await hmmlab(['replay', path, '--json']);
+  expect(refused.code).toBe(2); // a file-size limit: bad input, found before the disk is touched
+  expect(ourStderr(refused.stderr)).toEqual([
+    expect.stringMatching(/^hmmlab: EFBIG: line 1 .*past the file-size limit 1073741824$/),
+  ]);
+  const r = await hmmlab(['replay', path, '--json', '--max-file-size', '2G']);
+  expect(r.code).toBe(0);
+  const read = {
+    i: 1,
+    op: 'read',
+    len: 20,
+    sha256: createHash('sha256')
+      .update(Buffer.concat([Buffer.alloc(10), patternBytes(off, 10, 1)]))
+      .digest('hex'),
+  };
+  expect(JSON.parse(r.stdout.split('\n')[0])).toEqual(read);
+  expect(JSON.parse(r.stdout.trimEnd().split('\n').at(-1)!)).toMatchObject({ op: 'end', size: off + 100 });
+  const low = await hmmlab(['replay', path, '--max-file-size', '1M']);
+  expect(ourStderr(low.stderr)).toEqual([
+    expect.stringMatching(/EFBIG: .*past the file-size limit 1048576$/),
+  ]);
+  const big = await hmmlab(['replay', path, '--max-file-size', '9T']);
+  expect([big.code, ourStderr(big.stderr)]).toEqual([
+    2,
+    ['hmmlab: EINVAL: bad --max-file-size "9T": at most 8 TiB (8T)'],
+  ]);
+});

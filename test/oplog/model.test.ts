@@ -1,8 +1,14 @@
-/** The reference model follows each rule of docs/oplog.md's table. */
+/**
+ * The reference model follows each rule of docs/oplog.md's table; its runs of (tag, range) give
+ * the bytes a plain byte array gives, on random logs; a log over gigabytes costs a few runs.
+ */
+import fc from 'fast-check';
 import { describe, expect, test } from 'vitest';
+import { eofError, sizeAfter } from '../../src/oplog/eof.ts';
 import { modelOplog, OplogModel } from '../../src/oplog/model.ts';
-import { patternBytes } from '../../src/oplog/pattern.ts';
+import { fillPattern, patternBytes } from '../../src/oplog/pattern.ts';
 import type { Op } from '../../src/oplog/schema.ts';
+import { oplogArbitrary } from './arbitrary.ts';
 
 const zeros = (n: number) => new Uint8Array(n);
 function cat(...parts: Uint8Array[]): Uint8Array {
@@ -113,4 +119,84 @@ test('modelOplog returns each read and the final file', () => {
   ]);
   expect(reads).toEqual([null, patternBytes(4, 4, 1), null]);
   expect(file).toEqual(patternBytes(0, 8, 1));
+});
+
+/** The model as it was: the file as a plain byte array, each rule applied to its bytes. */
+function byteArrayModel(ops: readonly Op[]): { reads: (Uint8Array | null)[]; file: Uint8Array } {
+  let buf = new Uint8Array(0);
+  let size = 0;
+  const reads = ops.map((op) => {
+    if (eofError(op, size)) throw new Error(`invalid log: ${JSON.stringify(op)}`);
+    let out: Uint8Array | null = null;
+    const grow = (n: number) => {
+      if (n <= buf.length) return;
+      const next = new Uint8Array(n);
+      next.set(buf.subarray(0, size));
+      buf = next;
+    };
+    switch (op.op) {
+      case 'write':
+      case 'mapwrite':
+      case 'diowrite':
+      case 'devwrite':
+        if (op.len > 0) {
+          grow(op.off + op.len);
+          fillPattern(buf.subarray(op.off, op.off + op.len), op.off, op.tag);
+        }
+        break;
+      case 'read':
+      case 'mapread':
+      case 'dioread':
+      case 'devread':
+        out = op.off >= size ? new Uint8Array(0) : buf.slice(op.off, Math.min(op.off + op.len, size));
+        break;
+      case 'truncate':
+        if (op.size < size) buf.fill(0, op.size, size);
+        else grow(op.size);
+        break;
+      case 'punch':
+        if (op.off < size) buf.fill(0, op.off, Math.min(op.off + op.len, size));
+        break;
+      default:
+        break;
+    }
+    size = sizeAfter(op, size);
+    return out;
+  });
+  return { reads, file: buf.slice(0, size) };
+}
+
+describe('runs of (tag, range)', () => {
+  test('give the bytes of a plain byte array on random logs', () => {
+    fc.assert(
+      fc.property(oplogArbitrary({ pageSize: 4096, maxFileSize: 64 * 1024, maxOps: 60 }), (ops) => {
+        const want = byteArrayModel(ops);
+        const got = modelOplog(ops);
+        // Buffer.equals: toEqual walks typed arrays element by element, too slow for 200 logs.
+        const same = (a: Uint8Array | null, b: Uint8Array | null) =>
+          a === b || (a !== null && b !== null && Buffer.from(a).equals(Buffer.from(b)));
+        expect(same(got.file, want.file), 'file').toBe(true);
+        for (const [k, r] of got.reads.entries())
+          expect(same(r, want.reads[k]), `read at op ${k}`).toBe(true);
+      }),
+      { numRuns: 200 },
+    );
+  });
+
+  test('a log over 4 GiB costs a few runs, and reads anywhere are computed on demand', () => {
+    const G = 2 ** 30;
+    const m = run([
+      { op: 'write', off: 0, len: 4 * G, tag: 1 },
+      { op: 'devwrite', off: G, len: G, tag: 2 },
+      { op: 'write', off: 2 * G, len: G, tag: 1 },
+      { op: 'punch', off: 3 * G, len: 4096 },
+      { op: 'truncate', size: 5 * G },
+    ]);
+    expect(m.size).toBe(5 * G);
+    expect(m.runCount).toBe(4); // tag 1, tag 2, tag 1 (the rewrite joined), hole, tag 1
+    expect(m.read(G - 2, 4)).toEqual(cat(patternBytes(G - 2, 2, 1), patternBytes(G, 2, 2)));
+    expect(m.read(3 * G - 1, 2)).toEqual(cat(patternBytes(3 * G - 1, 1, 1), zeros(1)));
+    expect(m.read(3 * G + 4094, 4)).toEqual(cat(zeros(2), patternBytes(3 * G + 4096, 2, 1)));
+    expect(m.read(5 * G - 2, 10)).toEqual(zeros(2));
+  });
 });

@@ -113,6 +113,65 @@ describe('check mode', () => {
   });
 });
 
+describe('streamed in chunks (streamChunk 8 KiB)', () => {
+  const ops: Op[] = [
+    { op: 'write', off: 100, len: 65_536, tag: 1 }, // 9 calls: cut at multiples of 8 KiB
+    { op: 'fsync' },
+    { op: 'dropcaches' },
+    { op: 'read', off: 0, len: 1 << 30 }, // short at EOF, after 9 calls
+    { op: 'mapread', off: 10, len: 50_000 },
+    { op: 'dioread', off: 8192, len: 65_536 },
+    { op: 'fsync' },
+  ];
+  const corrupt = (at: number) => {
+    const b = patternBytes(at, 1, 1);
+    b[0] ^= 0xff;
+    const fd = openSync(join(dir, 'oplog.dat'), 'r+');
+    writeSync(fd, b, 0, 1, at);
+    closeSync(fd);
+  };
+
+  test('the records of the whole-buffer replay', async () => {
+    const whole = await replayOplog(ops, { dir, check: true });
+    const streamed = await replayOplog(ops, { dir, check: true, streamChunk: 8192 });
+    expect(streamed.reads).toEqual(whole.reads);
+    expect(streamed.end).toEqual(whole.end);
+    expect(streamed.reads.map((r) => r.len)).toEqual([65_636, 50_000, 57_444]);
+  });
+
+  test('a difference in a later chunk of a read names its file offset', async () => {
+    const run = replayOplog(ops, {
+      dir,
+      check: true,
+      streamChunk: 8192,
+      afterOp: (_fs, line) => {
+        if (line === 3) corrupt(40_001); // behind the cache's back, after dropcaches
+      },
+    });
+    const e = (await run.catch((x) => x)) as ReplayMismatch;
+    expect(e).toBeInstanceOf(ReplayMismatch);
+    expect(e.offset).toBe(40_001);
+    expect(e.message).toMatch(
+      /^line 4 \(read off=0 len=1073741824\): returned: 65636 bytes, model 65636; first difference at file offset 40001 /,
+    );
+  });
+
+  test('a difference on disk is found by the streamed disk check', async () => {
+    const run = replayOplog(ops, {
+      dir,
+      check: true,
+      streamChunk: 8192,
+      afterOp: (_fs, line) => {
+        if (line === 6) corrupt(60_000);
+      },
+    });
+    const e = (await run.catch((x) => x)) as ReplayMismatch;
+    expect(e.message).toMatch(
+      /^line 7 \(fsync\): backing file on disk: 65636 bytes, model 65636; first difference at file offset 60000 /,
+    );
+  });
+});
+
 test('device ops are refused before anything runs, naming the line', async () => {
   const ops: Op[] = [
     { op: 'write', off: 0, len: 64, tag: 1 },

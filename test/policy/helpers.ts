@@ -46,6 +46,8 @@ export interface MirrorOptions {
   inject?: FaultInjector;
   /** An existing device memory to mount over (two mounts sharing one device). */
   dm?: DeviceMemory;
+  /** Work a kernel launch covers at most (DeviceMemoryOptions.chunkBytes): small to span chunks. */
+  chunkBytes?: number;
 }
 
 export interface DeviceOptions extends MirrorOptions {
@@ -79,6 +81,7 @@ export async function mountDevice(gpu: GpuDevice, o: DeviceOptions): Promise<Dev
       devicePages: o.devicePages,
       pageSize: o.pageSize,
       batchSize: o.batchSize ?? 256,
+      chunkBytes: o.chunkBytes,
     }));
   const name = o.policy ?? 'mirror';
   const policy = createDevicePolicy(name, dm);
