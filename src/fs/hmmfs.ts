@@ -375,6 +375,22 @@ export class File {
     });
   }
 
+  /**
+   * fallocate(KEEP_SIZE): the blocks of [off, off + len) are allocated (ENOSPC for all or none),
+   * i_size and the data stay as they are. Replay reserves a long write's range so, before it
+   * writes it a call at a time, so that the write fails whole or not at all, as one write(2) does.
+   */
+  fallocate(off: number, len: number): Promise<void> {
+    return this.op('fallocate', async () => {
+      checkOffset('fallocate offset', off);
+      checkOffset('fallocate length', len);
+      checkFileLimit('fallocate', off, len, this.fs.maxFileSize);
+      if (len === 0) return;
+      const ps = this.fs.pageSize;
+      await this.mapping.a_ops.reserve_blocks(Math.floor(off / ps), Math.floor((off + len - 1) / ps));
+    });
+  }
+
   /** fallocate(PUNCH_HOLE | KEEP_SIZE), clamped to EOF. */
   punchHole(off: number, len: number): Promise<void> {
     return this.op('punchHole', async () => {

@@ -18,9 +18,9 @@
  * device ops is refused (ENODEV) before the disk is touched.
  *
  * Memory follows the budgets, not the ops: a write-like op longer than `streamChunk` (4 MiB) is
- * applied as successive calls of a chunk each, its pattern generated a chunk at a time (an error
- * part way leaves the chunks before it written, as a short write(2) would; a retry writes it all
- * again); a read-like op's bytes are hashed, and in check mode compared with the model, as they
+ * applied as successive calls of a chunk each, its pattern generated a chunk at a time (its blocks
+ * reserved first, so ENOSPC fails it whole; another error part way leaves the chunks before it
+ * written, as a short write(2) would, and a retry writes it all again); a read-like op's bytes are hashed, and in check mode compared with the model, as they
  * come, a chunk at a time (devread: a kernel chunk at a time, through the device's sink); the disk
  * is compared and hashed by streaming the backing file.
  */
@@ -310,6 +310,9 @@ async function applyWrite(t: Target, op: WriteOp, size: number, chunk: number): 
   checkFileLimit(op.op, op.off, op.len, t.fs.maxFileSize);
   // A store past EOF would be SIGBUS: extend the file to off+len first, as fsx does.
   if (op.op === 'mapwrite' && op.off + op.len > size) await t.f.truncate(op.off + op.len);
+  // Several calls: the blocks of the whole range first, so that ENOSPC fails the op before a byte
+  // lands, as one write(2) or O_DIRECT write would (docs/oplog.md: a failed write wrote nothing).
+  if (op.len > chunk && op.op !== 'mapwrite') await t.f.fallocate(op.off, op.len);
   const buf = new Uint8Array(Math.min(op.len, chunk));
   for (const [o, n] of spans(op.off, op.len, chunk)) {
     const data = fillPattern(buf.subarray(0, n), o, op.tag);

@@ -148,6 +148,28 @@ describe('what is not the expected failure stops the run with EEXPECT', () => {
   });
 });
 
+test('a long write applied in several calls fails whole with ENOSPC, as one write(2) does', async () => {
+  // streamChunk of 2 pages: the 6-page write is three calls; replay reserves all 6 pages' blocks
+  // first (fallocate), so with 3 blocks it fails before a byte lands.
+  const sub = await mkdtemp(join(dir, 'run-'));
+  const log = parseOplog(
+    lines(
+      { op: 'write', off: 0, len: 6 * PS, tag: 3, expect: 'ENOSPC' },
+      { op: 'read', off: 0, len: 6 * PS },
+      { op: 'fsync' },
+    ),
+  );
+  const r = await replayOplog(log.ops, {
+    dir: sub,
+    blocks: 3,
+    check: true,
+    streamChunk: 2 * PS,
+    lines: log.lines,
+  });
+  expect(r.reads[0].len).toBe(0);
+  expect(r.end.size).toBe(0);
+});
+
 test('landedRanges takes the refused pages the errors carry as data, through the line wrapper', () => {
   const refused = new HmmlabError('EFAULT', 'SIGBUS: device write to pages 1, 3 of oplog.dat refused', {
     pages: [1, 3],
