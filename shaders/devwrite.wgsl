@@ -13,15 +13,10 @@ fn pattern_word(i: u32) -> u32 {
   return v;
 }
 
-@compute @workgroup_size(256)
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  for (var i = gid.x; i < p.items; i += p.threads) {
-    let w = mmu_word_item(i, true, gid.x);
-    if (!w.ok) {
-      continue;
-    }
-    frame_store(w.frame, w.offset, pattern_word(i));
-    mmu_item_done(w);
-  }
-  mmu_end();
+const WORD_WRITE: bool = true;
+
+fn word_body(pg: PageWork, i: u32) {
+  frame_store(pg.frame, mmu_word(i), pattern_word(i));
 }
+
+//!include mmu_words.wgsl

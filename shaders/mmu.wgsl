@@ -1,13 +1,19 @@
 // The device MMU, shared by every device kernel (`//!include mmu.wgsl`): a kernel is only its body.
 //
-// A kernel is a grid-stride loop over its work items and a body: mmu_word_item(i, write, thread)
-// translates item i's word (or says skip it), mmu_item_done(i) marks it done, mmu_end() ends
-// main. The atomic kernel, whose items take many steps, calls mmu_translate and mmu_stop itself.
+// The word kernels (devwrite, devread, checksum: an item per 4-byte word; mmu_words.wgsl is their
+// main, the kernel its WORD_WRITE and word_body) work a page at a time: a workgroup takes the
+// chunk's pages in turn (mmu_pages, mmu_page_begin), each invocation translates the page once for
+// its share of the page's words, as a TLB entry serves a warp's accesses to a page, does them, and
+// mmu_page_done stamps the page. A page that faults is recorded once, by invocation 0, counting its
+// items that faulted (the raw count stays one per faulting word), and its words are left undone.
+// The atomic kernel, whose items hop from page to page, translates every access with mmu_translate
+// and stops with mmu_stop; its faults are recorded one per subgroup and page where the adapter has
+// subgroups (a warp's faults coalesced as a GPU's TLB does), one per thread where it has not.
+// mmu_end() ends every main.
 //
-// Every device access goes through mmu_translate(page, write, thread). With permission it returns
-// the frame (setting the PTE's DIRTY bit on the first store). Without, it records a fault in the
-// fault buffer, as replayable-fault hardware does, and the logical thread (work item) must leave
-// its work undone and stop; the invocation goes on to its next work item of the grid-stride loop,
+// mmu_translate(page, write, thread): with permission it returns the frame (setting the PTE's
+// DIRTY bit on the first store). Without, it records a fault in the fault buffer, as replayable-
+// fault hardware does, and the work must be left undone; the invocation goes on to its next work,
 // so one launch collects the faults of all the work. The host services the faults and replays the
 // unfinished work. A PTE whose FAIL bit is set for the access means the host refused that access
 // (EFAULT): the work is marked failed, not retried.
@@ -76,12 +82,10 @@ struct Translation {
 var<private> mmu_raw: u32;
 
 // Record a fault. The per-page, per-access raw counter doubles as the pending bit: only the first
-// thread to fault on (page, access) in this launch takes an entry, so ten thousand threads on one
-// page are one fault to service, and the counter keeps how many there were.
-fn mmu_record_fault(page: u32, write: bool, thread: u32) {
-  mmu_raw += 1u;
-  let slot_bit = (page - p.first_page) * 2u + select(0u, 1u, write);
-  let before = atomicAdd(&faults[p.counts_base + slot_bit], 1u);
+// to fault on (page, access) in this launch takes an entry, so ten thousand threads on one page are
+// one fault to service, and the counter keeps how many there were.
+fn mmu_record(page: u32, write: bool, thread: u32, slot_bit: u32, n: u32) {
+  let before = atomicAdd(&faults[p.counts_base + slot_bit], n);
   if (before != 0u) {
     return;
   }
@@ -94,7 +98,32 @@ fn mmu_record_fault(page: u32, write: bool, thread: u32) {
   atomicStore(&faults[F_ENTRIES + slot * 2u + 1u], thread);
 }
 
-fn mmu_translate(page: u32, write: bool, thread: u32) -> Translation {
+//!if subgroups
+// One record per subgroup and (page, access), as a GPU's TLB coalesces a warp's faults on a page:
+// the subgroup's lanes that fault on the same (page, access) add their counts in one atomic, by an
+// elected lane. The counts stay exact; lanes on another page loop to their own turn.
+fn mmu_record_fault(page: u32, write: bool, thread: u32, n: u32) {
+  mmu_raw += n;
+  let key = (page - p.first_page) * 2u + select(0u, 1u, write);
+  loop {
+    if (subgroupBroadcastFirst(key) == key) {
+      let count = subgroupAdd(n);
+      if (subgroupElect()) {
+        mmu_record(page, write, thread, key, count);
+      }
+      break;
+    }
+  }
+}
+//!else
+fn mmu_record_fault(page: u32, write: bool, thread: u32, n: u32) {
+  mmu_raw += n;
+  mmu_record(page, write, thread, (page - p.first_page) * 2u + select(0u, 1u, write), n);
+}
+//!endif
+
+// Translate `page` for `n` accesses (items): a fault counts n raw faults.
+fn mmu_translate_n(page: u32, write: bool, thread: u32, n: u32) -> Translation {
   if (page < p.first_page || page - p.pte_base >= p.pte_pages) {
     return Translation(T_FAIL, 0u); // the host binds every page the chunk touches: never taken
   }
@@ -109,48 +138,71 @@ fn mmu_translate(page: u32, write: bool, thread: u32) -> Translation {
   if ((word & select(PTE_FAIL_READ, PTE_FAIL_WRITE, write)) != 0u) {
     return Translation(T_FAIL, 0u);
   }
-  mmu_record_fault(page, write, thread);
+  mmu_record_fault(page, write, thread, n);
   return Translation(T_FAULT, 0u);
 }
 
-// ---- the work-item prologue and epilogue every kernel shares ----
+fn mmu_translate(page: u32, write: bool, thread: u32) -> Translation {
+  return mmu_translate_n(page, write, thread, 1u);
+}
 
-// A word-sized work item (devwrite, devread, checksum: item i is the chunk's word i, counted from
-// word first_word of page first_page).
-//
-// Progress is kept per page, not per word: within one launch every item of a page translates the
-// same way (the host changes PTEs only between launches), so a page's items are all done by the
-// same launch or all left undone. A slot holds the stamp of the launch that did its page's work; a
-// later launch skips the page, while the items of the stamping launch itself go on.
-struct WordItem {
-  ok: bool, // translated: do the work, then mmu_item_done(it); else skip it (continue)
-  page: u32, // page index in the address space
-  frame: u32, // the page's frame, when ok
-  offset: u32, // the word within its page (and frame)
+// ---- the word kernels: a workgroup works a page at a time ----
+
+// Progress is kept per page: a slot holds the stamp of the launch that did its page's words, and a
+// later launch skips the page. A page is worked by one workgroup a launch, whole, each invocation
+// its share of the words (within a launch they all translate it alike).
+struct PageWork {
+  ok: bool, // translated: do items lo..hi - 1 on `frame`, then mmu_page_done
+  frame: u32,
+  lo: u32, // the page's first item in this chunk, and one past its last
+  hi: u32,
   slot: u32, // the page within the chunk: its progress slot
-  stamp: u32, // the slot's value when the item started
 }
 
-// Prologue of work item i for `thread`: not ok when an earlier launch did its page, when its access
-// faults (recorded; the replay runs it) or when the host refused the access (FAIL: its page's items
-// fail in every launch of this run, and no fault is recorded).
-fn mmu_word_item(i: u32, write: bool, thread: u32) -> WordItem {
-  let w = p.first_word + i;
-  let slot = w / p.page_words;
-  var it = WordItem(false, p.first_page + slot, 0u, w % p.page_words, slot, atomicLoad(&progress[slot]));
-  if (it.stamp != 0u && it.stamp != p.launch) {
-    return it;
-  }
-  let tr = mmu_translate(it.page, write, thread);
-  it.ok = tr.status == T_OK;
-  it.frame = tr.frame;
-  return it;
+// Page slots of the chunk (the host dispatches at most as many workgroups as it needs).
+fn mmu_pages() -> u32 {
+  return (p.first_word + p.items + p.page_words - 1u) / p.page_words;
 }
 
-fn mmu_item_done(it: WordItem) {
-  if (it.stamp != p.launch) {
-    atomicStore(&progress[it.slot], p.launch);
+// Start page slot `s`: every invocation of the workgroup translates the page for its own share of
+// the page's words, with no barrier (within a launch every invocation reads the same PTE; the host
+// changes PTEs only between launches), and only invocation 0 records a fault, counting every item
+// of the page here. Not ok when an earlier launch did the page, when it faults (the replay runs
+// it) or when the host refused the access (FAIL: its items fail in every launch of this run).
+fn mmu_page_begin(s: u32, write: bool, lid: u32, thread: u32) -> PageWork {
+  let lo = max(p.first_word, s * p.page_words) - p.first_word;
+  let hi = min(p.first_word + p.items, (s + 1u) * p.page_words) - p.first_word;
+  var w = PageWork(false, 0u, lo, hi, s);
+  let stamp = atomicLoad(&progress[s]);
+  if (stamp != 0u && stamp != p.launch) {
+    return w; // done by an earlier launch
   }
+  let page = p.first_page + s;
+  let word = atomicLoad(&pte[page - p.pte_base]);
+  let need = select(PTE_READ, PTE_WRITE, write);
+  if ((word & need) != 0u) {
+    if (write && (word & PTE_DIRTY) == 0u) {
+      atomicOr(&pte[page - p.pte_base], PTE_DIRTY);
+    }
+    w.ok = true;
+    w.frame = word & PTE_FRAME_MASK;
+  } else if (lid == 0u && (word & select(PTE_FAIL_READ, PTE_FAIL_WRITE, write)) == 0u) {
+    mmu_record_fault(page, write, thread, hi - lo);
+  }
+  return w;
+}
+
+// The page's words are done (by this launch: its stamp; invocations of the workgroup still at
+// their share see their own launch's stamp and go on).
+fn mmu_page_done(w: PageWork, lid: u32) {
+  if (lid == 0u) {
+    atomicStore(&progress[w.slot], p.launch);
+  }
+}
+
+// The word of item i within its page (and frame).
+fn mmu_word(i: u32) -> u32 {
+  return (p.first_word + i) % p.page_words;
 }
 
 // For a work item that keeps a count of steps done (atomic): the progress value to leave when a

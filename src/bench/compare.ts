@@ -458,7 +458,7 @@ async function explicitRunner(
           const last = Math.floor((s.off + s.len - 1) / ps);
           const range = frames.slice(first, last + 1);
           // Before the kernel: the data to the device; after it: back, as cudaMemcpy each way.
-          dm.copyToFrames(
+          await dm.copyToFrames(
             range.map((frame, k) => ({ frame, data: b.subarray((first + k) * ps, (first + k + 1) * ps) })),
           );
           const r = await dm.runKernel(s.write ? 'devwrite' : 'devread', space, s, noFaults);

@@ -301,7 +301,7 @@ function hostServicer(file: Uint8Array, pageSize: number): FaultServicer {
       frameOf.set(f.index, frame);
       copies.push({ frame, data: file.subarray(f.index * pageSize, (f.index + 1) * pageSize) });
     });
-    ctx.memory.copyToFrames(copies);
+    await ctx.copyToFrames(copies);
     return faults.map((f): FaultResolution => {
       const frame = ctx.lookup(f.index)?.frame ?? frameOf.get(f.index);
       if (frame === undefined) return { ok: false, retry: true };
@@ -337,7 +337,7 @@ async function prefetch(
   if (missing >= 0) {
     throw new HmmlabError('ENOSPC', `bench faults: prefetch found no frame for page ${indices[missing]}`);
   }
-  dm.copyToFrames(
+  await dm.copyToFrames(
     indices.map((index, i) => ({ frame: frames[i]!, data: file.subarray(index * ps, (index + 1) * ps) })),
   );
   await dm.map(

@@ -8,6 +8,7 @@
  * The GPU modules are loaded only when a policy needs them, so that host-only commands need no GPU.
  */
 import type { DeviceMemory } from '../device/index.ts';
+import type { ReplayPolicy } from '../device/replayPolicy.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
 import type { GpuOptions } from '../gpu/adapter.ts';
 import type { GpuDevice } from '../gpu/device.ts';
@@ -37,6 +38,8 @@ export interface PolicyOptions {
   devicePages: number;
   pageSize: number;
   batch: number;
+  /** When device faults are replayed (UVM's replay policies; default once). */
+  replayPolicy?: ReplayPolicy;
 }
 
 /** The policy of one mount, and what it holds. */
@@ -81,6 +84,7 @@ export async function openPolicy(name: PolicyName, o: PolicyOptions): Promise<Po
         devicePages: o.devicePages,
         pageSize: o.pageSize,
         batchSize: o.batch,
+        replayPolicy: o.replayPolicy,
       });
       const dm = held.dm!;
       return { policy: held.policy, device: dm, batchLog: dm.batchLog, close: () => held.close() };

@@ -18,6 +18,7 @@ import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { peakRss } from '../bench/rss.ts';
 import { parseCount, parseMaxFileSize, parsePageSize, plural } from '../bench/units.ts';
+import { DEFAULT_REPLAY_POLICY, parseReplayPolicy, REPLAY_POLICIES } from '../device/replayPolicy.ts';
 import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import type { HmmFs } from '../fs/hmmfs.ts';
 import { FaultInjector, formatInjected, INJECT_POINTS, parseInjectSpecs } from '../inject/inject.ts';
@@ -47,6 +48,7 @@ interface ReplayCliOptions {
   policy?: string;
   devicePages?: string;
   batch?: string;
+  replayPolicy?: string;
   snapshot?: boolean;
   inject?: string;
   retries?: string;
@@ -125,6 +127,13 @@ export function registerReplay(program: Command): void {
       '1024',
     )
     .option('--batch <n>', 'device faults serviced per batch (NVIDIA UVM: 256)', '256')
+    .option(
+      '--replay-policy <name>',
+      `when device faults are replayed, NVIDIA UVM's uvm_perf_fault_replay_policy: ${REPLAY_POLICIES.join(', ')} ` +
+        '(block: after each 2 MiB va_block of a batch; batch: after each batch; batch-flush: after each batch, ' +
+        'the rest of the fault buffer flushed; once: after every fetched fault was serviced)',
+      DEFAULT_REPLAY_POLICY,
+    )
     .option('--snapshot', 'print the page-state table of the whole file to stderr before the final unmount')
     .option(
       '--inject <specs>',
@@ -144,6 +153,7 @@ export function registerReplay(program: Command): void {
       let policyName = parsePolicy(opts.policy);
       const devicePages = parseCount('--device-pages', opts.devicePages, 1024);
       const batchSize = parseCount('--batch', opts.batch, 256);
+      const replayPolicy = parseReplayPolicy(opts.replayPolicy ?? DEFAULT_REPLAY_POLICY);
       const maxFileSize = parseMaxFileSize(opts.maxFileSize, DEFAULT_MAX_FILE_SIZE);
       const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
       const retries = parseCount('--retries', opts.retries, 1, 0);
@@ -186,6 +196,7 @@ export function registerReplay(program: Command): void {
         devicePages,
         pageSize,
         batch: batchSize,
+        replayPolicy,
       });
       const batches = new FaultBatchCollector(pageSize);
       // The file system as the run left it, before its final unmount (also when it failed).

@@ -6,7 +6,9 @@
  *
  * The pool keeps the frame's owner (address space id and page index: the device rmap), an LRU of
  * owned frames (oldest first) and pins: a frame pinned by a fault batch in service cannot be
- * chosen for eviction until its PTE is installed.
+ * chosen for eviction until its PTE is installed. Free frames are a bitmap allocated in runs, from
+ * the lowest frame freed since the last allocation (else next-fit): consecutive page indices get consecutive frames where a free run allows, so that a batch's
+ * copies are a few long runs (copy.ts) however the frames were freed before.
  */
 import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
@@ -46,15 +48,16 @@ export class FramePool {
   readonly framesPerBuffer: number;
   readonly buffers: GPUBuffer[] = [];
   private readonly owners: (FrameOwner | null)[];
-  /** Free frames, popped from the end; kept so that a batch of allocations is mostly contiguous. */
-  private freeList: number[] = [];
+  /** 1 where the frame is free. */
+  private readonly free: Uint8Array;
+  private nfree: number;
+  /** Where the next search for free frames starts: after the last run taken, or the lowest frame freed since. */
+  private hand = 0;
   /** Owned frames in LRU order: the first key is the least recently used. */
   private readonly lru = new Map<number, true>();
   private readonly pins = new Map<number, number>();
   /** The most frames owned at once since the pool was made (or resetPeak): what compare reports. */
   peak = 0;
-  /** copy.ts: the plain bounce buffer of host -> device copies (made at the first copy). */
-  bounce?: Uint8Array;
 
   constructor(gpu: GpuDevice, opts: FramePoolOptions) {
     checkPageSize(opts.pageSize);
@@ -87,7 +90,8 @@ export class FramePool {
       this.buffers.push(gpu.createBuffer(`frames${this.buffers.length}`, n * pageSize, usage));
     }
     this.owners = new Array(devicePages).fill(null);
-    for (let f = devicePages - 1; f >= 0; f--) this.freeList.push(f);
+    this.free = new Uint8Array(devicePages).fill(1);
+    this.nfree = devicePages;
   }
 
   /** The buffer and byte offset of a frame. */
@@ -111,20 +115,66 @@ export class FramePool {
   }
 
   get freeCount(): number {
-    return this.freeList.length;
+    return this.nfree;
   }
 
-  /** Take up to `n` free frames for `owners`, ascending; fewer when the free list runs out. */
+  /**
+   * Free frames for `owners`, in order; fewer when none are left. Each run of owners with
+   * consecutive page indices (of one space) gets consecutive frames where a free run is long
+   * enough, else the longest runs there are.
+   */
   takeFree(owners: FrameOwner[]): number[] {
     const got: number[] = [];
-    for (const owner of owners) {
-      const f = this.freeList.pop();
-      if (f === undefined) break;
-      this.owners[f] = owner;
-      got.push(f);
+    let i = 0;
+    while (i < owners.length && this.nfree > 0) {
+      let j = i + 1;
+      while (
+        j < owners.length &&
+        owners[j].space === owners[i].space &&
+        owners[j].index === owners[j - 1].index + 1
+      )
+        j++;
+      for (let need = j - i; need > 0 && this.nfree > 0; ) {
+        const { start, length } = this.freeRun(need);
+        for (let k = 0; k < length; k++) {
+          const f = start + k;
+          this.free[f] = 0;
+          this.owners[f] = owners[i++];
+          got.push(f);
+        }
+        this.nfree -= length;
+        need -= length;
+        this.hand = (start + length) % this.devicePages;
+      }
     }
-    this.peak = Math.max(this.peak, this.devicePages - this.freeList.length);
+    this.peak = Math.max(this.peak, this.devicePages - this.nfree);
     return got;
+  }
+
+  /**
+   * A run of free frames for `need` frames: the first run from the hand that holds them all, else
+   * the longest (at most `need`) met in one pass over the pool. There is at least one free frame.
+   */
+  private freeRun(need: number): { start: number; length: number } {
+    const n = this.devicePages;
+    let best = { start: -1, length: 0 };
+    let f = this.hand;
+    for (let seen = 0; seen < n; ) {
+      if (!this.free[f]) {
+        f = f + 1 === n ? 0 : f + 1;
+        seen++;
+        continue;
+      }
+      // A run never wraps past the last frame: frames n-1 and 0 are in different places.
+      let len = 0;
+      while (f + len < n && len < need && this.free[f + len]) len++;
+      if (len === need) return { start: f, length: len };
+      if (len > best.length) best = { start: f, length: len };
+      seen += len;
+      f += len;
+      if (f >= n) f = 0;
+    }
+    return best;
   }
 
   owner(frame: number): FrameOwner | null {
@@ -175,7 +225,7 @@ export class FramePool {
 
   /** Start a new high-water mark from the frames owned now. */
   resetPeak(): void {
-    this.peak = this.devicePages - this.freeList.length;
+    this.peak = this.devicePages - this.nfree;
   }
 
   /** Return a frame to the free list. */
@@ -185,7 +235,10 @@ export class FramePool {
     this.owners[frame] = null;
     this.lru.delete(frame);
     this.pins.delete(frame);
-    this.freeList.push(frame);
+    this.free[frame] = 1;
+    this.nfree++;
+    // The next allocation starts at the lowest frame freed since: freed frames are reused first.
+    if (frame < this.hand) this.hand = frame;
   }
 
   /** Owned frames (for detach and loss reports). */

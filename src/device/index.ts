@@ -59,7 +59,14 @@
  *   dm.forget(mapping.id)                                   // at unmount, once no page is mapped
  *   await dm.detach()                                       // hot-unplug: every frame to the hook
  */
-export { type FrameRun, type FrameWrite, frameRuns } from './copy.ts';
+export {
+  chooseUploadPath,
+  type FrameRun,
+  type FrameWrite,
+  frameRuns,
+  type UploadMeasure,
+  type UploadPath,
+} from './copy.ts';
 export {
   coalesceFaults,
   type DeviceFault,
@@ -96,17 +103,27 @@ export {
   type EvictedFrame,
   type EvictionHook,
   type EvictionOutcome,
-  type MapEntry,
   type PteChange,
+  type PullRequest,
+  type PullResult,
 } from './memory.ts';
-export { DevicePageTable, type InstalledPte } from './pagetable.ts';
+export { DevicePageTable, type InstalledPte, type MapEntry } from './pagetable.ts';
 export { type DevicePerm, pteDecode, pteEncode } from './pte.ts';
 export type {
   DeviceOutputSink,
   FailedAccess,
+  FaultEngineHost,
   FaultResolution,
   FaultServiceContext,
   FaultServicer,
   KernelResult,
+  PrefetchResult,
 } from './replay.ts';
+export {
+  DEFAULT_REPLAY_POLICY,
+  parseReplayPolicy,
+  REPLAY_POLICIES,
+  type ReplayPolicy,
+  VA_BLOCK_BYTES,
+} from './replayPolicy.ts';
 export { type DeviceCounters, type FaultBatchRecord, zeroCounters } from './stats.ts';

@@ -282,9 +282,17 @@ export class KernelPipelines {
     readonly layout: GPUBindGroupLayout,
     private readonly pipelines: Map<KernelKind, GPUComputePipeline>,
     readonly pteUpdate: GPUComputePipeline,
+    /** Whether the device MMU records faults per subgroup (shaders/mmu.wgsl). */
+    readonly subgroups: boolean,
   ) {}
 
-  static async create(gpu: GpuDevice): Promise<KernelPipelines> {
+  /**
+   * The kernels of `gpu`, their device MMU recording one fault per subgroup and page where the
+   * adapter has subgroups (unless `subgroups` is false), else one per thread.
+   */
+  static async create(gpu: GpuDevice, opts: { subgroups?: boolean } = {}): Promise<KernelPipelines> {
+    const subgroups = (opts.subgroups ?? true) && gpu.has('subgroups');
+    const features = subgroups ? ['subgroups'] : [];
     const d = gpu.device;
     const storage = (binding: number): GPUBindGroupLayoutEntry => ({
       binding,
@@ -305,7 +313,7 @@ export class KernelPipelines {
     const pipelineLayout = d.createPipelineLayout({ label: 'device-mmu', bindGroupLayouts: [layout] });
     const pipelines = new Map<KernelKind, GPUComputePipeline>();
     for (const kind of KERNEL_KINDS) {
-      const module = await loadShader(gpu, SHADER[kind]);
+      const module = await loadShader(gpu, SHADER[kind], {}, features);
       const pipeline = await gpu.scoped(`pipeline ${kind}`, () =>
         d.createComputePipelineAsync({
           label: kind,
@@ -323,7 +331,7 @@ export class KernelPipelines {
         compute: { module: pteModule, entryPoint: 'main' },
       }),
     );
-    return new KernelPipelines(layout, pipelines, pteUpdate);
+    return new KernelPipelines(layout, pipelines, pteUpdate, subgroups);
   }
 
   pipeline(kind: KernelKind): GPUComputePipeline {

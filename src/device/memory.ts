@@ -6,12 +6,22 @@
  *
  * Order of work: everything a caller asks for is ordered on the one GPU queue (copies, PTE
  * updates, launches), so a copy queued before a PTE install is visible to the launch after it.
- * A permission is only taken away after the queue drained (shootdown).
+ * Copies to frames are staged (copy.ts) and submitted before anything reads frames (a launch, a
+ * copy back) and at the end of each fault batch. A permission is only taken away once the GPU has
+ * done everything queued before the change (shootdown): the map of a readback submitted after it
+ * says so, and `pull` puts the change and the copy back in one submit and one map.
  */
 import { type Errno, errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
 import { type FaultInjector, injectedError, injectedPoint, NO_INJECT } from '../inject/inject.ts';
-import { copyFromFrames, copyToFrames, type FrameWrite } from './copy.ts';
+import {
+  chooseUploadPath,
+  type FrameCopier,
+  type FrameWrite,
+  frameCopier,
+  type ReadHead,
+  type UploadPath,
+} from './copy.ts';
 import { formatPages } from './fault.ts';
 import { FramePool } from './frames.ts';
 import {
@@ -22,7 +32,14 @@ import {
   KernelPipelines,
   SOFTWARE_CHUNK_BYTES,
 } from './kernels.ts';
-import { applyPteOps, checkIndices, DevicePageTable, type InstalledPte, type PteOp } from './pagetable.ts';
+import {
+  checkIndices,
+  DevicePageTable,
+  type InstalledPte,
+  type MapEntry,
+  type PteOp,
+  PteUpdater,
+} from './pagetable.ts';
 import {
   type DevicePerm,
   PTE_ALL,
@@ -34,7 +51,17 @@ import {
   pteDirty,
   pteEncode,
 } from './pte.ts';
-import { type DeviceOutputSink, type FaultServicer, type KernelResult, runKernel } from './replay.ts';
+import {
+  type DeviceOutputSink,
+  type FaultEngineHost,
+  type FaultServicer,
+  type KernelResult,
+  LaunchBufferPool,
+  type PrefetchResult,
+  prefetchPages,
+  runKernel,
+} from './replay.ts';
+import { DEFAULT_REPLAY_POLICY, type ReplayPolicy } from './replayPolicy.ts';
 import { type DeviceCounters, type FaultBatchRecord, zeroCounters } from './stats.ts';
 
 export interface DeviceMemoryOptions {
@@ -54,6 +81,35 @@ export interface DeviceMemoryOptions {
    * it to span many chunks.
    */
   chunkBytes?: number;
+  /** When faults are replayed (NVIDIA UVM's four policies; replay.ts): default `once`. */
+  replayPolicy?: ReplayPolicy;
+  /**
+   * How host pages reach frames: the staging ring or writeBuffer; `auto` (the default) takes the
+   * one this adapter measured faster (copy.ts chooseUploadPath). Tests name each to cover both.
+   */
+  uploadPath?: UploadPath | 'auto';
+  /** Record device faults per subgroup where the adapter has subgroups (default true). */
+  subgroups?: boolean;
+}
+
+/** What `pull` takes back from the device, and what it copies home (memory.ts `pull`). */
+export interface PullRequest {
+  /** Write-protect (rw -> ro), the DIRTY bit cleared in the same step: the data comes back now. */
+  protect?: number[];
+  /** Revoke: the device loses the page; its frame stays allocated (off the LRU) for the caller. */
+  revoke?: number[];
+  /**
+   * Pages to copy back into `into` (a page-sized view: the host page itself): `always`, or only
+   * where the device wrote the page (the DIRTY bit its old PTE had).
+   */
+  copies?: { index: number; frame: number; into: Uint8Array; always: boolean }[];
+}
+
+export interface PullResult {
+  /** Each page whose PTE was write-protected or revoked: frame, old permission and DIRTY bit. */
+  changes: PteChange[];
+  /** The pages copied into their `into`. */
+  copied: Set<number>;
 }
 
 /** A frame leaving the device: its PTE is already revoked (and the TLB shot down). */
@@ -94,12 +150,6 @@ export interface PteChange {
   perm: 'ro' | 'rw';
 }
 
-export interface MapEntry {
-  index: number;
-  frame: number;
-  perm: Exclude<DevicePerm, 'none'>;
-}
-
 /** A device page's state, as test_hmm's SNAPSHOT reports it. */
 export interface DevicePageState {
   index: number;
@@ -113,10 +163,16 @@ export interface DevicePageState {
 export const DEFAULT_BATCH_SIZE = 256;
 const MAX_BATCH_RECORDS = 10_000;
 
-export class DeviceMemory {
+export class DeviceMemory implements FaultEngineHost {
   readonly pool: FramePool;
   readonly batchSize: number;
   readonly maxLaunches: number;
+  readonly replayPolicy: ReplayPolicy;
+  /** How host pages reach frames here (chooseUploadPath's choice, or the option's). */
+  readonly uploadPath: UploadPath;
+  readonly launchBuffers: LaunchBufferPool;
+  private readonly copier: FrameCopier;
+  private readonly updater: PteUpdater;
   /** Work a launch covers at most (bytes of words, or of atomic threads' progress). */
   readonly chunkBytes: number;
   readonly counters: DeviceCounters = zeroCounters();
@@ -138,8 +194,14 @@ export class DeviceMemory {
     readonly gpu: GpuDevice,
     readonly kernels: KernelPipelines,
     opts: DeviceMemoryOptions,
+    uploadPath: UploadPath,
   ) {
     this.pool = new FramePool(gpu, opts);
+    this.uploadPath = uploadPath;
+    this.replayPolicy = opts.replayPolicy ?? DEFAULT_REPLAY_POLICY;
+    this.copier = frameCopier(gpu);
+    this.updater = new PteUpdater(gpu, kernels.pteUpdate);
+    this.launchBuffers = new LaunchBufferPool(gpu);
     const batch = opts.batchSize ?? DEFAULT_BATCH_SIZE;
     if (!Number.isInteger(batch) || batch < 1) {
       throw new HmmlabError('EINVAL', `fault batch size ${batch} is not a positive integer`);
@@ -154,8 +216,10 @@ export class DeviceMemory {
   }
 
   static async create(gpu: GpuDevice, opts: DeviceMemoryOptions): Promise<DeviceMemory> {
-    const kernels = await KernelPipelines.create(gpu);
-    return new DeviceMemory(gpu, kernels, opts);
+    const kernels = await KernelPipelines.create(gpu, { subgroups: opts.subgroups });
+    const path = opts.uploadPath ?? 'auto';
+    const upload = path === 'auto' ? (await chooseUploadPath(gpu)).path : path;
+    return new DeviceMemory(gpu, kernels, opts, upload);
   }
 
   get pageSize(): number {
@@ -385,16 +449,10 @@ export class DeviceMemory {
         true,
       );
       this.counters.writeProtects += hit.length;
-      for (const i of indices) {
-        const p = space.pending.get(i);
-        if (p) p.perm = 'ro'; // granted, not installed: it will be installed read-only
-      }
-      return hit.map((index, i) => {
-        const e = space.entries.get(index)!;
-        e.perm = 'ro';
-        if (opts.cleanDirty) space.dirty.delete(index);
-        return { index, frame: e.frame, dirty: pteDirty(olds![i]), perm: 'rw' as const };
-      });
+      const changes = this.takeProtected(space, indices, hit, olds!);
+      // Without cleanDirty the DIRTY bit stays on the (now read-only) PTE: the host's shadow keeps it.
+      if (!opts.cleanDirty) for (const ch of changes) if (ch.dirty) space.dirty.add(ch.index);
+      return changes;
     });
   }
 
@@ -415,15 +473,163 @@ export class DeviceMemory {
         true,
       );
       this.counters.revocations += hit.length;
-      for (const i of indices) space.pending.delete(i); // a grant not installed yet is taken back too
-      return hit.map((index, i) => {
-        const e = space.entries.get(index)!;
-        space.entries.delete(index);
-        space.dirty.delete(index);
-        this.pool.unlist(e.frame);
-        return { index, frame: e.frame, dirty: pteDirty(olds![i]), perm: e.perm as 'ro' | 'rw' };
-      });
+      return this.takeRevoked(space, indices, hit, olds!);
     });
+  }
+
+  /** The host's shadow after a revoke of `hit` (of the `asked` pages) whose old PTEs are `olds`. */
+  private takeRevoked(
+    space: DevicePageTable,
+    asked: number[],
+    hit: number[],
+    olds: Uint32Array,
+  ): PteChange[] {
+    for (const i of asked) space.pending.delete(i); // a grant not installed yet is taken back too
+    return hit.map((index, i) => {
+      const e = space.entries.get(index)!;
+      space.entries.delete(index);
+      space.dirty.delete(index);
+      this.pool.unlist(e.frame);
+      return { index, frame: e.frame, dirty: pteDirty(olds[i]), perm: e.perm as 'ro' | 'rw' };
+    });
+  }
+
+  /** The host's shadow after a write-protect of `hit` (DIRTY cleaned) whose old PTEs are `olds`. */
+  private takeProtected(
+    space: DevicePageTable,
+    asked: number[],
+    hit: number[],
+    olds: Uint32Array,
+  ): PteChange[] {
+    for (const i of asked) {
+      const p = space.pending.get(i);
+      if (p) p.perm = 'ro'; // granted, not installed: it will be installed read-only
+    }
+    return hit.map((index, i) => {
+      const e = space.entries.get(index)!;
+      e.perm = 'ro';
+      space.dirty.delete(index);
+      return { index, frame: e.frame, dirty: pteDirty(olds[i]), perm: 'rw' as const };
+    });
+  }
+
+  /**
+   * Take permissions back and copy device data home in one go: write-protect (`protect`, DIRTY
+   * cleaned) and revoke (`revoke`) in one PTE update, and the copies in the same submit, after it
+   * (queue order: no launch before it can still write them) and in the same map, which also says
+   * the update is done (the shootdown). A copy asked only if the device wrote the page is made
+   * ahead where the host's shadow of the DIRTY bits says so (exact between kernel runs: every launch
+   * reads its PTEs back), and for the rare page the shadow missed, in a second read. Copies land
+   * straight in their `into`. If a copy fails, the PTEs are put back as they were (permission and
+   * DIRTY bit) before the error is thrown: nothing was taken.
+   */
+  pull(space: DevicePageTable, req: PullRequest): Promise<PullResult> {
+    return this.guard('copy device pages back', async () => {
+      this.own(space, 'copy device pages back');
+      const protect = req.protect ?? [];
+      const revoke = req.revoke ?? [];
+      const copies = req.copies ?? [];
+      checkIndices('copy device pages back', [...protect, ...revoke]);
+      const pHit = protect.filter((i) => space.entries.get(i)?.perm === 'rw' && !revoke.includes(i));
+      const rHit = revoke.filter((i) => space.entries.has(i));
+      const ops: PteOp[] = [
+        ...pHit.map((index) => ({ index, clear: (PTE_WRITE | PTE_DIRTY) >>> 0, set: 0 })),
+        ...rHit.map((index) => ({ index, clear: PTE_ALL, set: 0 })),
+      ];
+      if (ops.length === 0 && copies.length === 0) return { changes: [], copied: new Set() };
+      const ahead = copies.filter((c) => c.always || space.dirty.has(c.index));
+      if (protect.length) space.invalidate(protect);
+      if (revoke.length) space.invalidate(revoke);
+      let olds: Uint32Array | undefined;
+      const t0 = performance.now();
+      // Too many PTEs to ride with the pages in one ring buffer: change them first, on their own.
+      const apart = ops.length * 4 + this.pageSize > this.copier.ringBytes;
+      if (apart) olds = (await this.pteOps(space, ops, true, true))!;
+      const fail = ahead.length > 0 && this.inject.should_fail('copy-from-device');
+      const head: ReadHead | undefined =
+        ops.length && !apart
+          ? {
+              bytes: ops.length * 4,
+              encode: (enc, dst) => this.updater.encode(enc, space, ops, { dst, offset: 0 }),
+              land: (mapped) => {
+                olds = new Uint32Array(mapped.slice(0, ops.length * 4).buffer);
+              },
+            }
+          : undefined;
+      let changes: PteChange[] = [];
+      const taken = () => {
+        const o = olds ?? new Uint32Array(ops.length);
+        changes = [
+          ...this.takeProtected(space, protect, pHit, o.subarray(0, pHit.length)),
+          ...this.takeRevoked(space, revoke, rHit, o.subarray(pHit.length)),
+        ];
+      };
+      try {
+        await this.gpu.scoped('copy device pages back', () =>
+          this.copier.read(
+            this.pool,
+            ahead.map((c) => c.frame),
+            {
+              into: ahead.map((c) => c.into),
+              head,
+              failAfterHead: fail ? () => this.copyTimedOut() : undefined,
+            },
+          ),
+        );
+        if (ops.length && !apart) {
+          this.counters.pteUpdates += ops.length;
+          this.counters.shootdowns++;
+        }
+        this.counters.writeProtects += pHit.length;
+        this.counters.revocations += rHit.length;
+        taken();
+        const wrote = new Set(changes.filter((ch) => ch.dirty).map((ch) => ch.index));
+        // Copied and needed (a copy made ahead of a page the device did not write is not counted:
+        // it holds what the host page held).
+        const copied = new Set(ahead.filter((c) => c.always || wrote.has(c.index)).map((c) => c.index));
+        const early = new Set(ahead.map((c) => c.index));
+        const late = copies.filter((c) => !early.has(c.index) && wrote.has(c.index));
+        if (late.length) {
+          // The shadow missed a DIRTY bit (a kernel ran since): copy those too.
+          await this.copier.read(
+            this.pool,
+            late.map((c) => c.frame),
+            { into: late.map((c) => c.into) },
+          );
+          for (const c of late) copied.add(c.index);
+        }
+        this.counters.bytesDeviceToHost += copied.size * this.pageSize;
+        this.counters.copiesFromDevice += copied.size;
+        this.counters.copyMs += performance.now() - t0;
+        return { changes, copied };
+      } catch (e) {
+        if (ops.length && !this.gpu.lost) {
+          // The copy did not land: put the PTEs back. Unknown old PTEs (the first map failed) come
+          // back DIRTY where writable (the device may have written them: a copy back later is safe).
+          if (changes.length === 0) {
+            if (!olds) {
+              olds = new Uint32Array(ops.length);
+              ops.forEach((o, i) => {
+                if (space.entries.get(o.index)?.perm === 'rw') olds![i] = PTE_DIRTY;
+              });
+            }
+            taken();
+          }
+          await this.restore(space, changes).catch(() => {});
+        }
+        throw e;
+      }
+    });
+  }
+
+  private copyTimedOut(): never {
+    throw injectedError(
+      'copy-from-device',
+      new HmmlabError(
+        'ETIMEDOUT',
+        `mapAsync frames-readback: no answer from the GPU in ${this.gpu.timeoutMs} ms`,
+      ),
+    );
   }
 
   /**
@@ -513,8 +719,18 @@ export class DeviceMemory {
 
   // ---- copies ----
 
-  /** Host pages -> frames, batched in runs (copy.ts). Ordered on the queue before later launches. */
-  copyToFrames(items: FrameWrite[]): void {
+  /** Host pages -> frames (copy.ts), submitted at once: ordered on the queue before later launches. */
+  async copyToFrames(items: FrameWrite[]): Promise<void> {
+    await this.stageToFrames(items);
+    this.flushCopies();
+  }
+
+  /**
+   * Host pages -> frames, staged in the upload ring (or written, on a writeBuffer adapter): the
+   * copies are submitted a ring buffer at a time and by flushCopies, and before anything reads
+   * frames. The copy-to-device injection point fails it before anything is copied.
+   */
+  async stageToFrames(items: FrameWrite[]): Promise<void> {
     this.checkLost('copy to device frames');
     if (items.length && this.inject.should_fail('copy-to-device')) {
       throw injectedError(
@@ -526,19 +742,37 @@ export class DeviceMemory {
       );
     }
     const t0 = performance.now();
-    const { bytes } = copyToFrames(this.gpu, this.pool, items);
+    const bytes = await this.copier.stage(this.pool, items, this.uploadPath);
     this.counters.bytesHostToDevice += bytes;
     this.counters.copiesToDevice += items.length;
     this.counters.copyMs += performance.now() - t0;
   }
 
-  /** Frames -> host: a copy of each frame's page, in the order asked (one mapAsync). */
-  copyFromFrames(frames: number[]): Promise<Uint8Array[]> {
+  /** Submit the staged copies (the fault engine does at the end of each batch). */
+  flushCopies(): void {
+    if (!this.gpu.lost) this.copier.flush();
+  }
+
+  /** Wait until everything queued (staged copies included) has landed on the device. */
+  async drain(what: string): Promise<void> {
+    this.flushCopies();
+    await this.gpu.drain(what);
+  }
+
+  /**
+   * Frames -> host: each frame's page, in the order asked, copied straight into `into[i]` where
+   * given (a page-sized view) or into a new array. The copy-from-device injection point makes the
+   * readback's map time out (ETIMEDOUT) before any page is copied out.
+   */
+  copyFromFrames(frames: number[], into?: readonly (Uint8Array | undefined)[]): Promise<Uint8Array[]> {
     return this.guard('copy from device frames', async () => {
       const t0 = performance.now();
       const fail = frames.length > 0 && this.inject.should_fail('copy-from-device');
-      const { pages, bytes } = await copyFromFrames(this.gpu, this.pool, frames, fail);
-      this.counters.bytesDeviceToHost += bytes;
+      const pages = await this.copier.read(this.pool, frames, {
+        into,
+        failAfterHead: fail ? () => this.copyTimedOut() : undefined,
+      });
+      this.counters.bytesDeviceToHost += frames.length * this.pageSize;
       this.counters.copiesFromDevice += frames.length;
       this.counters.copyMs += performance.now() - t0;
       return pages;
@@ -563,15 +797,41 @@ export class DeviceMemory {
     } catch (e) {
       return Promise.reject(e);
     }
-    // Runs on one space take turns: they share its page table and its pending grants.
+    return this.inTurn(space, `device kernel ${kind}`, () =>
+      runKernel(this, kind, space, params, servicer, sink),
+    );
+  }
+
+  /**
+   * Prefetch (cudaMemPrefetchAsync): pages `requests` of `space` serviced through `servicer` as
+   * their faults would be, a batch at a time, and mapped; no kernel runs. In turn with the
+   * kernel runs on the space.
+   */
+  prefetch(
+    space: DevicePageTable,
+    requests: { index: number; write: boolean }[],
+    servicer: FaultServicer,
+  ): Promise<PrefetchResult> {
+    try {
+      this.own(space, 'device prefetch');
+      checkIndices(
+        'device prefetch',
+        requests.map((r) => r.index),
+      );
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.inTurn(space, 'device prefetch', () => prefetchPages(this, space, requests, servicer));
+  }
+
+  /** Runs on one space take turns: they share its page table and its pending grants. */
+  private inTurn<T>(space: DevicePageTable, what: string, fn: () => Promise<T>): Promise<T> {
     const prev = this.running.get(space.id) ?? Promise.resolve();
     const id = space.id;
     // Counted until the caller's await resumes (finally runs first), so forget() right after is fine.
     this.kernelsOn.set(id, (this.kernelsOn.get(id) ?? 0) + 1);
     const run = prev
-      .then(() =>
-        this.guard(`device kernel ${kind}`, () => runKernel(this, kind, space, params, servicer, sink)),
-      )
+      .then(() => this.guard(what, fn))
       .finally(() => {
         const n = (this.kernelsOn.get(id) ?? 1) - 1;
         if (n > 0) this.kernelsOn.set(id, n);
@@ -620,12 +880,15 @@ export class DeviceMemory {
     });
   }
 
-  /** Free the GPU buffers (the GpuDevice stays the caller's). */
+  /** Free the GPU buffers (the GpuDevice stays the caller's, and its copy rings). */
   destroy(): void {
     this.unsubscribeLost();
     if (this.gpu.lost) return;
+    this.copier.forget(this.pool);
     for (const t of this.spaces.values()) t.destroy();
     this.pool.destroy();
+    this.updater.destroy();
+    this.launchBuffers.destroy();
   }
 
   /** The error for a lost device: EIO naming the pages whose device-written data went with it. */
@@ -705,9 +968,35 @@ export class DeviceMemory {
     return gone;
   }
 
+  /**
+   * PTE ops, one dispatch. With `shootdown` or `wantOld`, it waits for a readback submitted with
+   * it (the old PTEs): its map says the GPU has done everything queued before, so no launch can
+   * still use the old permission (the device TLB shootdown).
+   */
   private async pteOps(space: DevicePageTable, ops: PteOp[], shootdown: boolean, wantOld: boolean) {
     if (ops.length === 0) return wantOld ? new Uint32Array(0) : null;
-    const olds = await applyPteOps(this.gpu, this.kernels.pteUpdate, space, ops, { shootdown, wantOld });
+    let olds: Uint32Array | null = null;
+    if (shootdown || wantOld) {
+      // A readback ring buffer holds the old PTEs of this many ops at once.
+      const per = Math.floor(this.copier.ringBytes / 4);
+      olds = new Uint32Array(ops.length);
+      for (let k = 0; k < ops.length; k += per) {
+        const part = ops.slice(k, k + per);
+        await this.gpu.scoped('device page table update', () =>
+          this.copier.read(this.pool, [], {
+            head: {
+              bytes: part.length * 4,
+              encode: (enc, dst) => this.updater.encode(enc, space, part, { dst, offset: 0 }),
+              land: (mapped) => {
+                olds!.set(new Uint32Array(mapped.slice(0, part.length * 4).buffer), k);
+              },
+            },
+          }),
+        );
+      }
+    } else {
+      await this.gpu.scoped('device page table update', () => this.updater.submit(space, ops));
+    }
     this.counters.pteUpdates += ops.length;
     if (shootdown) this.counters.shootdowns++;
     return olds;

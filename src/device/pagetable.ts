@@ -36,6 +36,13 @@ export interface InstalledPte {
   perm: DevicePerm;
 }
 
+/** A PTE to install: page -> frame with a permission. */
+export interface MapEntry {
+  index: number;
+  frame: number;
+  perm: Exclude<DevicePerm, 'none'>;
+}
+
 export class DevicePageTable {
   /** Pages the PTE buffer holds; it grows (doubling) to the highest page a launch touches. */
   capacity = 0;
@@ -141,59 +148,135 @@ export function checkIndices(what: string, indices: number[]): void {
 }
 
 /**
- * Apply PTE ops on the queue (one dispatch). With `shootdown`, wait until the device has finished
- * everything queued before, so no launch can still use the old permission. With `wantOld`, return
- * the old PTE words, in the order of `ops`.
+ * PTE ops on the queue, one dispatch of shaders/pte_update.wgsl a batch, through buffers kept for
+ * the device memory's life (grown to the largest batch): its parameters and ops are queue writes
+ * (buffers no GPU command writes: writeBuffer is fast there), its old PTEs a buffer the kernel
+ * writes and the caller copies out in the same submit. A later update may reuse them at once: each
+ * use is queued before the next one's writes (queue order), and nothing awaits in between.
+ */
+export class PteUpdater {
+  private readonly params: GPUBuffer;
+  private ops: GPUBuffer | undefined;
+  private olds: GPUBuffer | undefined;
+  private cap = 0;
+
+  constructor(
+    private readonly gpu: GpuDevice,
+    private readonly pipeline: GPUComputePipeline,
+  ) {
+    this.params = gpu.createBuffer('pte-update-params', 16, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
+  }
+
+  private ensure(n: number): void {
+    if (n <= this.cap) return;
+    let cap = Math.max(64, this.cap);
+    while (cap < n) cap *= 2;
+    this.ops?.destroy();
+    this.olds?.destroy();
+    this.ops = this.gpu.createBuffer(
+      'pte-update-ops',
+      cap * 12,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    );
+    this.olds = this.gpu.createBuffer(
+      'pte-update-olds',
+      cap * 4,
+      GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    );
+    this.cap = cap;
+  }
+
+  /**
+   * Queue `ops` on `table` into `enc` (their words are written to the queue now: submit `enc`
+   * before anything else is queued); with `olds`, the old PTE words are copied there after the
+   * dispatch, in the order of `ops`.
+   */
+  encode(
+    enc: GPUCommandEncoder,
+    table: DevicePageTable,
+    ops: readonly PteOp[],
+    olds?: { dst: GPUBuffer; offset: number },
+  ): void {
+    if (ops.length === 0) return;
+    let maxIndex = 0;
+    for (const o of ops) maxIndex = Math.max(maxIndex, o.index);
+    table.ensureCapacity(maxIndex + 1);
+    this.ensure(ops.length);
+    const words = new Uint32Array(ops.length * 3);
+    ops.forEach((o, i) => {
+      words[3 * i] = o.index;
+      words[3 * i + 1] = o.clear >>> 0;
+      words[3 * i + 2] = o.set >>> 0;
+    });
+    const q = this.gpu.device.queue;
+    q.writeBuffer(this.params, 0, Uint32Array.from([ops.length, table.capacity, 0, 0]));
+    q.writeBuffer(this.ops!, 0, words);
+    const bind = this.gpu.device.createBindGroup({
+      layout: this.pipeline.getBindGroupLayout(0),
+      entries: [
+        { binding: 0, resource: { buffer: this.params } },
+        { binding: 1, resource: { buffer: table.pte } },
+        { binding: 2, resource: { buffer: this.ops!, size: ops.length * 12 } },
+        { binding: 3, resource: { buffer: this.olds!, size: ops.length * 4 } },
+      ],
+    });
+    const pass = enc.beginComputePass({ label: 'pte update' });
+    pass.setPipeline(this.pipeline);
+    pass.setBindGroup(0, bind);
+    pass.dispatchWorkgroups(Math.ceil(ops.length / 64));
+    pass.end();
+    if (olds) enc.copyBufferToBuffer(this.olds!, 0, olds.dst, olds.offset, ops.length * 4);
+  }
+
+  /** Queue `ops` and submit them on their own (no old PTEs, no wait). */
+  submit(table: DevicePageTable, ops: readonly PteOp[]): void {
+    if (ops.length === 0) return;
+    const enc = this.gpu.device.createCommandEncoder({ label: 'pte update' });
+    this.encode(enc, table, ops);
+    this.gpu.device.queue.submit([enc.finish()]);
+  }
+
+  destroy(): void {
+    this.params.destroy();
+    this.ops?.destroy();
+    this.olds?.destroy();
+  }
+}
+
+/**
+ * PTE ops applied on their own, bypassing the device memory and its host shadow (the invariant
+ * checker's tests corrupt a PTE with it): one dispatch, then a drain. Returns the old PTE words
+ * with `wantOld`.
  */
 export async function applyPteOps(
   gpu: GpuDevice,
   pipeline: GPUComputePipeline,
   table: DevicePageTable,
   ops: PteOp[],
-  opts: { shootdown: boolean; wantOld: boolean },
+  opts: { wantOld?: boolean } = {},
 ): Promise<Uint32Array | null> {
-  if (ops.length === 0) return opts.wantOld ? new Uint32Array(0) : null;
-  const maxIndex = Math.max(...ops.map((o) => o.index));
-  table.ensureCapacity(maxIndex + 1);
-  const d = gpu.device;
-  const words = new Uint32Array(ops.length * 3);
-  ops.forEach((o, i) => {
-    words[3 * i] = o.index;
-    words[3 * i + 1] = o.clear >>> 0;
-    words[3 * i + 2] = o.set >>> 0;
-  });
-  const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST;
-  const params = gpu.createBuffer('pte-update-params', 16, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST);
-  const opsBuf = gpu.createBuffer('pte-update-ops', words.byteLength, storage);
-  const olds = gpu.createBuffer('pte-update-olds', ops.length * 4, storage | GPUBufferUsage.COPY_SRC);
+  const updater = new PteUpdater(gpu, pipeline);
   try {
-    await gpu.scoped('device page table update', () => {
-      d.queue.writeBuffer(params, 0, Uint32Array.from([ops.length, table.capacity, 0, 0]));
-      d.queue.writeBuffer(opsBuf, 0, words);
-      const bind = d.createBindGroup({
-        layout: pipeline.getBindGroupLayout(0),
-        entries: [
-          { binding: 0, resource: { buffer: params } },
-          { binding: 1, resource: { buffer: table.pte } },
-          { binding: 2, resource: { buffer: opsBuf } },
-          { binding: 3, resource: { buffer: olds } },
-        ],
-      });
-      const enc = d.createCommandEncoder({ label: 'pte update' });
-      const pass = enc.beginComputePass();
-      pass.setPipeline(pipeline);
-      pass.setBindGroup(0, bind);
-      pass.dispatchWorkgroups(Math.ceil(ops.length / 64));
-      pass.end();
-      d.queue.submit([enc.finish()]);
-    });
-    if (opts.shootdown) await gpu.drain('device TLB shootdown');
-    if (!opts.wantOld) return null;
-    const bytes = await gpu.readBuffer(olds, 0, ops.length * 4);
-    return new Uint32Array(bytes.buffer, bytes.byteOffset, ops.length);
+    if (!opts.wantOld) {
+      updater.submit(table, ops);
+      await gpu.drain('device page table update');
+      return null;
+    }
+    const read = gpu.createBuffer(
+      'pte-olds-readback',
+      Math.max(4, ops.length * 4),
+      GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    );
+    try {
+      const enc = gpu.device.createCommandEncoder({ label: 'pte update' });
+      updater.encode(enc, table, ops, { dst: read, offset: 0 });
+      gpu.device.queue.submit([enc.finish()]);
+      await gpu.map(read, GPUMapMode.READ);
+      return new Uint32Array(read.getMappedRange().slice(0, ops.length * 4));
+    } finally {
+      read.destroy();
+    }
   } finally {
-    params.destroy();
-    opsBuf.destroy();
-    olds.destroy();
+    updater.destroy();
   }
 }

@@ -1,19 +1,35 @@
 /**
- * Fault service and replay: launch a kernel, read back the fault buffer (a small readback), coalesce,
+ * The fault engine: launch a kernel, read back the fault buffer (a small readback), coalesce,
  * service the faults in batches through the owner's servicer, install the PTEs it grants (unless an
  * invalidation raced: mmu_interval_read_retry), and replay the unfinished work until all is done.
  * An access the servicer refuses (EFAULT: page_mkwrite said no) gets the PTE's FAIL bit for the rest
  * of the run: its work is marked failed, not retried, and reported naming the page, while the other
- * threads' work lands.
+ * threads' work lands. The same batch service, without a kernel, is `prefetchPages`
+ * (cudaMemPrefetchAsync: UVM's uvm_migrate shares the fault path's service routines too).
+ *
+ * When the replay comes is the replay policy, NVIDIA UVM's four (uvm_gpu_replayable_faults.h,
+ * uvm_perf_fault_replay_policy): `block` replays after the faults of each va_block (2 MiB) of a
+ * batch; `batch` after each batch, the faults fetched but not serviced staying queued (a replayed
+ * access that faults again is a duplicate of its queued entry); `batch-flush` after each batch too,
+ * the rest of the buffer flushed (it faults again and is fetched anew); `once` after every fault
+ * fetched was serviced. UVM defaults to batch-flush: a replay there lets the SMs whose faults were
+ * serviced resume while others still wait. Here a launch runs to its end before its faults are
+ * read, so every replay is a relaunch of the chunk's unfinished work, and the default is `once`
+ * (`hmmlab bench faults` measures all four).
  *
  * An op of any size runs in chunks (kernels.ts planChunks: whole pages, at most the device's
  * chunkBytes of work), one after the other, each with its own launch/service/replay loop, so that
  * a launch's buffers fit the binding limits and a run holds buffers for one chunk, not for the op:
  * progress (a launch stamp per page), the fault buffer (counts of the chunk's pages), the output
  * (read back, or handed to a sink, after each chunk) and the window of the page table it binds.
+ * Those buffers are the device memory's, kept from run to run (LaunchBufferPool).
+ *
+ * The engine reaches the device memory only through FaultEngineHost (memory.ts implements it).
  */
 import { type Errno, HmmlabError } from '../errors.ts';
-import { injectedError } from '../inject/inject.ts';
+import type { GpuDevice } from '../gpu/device.ts';
+import { type FaultInjector, injectedError } from '../inject/inject.ts';
+import type { FrameWrite } from './copy.ts';
 import {
   coalesceFaults,
   type DeviceFault,
@@ -27,25 +43,51 @@ import {
   formatPages,
   parseFaultEntries,
 } from './fault.ts';
+import type { FramePool } from './frames.ts';
 import {
   encodeParams,
   type KernelChunk,
   type KernelKind,
   type KernelParams,
+  type KernelPipelines,
   type KernelPlan,
   PARAMS_BYTES,
   planChunks,
   planKernel,
 } from './kernels.ts';
-import type { DeviceMemory, MapEntry } from './memory.ts';
-import type { DevicePageTable, InstalledPte } from './pagetable.ts';
+import type { DevicePageTable, InstalledPte, MapEntry } from './pagetable.ts';
 import { pteDirty } from './pte.ts';
+import { type ReplayPolicy, VA_BLOCK_BYTES } from './replayPolicy.ts';
 import { type DeviceCounters, diffCounters, type FaultBatchRecord } from './stats.ts';
+
+/** What the fault engine needs of the device memory it runs on (memory.ts's DeviceMemory). */
+export interface FaultEngineHost {
+  readonly gpu: GpuDevice;
+  readonly kernels: KernelPipelines;
+  readonly pool: FramePool;
+  readonly counters: DeviceCounters;
+  readonly pageSize: number;
+  readonly batchSize: number;
+  readonly maxLaunches: number;
+  readonly chunkBytes: number;
+  readonly replayPolicy: ReplayPolicy;
+  readonly inject: FaultInjector;
+  readonly launchBuffers: LaunchBufferPool;
+  allocFrames(space: DevicePageTable, indices: number[]): Promise<(number | null)[]>;
+  freeFrames(frames: number[]): void;
+  map(space: DevicePageTable, entries: MapEntry[]): Promise<void>;
+  markFailed(space: DevicePageTable, pages: { index: number; write: boolean }[], on: boolean): Promise<void>;
+  /** Host pages into frames, staged: submitted by `flushCopies` (or any later read of frames). */
+  stageToFrames(items: FrameWrite[]): Promise<void>;
+  flushCopies(): void;
+  logBatch(rec: FaultBatchRecord): void;
+}
 
 /** What the servicer gets besides the faults. */
 export interface FaultServiceContext {
-  readonly memory: DeviceMemory;
   readonly space: DevicePageTable;
+  /** 'fault' in a kernel run; 'prefetch' for prefetchPages (no kernel waits on the answers). */
+  readonly cause: 'fault' | 'prefetch';
   /**
    * The page's frame and permission: as installed, or as granted by an earlier service whose install
    * lost a race (pending: the replay installs it). A permission upgrade reuses the frame.
@@ -53,6 +95,11 @@ export interface FaultServiceContext {
   lookup(index: number): InstalledPte | undefined;
   /** Frames for these pages (allocFrames); null where none could be had. Unused ones are freed after. */
   allocFrames(indices: number[]): Promise<(number | null)[]>;
+  /**
+   * Copy host pages into frames granted in this batch: staged, submitted with the batch's other
+   * copies before its PTEs are installed. Fails (copy-to-device) before anything is copied.
+   */
+  copyToFrames(items: FrameWrite[]): Promise<void>;
   /**
    * Service failed part way (a read of the disk, a copy): the faults answered ok are still
    * installed, then the kernel run fails with `error`. The servicer must have left every fault it
@@ -113,36 +160,134 @@ export interface KernelResult {
   /** Wall time of the run, ms; and of each launch (dispatch to fault readback), first launch first. */
   ms: number;
   launchMs: number[];
+  /** GPU time of each launch's compute pass (timestamp queries), where the adapter has them. */
+  gpuMs?: number[];
 }
 
-/** The run's buffers, each sized for its largest chunk: nothing here grows with the op. */
-interface LaunchBuffers {
+// ---- the run's buffers, kept by the device memory from run to run ----
+
+/** A kernel run's buffers, each at least as large as its largest chunk needs. */
+export interface LaunchBuffers {
   params: GPUBuffer;
   progress: GPUBuffer;
   out: GPUBuffer;
   dummy: GPUBuffer;
   /** The fault buffer (fault.ts) for the chunk's pages: counts are kept from the chunk's first page. */
   faults: GPUBuffer;
-  faultLayout: FaultLayout;
-  /** The launch's readback: fault header, first entries, raw counts and PTEs of the chunk's pages. */
+  /** The launch's readback: fault header, first entries, raw counts and PTEs of the chunk's pages, timestamps. */
   readback: GPUBuffer;
-  /** The output's readback and its host copy, made at the first chunk with output, reused after. */
+  /** The launch's GPU timestamps (begin, end of the compute pass) and their resolve buffer. */
+  timestamps?: { set: GPUQuerySet; resolve: GPUBuffer };
+  /** The output's readback and its host copy, made at the first chunk with output. */
   outReadback?: GPUBuffer;
   outHost?: Uint8Array;
+}
+
+interface LaunchNeeds {
+  progress: number;
+  out: number;
+  faults: number;
+  readback: number;
+}
+
+const roundUp = (n: number) => 2 ** Math.ceil(Math.log2(Math.max(n, 256)));
+
+/**
+ * The device memory's launch buffers: a run takes a set that holds its largest chunk (or makes
+ * one, sizes rounded up to powers of two) and gives it back at its end; runs on several spaces at
+ * once each take their own. At most two sets are kept.
+ */
+export class LaunchBufferPool {
+  private readonly free: { needs: LaunchNeeds; bufs: LaunchBuffers }[] = [];
+
+  constructor(private readonly gpu: GpuDevice) {}
+
+  take(need: LaunchNeeds): { needs: LaunchNeeds; bufs: LaunchBuffers } {
+    const k = this.free.findIndex(
+      (x) =>
+        x.needs.progress >= need.progress &&
+        x.needs.out >= need.out &&
+        x.needs.faults >= need.faults &&
+        x.needs.readback >= need.readback,
+    );
+    if (k >= 0) return this.free.splice(k, 1)[0];
+    const needs = {
+      progress: roundUp(need.progress),
+      out: roundUp(need.out),
+      faults: roundUp(need.faults),
+      readback: roundUp(need.readback),
+    };
+    const g = this.gpu;
+    const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const made: GPUBuffer[] = [];
+    const make = (label: string, bytes: number, usage: number) => {
+      const b = g.createBuffer(label, bytes, usage);
+      made.push(b);
+      return b;
+    };
+    try {
+      const bufs: LaunchBuffers = {
+        params: make('launch-params', PARAMS_BYTES, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST),
+        progress: make('launch-progress', needs.progress, storage),
+        out: make('launch-out', needs.out, storage),
+        // Unused frame bindings get disjoint slices of one small buffer (writable bindings may not alias).
+        dummy: make('frames-unused', 256 * 4, storage),
+        faults: make('faults', needs.faults, storage),
+        readback: make('fault-readback', needs.readback, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST),
+      };
+      if (g.has('timestamp-query')) {
+        bufs.timestamps = {
+          set: g.device.createQuerySet({ label: 'launch-timestamps', type: 'timestamp', count: 2 }),
+          resolve: make('launch-timestamps', 256, GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC),
+        };
+      }
+      return { needs, bufs };
+    } catch (e) {
+      for (const b of made) b.destroy();
+      throw e;
+    }
+  }
+
+  give(set: { needs: LaunchNeeds; bufs: LaunchBuffers }): void {
+    this.free.push(set);
+    if (this.free.length > 2) {
+      // Keep the two largest.
+      this.free.sort((a, b) => b.needs.readback + b.needs.out - (a.needs.readback + a.needs.out));
+      for (const x of this.free.splice(2)) destroyLaunchBuffers(x.bufs);
+    }
+  }
+
+  destroy(): void {
+    for (const x of this.free.splice(0)) destroyLaunchBuffers(x.bufs);
+  }
+}
+
+function destroyLaunchBuffers(b: LaunchBuffers): void {
+  for (const x of [b.params, b.progress, b.out, b.dummy, b.faults, b.readback, b.outReadback]) x?.destroy();
+  b.timestamps?.set.destroy();
+  b.timestamps?.resolve.destroy();
+}
+
+/** Bytes of the launch readback for a chunk span: header, entries, counts, PTEs, then 16 of timestamps. */
+function readbackBytes(span: number, layout: FaultLayout): number {
+  const entryWords = 2 * Math.min(layout.cap, FIRST_READ_ENTRIES);
+  return (4 + entryWords + 3 * span) * 4 + 8 + 16;
 }
 
 /** A chunk's place in the run, for the fault loop and the batch records. */
 interface RunState {
   plan: KernelPlan;
   bufs: LaunchBuffers;
+  faultLayout: FaultLayout;
   failedPages: Map<string, FailedAccess>;
   batches: FaultBatchRecord[];
   launchMs: number[];
+  gpuMs: number[];
   launches: number;
 }
 
 export async function runKernel(
-  dm: DeviceMemory,
+  host: FaultEngineHost,
   kind: KernelKind,
   space: DevicePageTable,
   params: KernelParams,
@@ -150,11 +295,35 @@ export async function runKernel(
   sink?: DeviceOutputSink,
 ): Promise<KernelResult> {
   const t0 = performance.now();
-  const before = { ...dm.counters };
-  const plan = planKernel(kind, params, dm.pageSize);
+  const before = { ...host.counters };
+  const plan = planKernel(kind, params, host.pageSize);
   space.ensureCapacity(plan.lastPage + 1);
-  const bufs = createLaunchBuffers(dm, plan);
-  const run: RunState = { plan, bufs, failedPages: new Map(), batches: [], launchMs: [], launches: 0 };
+  let span = 1;
+  let slots = 1;
+  let outWords = 1;
+  for (const c of planChunks(plan, host.chunkBytes)) {
+    slots = Math.max(slots, c.slots);
+    outWords = Math.max(outWords, c.outWords);
+    span = Math.max(span, c.lastPage - c.firstPage + 1);
+  }
+  const layout = faultLayout(span);
+  const set = host.launchBuffers.take({
+    progress: slots * 4,
+    out: outWords * 4,
+    faults: layout.words * 4,
+    readback: readbackBytes(span, layout),
+  });
+  const bufs = set.bufs;
+  const run: RunState = {
+    plan,
+    bufs,
+    faultLayout: layout,
+    failedPages: new Map(),
+    batches: [],
+    launchMs: [],
+    gpuMs: [],
+    launches: 0,
+  };
   // Without a sink, the caller asked for the op's bytes whole.
   const bytes = kind === 'devread' && !sink ? new Uint8Array(plan.items * 4) : undefined;
   const checksums: KernelResult['checksums'] = kind === 'checksum' ? [] : undefined;
@@ -162,13 +331,13 @@ export async function runKernel(
   let threads = 0;
   let finished = false;
   try {
-    for (const chunk of planChunks(plan, dm.chunkBytes)) {
+    for (const chunk of planChunks(plan, host.chunkBytes)) {
       threads ||= chunk.threads;
-      await runChunk(dm, space, chunk, servicer, run);
+      await runChunk(host, space, chunk, servicer, run);
       chunks++;
-      dm.counters.chunks++;
+      host.counters.chunks++;
       if (chunk.outWords) {
-        const out = await readChunkOutput(dm, bufs, chunk.outWords * 4);
+        const out = await readChunkOutput(host.gpu, bufs, chunk.outWords * 4);
         if (kind === 'devread') {
           if (sink) sink(out, (plan.firstWord + chunk.itemBase) * 4);
           else bytes!.set(out, chunk.itemBase * 4);
@@ -180,9 +349,9 @@ export async function runKernel(
           }
         }
       }
-      if (kind === 'atomic' && run.failedPages.size) await countFailedThreads(dm, plan, chunk, run);
+      if (kind === 'atomic' && run.failedPages.size) await countFailedThreads(host.gpu, plan, chunk, run);
     }
-    dm.counters.kernels++;
+    host.counters.kernels++;
     const result: KernelResult = {
       kind,
       space: space.id,
@@ -191,13 +360,14 @@ export async function runKernel(
       chunks,
       launches: run.launches,
       replays: run.launches - chunks,
-      counters: diffCounters(dm.counters, before),
+      counters: diffCounters(host.counters, before),
       batches: run.batches,
       failed: [],
       bytes,
       checksums,
       ms: 0,
       launchMs: run.launchMs,
+      gpuMs: bufs.timestamps ? run.gpuMs : undefined,
     };
     if (run.failedPages.size) {
       if (kind !== 'atomic') countFailedWords(plan, run.failedPages);
@@ -210,131 +380,168 @@ export async function runKernel(
   } finally {
     // A run that failed before its replay re-faulted a raced page: install the grant now, so
     // no page is left granted but unmapped (the owner's records say it is mapped).
-    if (space.pending.size && !dm.gpu.lost) {
-      const entries = [...space.pending].map(([index, e]) => ({
-        index,
-        frame: e.frame,
-        perm: e.perm as 'ro' | 'rw',
-      }));
-      await dm.map(space, entries).catch(() => {});
-    }
+    await installPending(host, space);
     // A refusal holds for this run only: the next run asks the servicer again.
-    if (run.failedPages.size && !dm.gpu.lost) {
-      const clear = dm.markFailed(space, [...run.failedPages.values()], false);
+    if (run.failedPages.size && !host.gpu.lost) {
+      const clear = host.markFailed(space, [...run.failedPages.values()], false);
       // On the error path, the run's own error is the one to report.
       await (finished ? clear : clear.catch(() => {}));
     }
-    for (const b of [bufs.params, bufs.progress, bufs.out, bufs.dummy, bufs.faults, bufs.readback])
-      b.destroy();
+    if (host.gpu.lost) destroyLaunchBuffers(bufs);
+    else host.launchBuffers.give(set);
+  }
+}
+
+/** Install the grants an invalidation raced that no replay installed (the owner's records name them). */
+async function installPending(host: FaultEngineHost, space: DevicePageTable): Promise<void> {
+  if (!space.pending.size || host.gpu.lost) return;
+  const entries = [...space.pending].map(([index, e]) => ({
+    index,
+    frame: e.frame,
+    perm: e.perm as 'ro' | 'rw',
+  }));
+  await host.map(space, entries).catch(() => {});
+}
+
+/** Faults fetched into those already queued (batch, block): a page queued already is a duplicate. */
+function mergeQueued(
+  queued: DeviceFault[],
+  fetched: DeviceFault[],
+): { queue: DeviceFault[]; fresh: DeviceFault[] } {
+  if (queued.length === 0) return { queue: fetched, fresh: fetched };
+  const at = new Map(queued.map((f) => [f.index, f]));
+  const fresh: DeviceFault[] = [];
+  for (const f of fetched) {
+    const q = at.get(f.index);
+    if (!q) {
+      fresh.push(f);
+      continue;
+    }
+    q.raw += f.raw;
+    if (f.write && !q.write) {
+      q.write = true;
+      q.thread = f.thread;
+    }
+  }
+  return { queue: coalesceFaults([...queued, ...fresh]), fresh };
+}
+
+/** The faults serviced before the next replay, by policy; the rest stays queued (or is flushed). */
+function nextService(
+  policy: ReplayPolicy,
+  queue: DeviceFault[],
+  batchSize: number,
+  pageSize: number,
+): { now: DeviceFault[][]; rest: DeviceFault[] } {
+  switch (policy) {
+    case 'once':
+      return { now: faultBatches(queue, batchSize), rest: [] };
+    case 'batch-flush':
+      return { now: [queue.slice(0, batchSize)], rest: [] };
+    case 'batch':
+      return { now: [queue.slice(0, batchSize)], rest: queue.slice(batchSize) };
+    case 'block': {
+      // The first batch's faults of its first va_block (the queue is in page order).
+      const batch = queue.slice(0, batchSize);
+      const block = (f: DeviceFault) => Math.floor((f.index * pageSize) / VA_BLOCK_BYTES);
+      const b0 = block(batch[0]);
+      let n = 1;
+      while (n < batch.length && block(batch[n]) === b0) n++;
+      return { now: [batch.slice(0, n)], rest: queue.slice(n) };
+    }
   }
 }
 
 /**
- * One chunk's fault/replay loop: launch, service the faults in batches, replay until no work is
- * left undone (refused work is failed, not undone). The chunks before it are done and stay so
- * whatever happens to this one: a launch that fails here leaves their pages as they were serviced.
+ * One chunk's fault/replay loop: launch, service faults as the replay policy says, replay until no
+ * work is left undone (refused work is failed, not undone). The chunks before it are done and stay
+ * so whatever happens to this one: a launch that fails here leaves their pages as they were serviced.
  */
 async function runChunk(
-  dm: DeviceMemory,
+  host: FaultEngineHost,
   space: DevicePageTable,
   chunk: KernelChunk,
   servicer: FaultServicer,
   run: RunState,
 ): Promise<void> {
   const { plan, bufs } = run;
-  let bind = bindLaunch(dm, chunk, space, bufs);
+  let bind = bindLaunch(host, chunk, space, bufs);
   let boundPte = space.pte;
-  let lastSignature = '';
+  let queue: DeviceFault[] = [];
+  let lastGranted = new Set<number>();
+  let evictionsAtGrant = 0;
   let stuck = 0;
-  let lastGrantedAll = false;
+  const c = host.counters;
+  const policy = host.replayPolicy;
   for (let launchNo = 1; ; launchNo++) {
     if (space.pte !== boundPte) {
       // The servicer mapped a page past the table's end: the table grew, bind the new buffers.
-      bind = bindLaunch(dm, chunk, space, bufs);
+      bind = bindLaunch(host, chunk, space, bufs);
       boundPte = space.pte;
     }
-    if (launchNo > dm.maxLaunches) {
+    if (launchNo > host.maxLaunches) {
       throw new HmmlabError(
         'EGPU',
-        `device kernel ${plan.kind}: work unfinished after ${dm.maxLaunches} launches (fault loop)` +
+        `device kernel ${plan.kind}: work unfinished after ${host.maxLaunches} launches (fault loop)` +
           (chunk.index > 0 ? ` in chunk ${chunk.index + 1}` : ''),
       );
     }
     const tl = performance.now();
-    const faults = await launch(dm, plan, chunk, space, bind, bufs, launchNo);
+    const { faults: fetched, raw, gpuMs } = await launch(host, plan, chunk, space, bind, run, launchNo);
     const lms = performance.now() - tl;
     run.launchMs.push(lms);
-    dm.counters.launchMs += lms;
+    if (gpuMs !== undefined) {
+      run.gpuMs.push(gpuMs);
+      c.launchGpuMs += gpuMs;
+    }
+    c.launchMs += lms;
     run.launches++;
-    dm.counters.launches++;
-    if (launchNo > 1) dm.counters.replays++;
-    if (faults.length === 0) return;
-    // The same faults again although the last service granted each one and evicted nothing: the
+    c.launches++;
+    if (launchNo > 1) {
+      c.replays++;
+      c.replayMs += lms;
+    }
+    if (fetched.length === 0) return;
+    // Faults that a queue holds already are duplicates of their entries (UVM's batch and block).
+    const merged = policy === 'batch' || policy === 'block' ? mergeQueued(queue, fetched) : null;
+    queue = merged ? merged.queue : fetched;
+    const fresh = merged ? merged.fresh : fetched;
+    c.faultsRaw += raw;
+    c.faultsUnique += fresh.length;
+    c.faultsDuplicate += raw - fresh.length;
+    for (const f of fresh) {
+      if (f.write) c.faultsWrite++;
+      else c.faultsRead++;
+    }
+    // Every page granted at the last service faults again and nothing was evicted since: the
     // servicer's answer does not let the access through, and replaying would never end.
-    const signature = faults.map((f) => `${f.index}${f.write ? 'w' : 'r'}`).join(',');
-    stuck = signature === lastSignature && lastGrantedAll ? stuck + 1 : 0;
-    lastSignature = signature;
+    const faulted = new Set(fetched.map((f) => f.index));
+    const again = lastGranted.size > 0 && [...lastGranted].every((i) => faulted.has(i));
+    stuck = again && c.evictions === evictionsAtGrant ? stuck + 1 : 0;
     if (stuck >= 3) {
       throw new HmmlabError(
         'EGPU',
-        `device kernel ${plan.kind}: no progress: pages ${formatPages(faults.map((f) => f.index))} of space ${space.id} ` +
+        `device kernel ${plan.kind}: no progress: pages ${formatPages(fetched.map((f) => f.index))} of space ${space.id} ` +
           `fault again after every service (${run.launches} launches)`,
       );
     }
-    const batchSize = Math.min(dm.batchSize, dm.pool.devicePages);
-    const evictionsBefore = dm.counters.evictions;
-    let granted = 0;
-    for (const batch of faultBatches(faults, batchSize)) {
-      const rec = await serviceBatch(dm, plan.kind, space, batch, servicer, run.failedPages, {
+    const batchSize = Math.min(host.batchSize, host.pool.devicePages);
+    const { now, rest } = nextService(policy, queue, batchSize, host.pageSize);
+    queue = rest;
+    lastGranted = new Set();
+    for (const batch of now) {
+      const { rec, granted } = await serviceBatch(host, plan.kind, space, batch, servicer, run.failedPages, {
         chunk: chunk.index,
         launch: run.launches,
         batch: run.batches.length,
       });
+      rec.fetchMs = lms - (gpuMs ?? 0);
+      rec.launchGpuMs = gpuMs ?? 0;
       run.batches.push(rec);
-      dm.logBatch(rec);
-      granted += rec.faultsUnique - rec.failed - rec.retried;
+      host.logBatch(rec);
+      for (const i of granted) lastGranted.add(i);
     }
-    lastGrantedAll = granted === faults.length && dm.counters.evictions === evictionsBefore;
-  }
-}
-
-function createLaunchBuffers(dm: DeviceMemory, plan: KernelPlan): LaunchBuffers {
-  let slots = 1;
-  let outWords = 1;
-  let span = 1;
-  for (const c of planChunks(plan, dm.chunkBytes)) {
-    slots = Math.max(slots, c.slots);
-    outWords = Math.max(outWords, c.outWords);
-    span = Math.max(span, c.lastPage - c.firstPage + 1);
-  }
-  const g = dm.gpu;
-  const storage = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
-  const layout = faultLayout(span);
-  const entryWords = 2 * Math.min(layout.cap, FIRST_READ_ENTRIES);
-  const made: GPUBuffer[] = [];
-  const make = (label: string, bytes: number, usage: number) => {
-    const b = g.createBuffer(`${plan.kind}-${label}`, bytes, usage);
-    made.push(b);
-    return b;
-  };
-  try {
-    return {
-      params: make('params', PARAMS_BYTES, GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST),
-      progress: make('progress', slots * 4, storage),
-      out: make('out', outWords * 4, storage),
-      // Unused frame bindings get disjoint slices of one small buffer (writable bindings may not alias).
-      dummy: make('frames-unused', 256 * 4, storage),
-      faults: make('faults', layout.words * 4, storage),
-      faultLayout: layout,
-      readback: make(
-        'fault-readback',
-        (4 + entryWords + 3 * span) * 4,
-        GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      ),
-    };
-  } catch (e) {
-    for (const b of made) b.destroy();
-    throw e;
+    evictionsAtGrant = c.evictions;
   }
 }
 
@@ -342,15 +549,14 @@ function createLaunchBuffers(dm: DeviceMemory, plan: KernelPlan): LaunchBuffers 
  * A chunk's output, read back through one staging buffer and one host buffer for the whole run
  * (a view, valid until the next chunk's): a devread of gigabytes allocates them once.
  */
-async function readChunkOutput(dm: DeviceMemory, bufs: LaunchBuffers, bytes: number): Promise<Uint8Array> {
-  const g = dm.gpu;
+async function readChunkOutput(g: GpuDevice, bufs: LaunchBuffers, bytes: number): Promise<Uint8Array> {
   const size = bufs.out.size;
   bufs.outReadback ??= g.createBuffer(
     'out-readback',
     size,
     GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
   );
-  bufs.outHost ??= new Uint8Array(size);
+  if (!bufs.outHost || bufs.outHost.byteLength < size) bufs.outHost = new Uint8Array(size);
   const enc = g.device.createCommandEncoder({ label: 'output readback' });
   enc.copyBufferToBuffer(bufs.out, 0, bufs.outReadback, 0, bytes);
   g.device.queue.submit([enc.finish()]);
@@ -361,21 +567,21 @@ async function readChunkOutput(dm: DeviceMemory, bufs: LaunchBuffers, bytes: num
 }
 
 /** The PTE window a chunk binds: from its first page rounded down to the offset alignment. */
-function pteWindow(dm: DeviceMemory, chunk: KernelChunk): { base: number; pages: number } {
-  const align = Math.max(1, dm.gpu.limits.minStorageBufferOffsetAlignment / 4);
+function pteWindow(host: FaultEngineHost, chunk: KernelChunk): { base: number; pages: number } {
+  const align = Math.max(1, host.gpu.limits.minStorageBufferOffsetAlignment / 4);
   const base = Math.floor(chunk.firstPage / align) * align;
   return { base, pages: chunk.lastPage - base + 1 };
 }
 
 /** Bind the chunk's window of the page table, the fault buffer, progress, output and frames. */
 function bindLaunch(
-  dm: DeviceMemory,
+  host: FaultEngineHost,
   chunk: KernelChunk,
   space: DevicePageTable,
   bufs: LaunchBuffers,
 ): GPUBindGroup {
-  const w = pteWindow(dm, chunk);
-  const frames = dm.pool.buffers;
+  const w = pteWindow(host, chunk);
+  const frames = host.pool.buffers;
   const entries: GPUBindGroupEntry[] = [
     { binding: 0, resource: { buffer: bufs.params } },
     { binding: 1, resource: { buffer: space.pte, offset: w.base * 4, size: w.pages * 4 } },
@@ -387,44 +593,49 @@ function bindLaunch(
     const resource = frames[b] ? { buffer: frames[b] } : { buffer: bufs.dummy, offset: 256 * b, size: 16 };
     entries.push({ binding: 5 + b, resource });
   }
-  return dm.gpu.device.createBindGroup({ label: 'device kernel', layout: dm.kernels.layout, entries });
+  return host.gpu.device.createBindGroup({ label: 'device kernel', layout: host.kernels.layout, entries });
 }
 
 /**
  * One launch: write its parameters (its stamp), clear the fault header and the counts of the
  * chunk's pages (and, at the chunk's first launch, its progress and output), dispatch, then read
- * back in one mapAsync the header, the first entries, the per-page raw counts and the chunk's PTEs
- * (whose DIRTY bits the host keeps, so a lost device can name what it held).
+ * back in one mapAsync the header, the first entries, the per-page raw counts, the chunk's PTEs
+ * (whose DIRTY bits the host keeps, so a lost device can name what it held) and the pass's GPU
+ * timestamps. Returns the faults coalesced (one per page, in page order) and the raw count.
  */
 async function launch(
-  dm: DeviceMemory,
+  host: FaultEngineHost,
   plan: KernelPlan,
   chunk: KernelChunk,
   space: DevicePageTable,
   bind: GPUBindGroup,
-  bufs: LaunchBuffers,
+  run: RunState,
   launchNo: number,
-): Promise<DeviceFault[]> {
-  const g = dm.gpu;
+): Promise<{ faults: DeviceFault[]; raw: number; gpuMs?: number }> {
+  const g = host.gpu;
   const d = g.device;
-  const layout = bufs.faultLayout;
+  const bufs = run.bufs;
+  const layout = run.faultLayout;
   const p0 = chunk.firstPage;
   const pages = chunk.lastPage - chunk.firstPage + 1;
   const entryWords = 2 * Math.min(layout.cap, FIRST_READ_ENTRIES);
-  const w = pteWindow(dm, chunk);
+  const w = pteWindow(host, chunk);
   const staging = bufs.readback;
-  if (dm.inject.should_fail('kernel-launch')) {
+  const readWords = 4 + entryWords + 3 * pages;
+  const tsAt = Math.ceil((readWords * 4) / 8) * 8;
+  if (host.inject.should_fail('kernel-launch')) {
     throw injectedError(
       'kernel-launch',
       new HmmlabError('EGPU', `launch ${plan.kind}: the GPU refused the dispatch`),
     );
   }
   // The device is destroyed at this launch (permanent): what follows meets a lost device.
-  if (dm.inject.should_fail('device-lost')) g.destroy();
+  if (host.inject.should_fail('device-lost')) g.destroy();
+  host.flushCopies(); // the copies the last service staged reach the frames first
   await g.scoped(`launch ${plan.kind}`, () => {
     const words = encodeParams(plan, chunk, {
       pageWords: plan.pageWords,
-      framesPerBuffer: dm.pool.framesPerBuffer,
+      framesPerBuffer: host.pool.framesPerBuffer,
       pteBase: w.base,
       ptePages: w.pages,
       faultCap: layout.cap,
@@ -440,19 +651,35 @@ async function launch(
     }
     enc.clearBuffer(bufs.faults, 0, 16);
     enc.clearBuffer(bufs.faults, layout.countsBase * 4, 2 * pages * 4);
-    const pass = enc.beginComputePass({ label: plan.kind });
-    pass.setPipeline(dm.kernels.pipeline(plan.kind));
+    const ts = bufs.timestamps;
+    const pass = enc.beginComputePass({
+      label: plan.kind,
+      timestampWrites: ts
+        ? { querySet: ts.set, beginningOfPassWriteIndex: 0, endOfPassWriteIndex: 1 }
+        : undefined,
+    });
+    pass.setPipeline(host.kernels.pipeline(plan.kind));
     pass.setBindGroup(0, bind);
     pass.dispatchWorkgroups(chunk.threads / 256);
     pass.end();
     enc.copyBufferToBuffer(bufs.faults, 0, staging, 0, (4 + entryWords) * 4);
     enc.copyBufferToBuffer(bufs.faults, layout.countsBase * 4, staging, (4 + entryWords) * 4, 2 * pages * 4);
     enc.copyBufferToBuffer(space.pte, p0 * 4, staging, (4 + entryWords + 2 * pages) * 4, pages * 4);
+    if (ts) {
+      enc.resolveQuerySet(ts.set, 0, 2, ts.resolve, 0);
+      enc.copyBufferToBuffer(ts.resolve, 0, staging, tsAt, 16);
+    }
     d.queue.submit([enc.finish()]);
   });
-  await g.map(staging, GPUMapMode.READ);
-  const readWords = 4 + entryWords + 3 * pages;
-  const w32 = new Uint32Array(staging.getMappedRange(0, readWords * 4).slice(0));
+  const mapBytes = Math.ceil((bufs.timestamps ? tsAt + 16 : readWords * 4) / 8) * 8;
+  await g.map(staging, GPUMapMode.READ, 0, mapBytes);
+  const mapped = staging.getMappedRange(0, mapBytes);
+  const w32 = new Uint32Array(mapped.slice(0, readWords * 4));
+  let gpuMs: number | undefined;
+  if (bufs.timestamps) {
+    const t = new BigUint64Array(mapped.slice(tsAt, tsAt + 16));
+    gpuMs = t[1] > t[0] ? Number(t[1] - t[0]) / 1e6 : 0;
+  }
   staging.unmap();
   const unique = w32[F_UNIQUE];
   const raw = w32[F_RAW];
@@ -468,7 +695,7 @@ async function launch(
     if (pteDirty(pte)) space.dirty.add(p0 + i);
     else space.dirty.delete(p0 + i);
     const e = space.entries.get(p0 + i);
-    if (e) dm.pool.touch(e.frame);
+    if (e) host.pool.touch(e.frame);
   });
   let entries: Uint32Array = w32.subarray(4, 4 + 2 * Math.min(unique, entryWords / 2));
   if (unique > entryWords / 2) {
@@ -478,53 +705,53 @@ async function launch(
   const rawCount = (index: number, write: boolean) =>
     index >= p0 && index < p0 + pages ? counts[2 * (index - p0) + (write ? 1 : 0)] : 1;
   const parsed = parseFaultEntries(entries, unique, rawCount);
-  const faults = coalesceFaults(parsed);
-  const c = dm.counters;
-  c.faultsRaw += raw;
-  c.faultsUnique += faults.length;
-  c.faultsDuplicate += raw - faults.length;
-  for (const f of faults) {
-    if (f.write) c.faultsWrite++;
-    else c.faultsRead++;
-  }
-  return faults;
+  return { faults: coalesceFaults(parsed), raw, gpuMs };
+}
+
+/** What one serviceBatch did: its record, and the pages whose grant was installed. */
+interface BatchOutcome {
+  rec: FaultBatchRecord;
+  granted: number[];
 }
 
 /** Service one batch under the mmu_interval sequence; install what was granted and not raced. */
 async function serviceBatch(
-  dm: DeviceMemory,
-  kind: KernelKind,
+  host: FaultEngineHost,
+  kind: KernelKind | 'prefetch',
   space: DevicePageTable,
   batch: DeviceFault[],
   servicer: FaultServicer,
-  failedPages: Map<string, FailedAccess>,
+  failedPages: Map<string, FailedAccess> | null,
   at: { chunk: number; launch: number; batch: number },
-): Promise<FaultBatchRecord> {
-  const c = dm.counters;
+): Promise<BatchOutcome> {
+  const c = host.counters;
   const before = { ...c };
   const t0 = performance.now();
+  const prefetch = kind === 'prefetch';
   // Frames of the batch's pages must not be evicted while the batch is serviced.
   const pinned: number[] = [];
   for (const f of batch) {
     const e = space.entries.get(f.index);
     if (e) {
-      dm.pool.pin(e.frame);
+      host.pool.pin(e.frame);
       pinned.push(e.frame);
     }
   }
   const allocated = new Set<number>();
   let failed = 0;
   let retried = 0;
+  const granted: number[] = [];
   let deferred: { error: unknown } | undefined;
   const ctx: FaultServiceContext = {
-    memory: dm,
     space,
+    cause: prefetch ? 'prefetch' : 'fault',
     lookup: (index) => space.entries.get(index) ?? space.pending.get(index),
     allocFrames: async (indices) => {
-      const frames = await dm.allocFrames(space, indices);
+      const frames = await host.allocFrames(space, indices);
       for (const f of frames) if (f !== null) allocated.add(f);
       return frames;
     },
+    copyToFrames: (items) => host.stageToFrames(items),
     fail: (error) => {
       deferred ??= { error };
     },
@@ -535,7 +762,7 @@ async function serviceBatch(
     if (results.length !== batch.length) {
       throw new HmmlabError('EINVAL', `fault servicer answered ${results.length} of ${batch.length} faults`);
     }
-    if (dm.inject.should_fail('race-invalidate')) {
+    if (host.inject.should_fail('race-invalidate')) {
       // As a CPU write to a page of the batch would, between the start of service and the install.
       const k = results.findIndex((r) => r.ok);
       space.invalidate([batch[Math.max(0, k)].index]);
@@ -563,7 +790,7 @@ async function serviceBatch(
         failed++;
         fails.push(f);
         const key = `${f.index}${f.write ? 'w' : 'r'}`;
-        if (!failedPages.has(key)) {
+        if (failedPages && !failedPages.has(key)) {
           failedPages.set(key, {
             space: space.id,
             index: f.index,
@@ -575,42 +802,124 @@ async function serviceBatch(
         }
       }
     });
-    await dm.map(space, installs);
+    // The batch's staged copies reach the frames before its PTEs (and go on while the next batch
+    // is serviced).
+    host.flushCopies();
+    await host.map(space, installs);
     for (const e of installs) {
       allocated.delete(e.frame);
       space.pending.delete(e.index);
+      granted.push(e.index);
     }
-    if (fails.length) await dm.markFailed(space, fails, true);
+    // A refusal holds for the rest of a kernel run (its FAIL bit); a prefetch only reports it.
+    if (fails.length && !prefetch) await host.markFailed(space, fails, true);
   } finally {
     // The service is over: no sequence it took can be asked about again.
     space.forgetInvalidations();
-    for (const f of pinned) dm.pool.unpin(f);
+    for (const f of pinned) host.pool.unpin(f);
     // Frames taken for faults that were refused, left for later or never answered go back.
-    if (allocated.size) dm.freeFrames([...allocated]);
+    if (allocated.size) host.freeFrames([...allocated]);
   }
   if (deferred) throw deferred.error;
-  c.faultsFailed += failed;
-  c.faultsRetried += retried;
-  c.batches++;
+  if (prefetch) {
+    c.prefetchBatches++;
+    c.prefetchPages += granted.length;
+  } else {
+    c.faultsFailed += failed;
+    c.faultsRetried += retried;
+    c.batches++;
+  }
   const serviceMs = performance.now() - t0;
   c.serviceMs += serviceMs;
   const raw = batch.reduce((s, f) => s + f.raw, 0);
   return {
-    kernel: kind,
-    space: space.id,
-    ...at,
-    faultsRaw: raw,
-    faultsDuplicate: raw - batch.length,
-    faultsUnique: batch.length,
-    read: batch.filter((f) => !f.write).length,
-    write: batch.filter((f) => f.write).length,
-    failed,
-    retried,
-    bytesHostToDevice: c.bytesHostToDevice - before.bytesHostToDevice,
-    bytesDeviceToHost: c.bytesDeviceToHost - before.bytesDeviceToHost,
-    serviceMs,
-    copyMs: c.copyMs - before.copyMs,
+    granted,
+    rec: {
+      kernel: kind,
+      space: space.id,
+      ...at,
+      faultsRaw: raw,
+      faultsDuplicate: raw - batch.length,
+      faultsUnique: batch.length,
+      read: batch.filter((f) => !f.write).length,
+      write: batch.filter((f) => f.write).length,
+      failed,
+      retried,
+      bytesHostToDevice: c.bytesHostToDevice - before.bytesHostToDevice,
+      bytesDeviceToHost: c.bytesDeviceToHost - before.bytesDeviceToHost,
+      serviceMs,
+      copyMs: c.copyMs - before.copyMs,
+      fetchMs: 0,
+      launchGpuMs: 0,
+    },
   };
+}
+
+/** What a prefetch did. */
+export interface PrefetchResult {
+  /** Pages asked for that needed service, and those granted and installed. */
+  pages: number;
+  granted: number;
+  /** Pages refused (page_mkwrite said no to a write prefetch): left as they were. */
+  refused: { index: number; code: Errno; message: string }[];
+  batches: FaultBatchRecord[];
+  ms: number;
+}
+
+/** Rounds of retries a prefetch gives pages that found no frame (others pinned them) before leaving them. */
+const PREFETCH_ROUNDS = 4;
+
+/**
+ * Prefetch (cudaMemPrefetchAsync; UVM's uvm_migrate, MAKE_RESIDENT_AND_MAP to a GPU): the pages of
+ * `requests` serviced by the owner's servicer as faults would be, batch by batch, and mapped, with
+ * no kernel. A page left for later (no frame, a raced install) is serviced again, a few rounds at
+ * most; a raced grant is installed at the end; a refused one is reported, not thrown.
+ */
+export async function prefetchPages(
+  host: FaultEngineHost,
+  space: DevicePageTable,
+  requests: { index: number; write: boolean }[],
+  servicer: FaultServicer,
+): Promise<PrefetchResult> {
+  const t0 = performance.now();
+  const c = host.counters;
+  c.prefetches++;
+  const batches: FaultBatchRecord[] = [];
+  const refused = new Map<number, { index: number; code: Errno; message: string }>();
+  let granted = 0;
+  if (requests.length) space.ensureCapacity(Math.max(...requests.map((r) => r.index)) + 1);
+  let todo: DeviceFault[] = coalesceFaults(requests.map((r) => ({ ...r, thread: 0, raw: 0 })));
+  const pages = todo.length;
+  const batchSize = Math.min(host.batchSize, host.pool.devicePages);
+  try {
+    for (let round = 0; todo.length && round < PREFETCH_ROUNDS; round++) {
+      const failed = new Map<string, FailedAccess>();
+      const next: DeviceFault[] = [];
+      for (const batch of faultBatches(todo, batchSize)) {
+        const { rec, granted: g } = await serviceBatch(host, 'prefetch', space, batch, servicer, failed, {
+          chunk: 0,
+          launch: 0,
+          batch: batches.length,
+        });
+        batches.push(rec);
+        host.logBatch(rec);
+        granted += g.length;
+        const done = new Set(g);
+        for (const f of batch) {
+          if (!done.has(f.index) && !failed.has(`${f.index}${f.write ? 'w' : 'r'}`)) next.push(f);
+        }
+      }
+      for (const f of failed.values())
+        refused.set(f.index, { index: f.index, code: f.code, message: f.message });
+      // A raced grant stays pending: installed below, not serviced again.
+      todo = next.filter((f) => !space.pending.has(f.index));
+    }
+  } finally {
+    const pending = space.pending.size;
+    await installPending(host, space);
+    granted += pending - space.pending.size;
+  }
+  return { pages, granted, refused: [...refused.values()], batches, ms: performance.now() - t0 };
 }
 
 /**
@@ -627,12 +936,12 @@ function countFailedWords(plan: KernelPlan, failed: Map<string, FailedAccess>): 
 
 /** atomic: count the chunk's refused logical threads per page (one readback of its progress). */
 async function countFailedThreads(
-  dm: DeviceMemory,
+  g: GpuDevice,
   plan: KernelPlan,
   chunk: KernelChunk,
   run: RunState,
 ): Promise<void> {
-  const bytes = await dm.gpu.readBuffer(run.bufs.progress, 0, chunk.items * 4);
+  const bytes = await g.readBuffer(run.bufs.progress, 0, chunk.items * 4);
   const progress = new Uint32Array(bytes.buffer, bytes.byteOffset, chunk.items);
   const w0 = plan.firstWord % plan.pageWords;
   for (let i = 0; i < chunk.items; i++) {

@@ -1,6 +1,7 @@
 /**
  * Device counters, and one record per fault batch as Allen & Ge's UVM study logs them (faults raw,
- * duplicate, unique; bytes moved; service time, copy time).
+ * duplicate, unique; bytes moved; service time, copy time; the fetch and the GPU time of the launch
+ * the faults came from). A prefetch's service batches are recorded too, with kernel 'prefetch'.
  */
 
 export interface DeviceCounters {
@@ -42,6 +43,14 @@ export interface DeviceCounters {
   serviceMs: number;
   /** Launches: dispatch, the kernel, and the fault buffer read back (GPU time as the host sees it). */
   launchMs: number;
+  /** Of launchMs, the launches after a chunk's first (replays). */
+  replayMs: number;
+  /** The launches' compute passes as the GPU timed them (timestamp queries; 0 where the adapter has none). */
+  launchGpuMs: number;
+  /** Prefetches (prefetchPages calls), their service batches and the pages they mapped. */
+  prefetches: number;
+  prefetchBatches: number;
+  prefetchPages: number;
 }
 
 export interface FaultBatchRecord {
@@ -62,6 +71,9 @@ export interface FaultBatchRecord {
   bytesDeviceToHost: number;
   serviceMs: number;
   copyMs: number;
+  /** The launch whose faults this batch came from: host time around the GPU's (readback, parse), and the GPU's. */
+  fetchMs: number;
+  launchGpuMs: number;
 }
 
 export function zeroCounters(): DeviceCounters {
@@ -92,6 +104,11 @@ export function zeroCounters(): DeviceCounters {
     copyMs: 0,
     serviceMs: 0,
     launchMs: 0,
+    replayMs: 0,
+    launchGpuMs: 0,
+    prefetches: 0,
+    prefetchBatches: 0,
+    prefetchPages: 0,
   };
 }
 

@@ -145,6 +145,33 @@ export class BackingFile implements AddressSpaceOps {
     return n;
   }
 
+  /** Consecutive pages in one preadv(2) (a short one is continued); an injected `pread` fails them all. */
+  async readpages(first: number, bufs: Uint8Array[]): Promise<void> {
+    const ps = this.pageSize;
+    if (this.inject.should_fail('pread')) {
+      throw injectedError(
+        'pread',
+        new HmmlabError(
+          'EIO',
+          `readpage of page ${first} (pages ${first}..${first + bufs.length - 1} read together) of ${this.path}: pread: I/O error`,
+        ),
+      );
+    }
+    const want = bufs.length * ps;
+    let done = 0;
+    while (done < want) {
+      const k = Math.floor(done / ps);
+      const views = [
+        bufs[k].subarray(done - k * ps, ps),
+        ...bufs.slice(k + 1, Math.min(bufs.length, k + 1024)),
+      ];
+      const n = fs.readvSync(this.fd, views, first * ps + done);
+      if (n === 0) break;
+      done += n;
+    }
+    for (let k = Math.floor(done / ps); k < bufs.length; k++) bufs[k].fill(0, Math.max(0, done - k * ps), ps);
+  }
+
   async writepage(index: number, buf: Uint8Array, len: number): Promise<void> {
     this.pwriteFull(buf.subarray(0, len), index * this.pageSize, `writepage of page ${index}`);
   }

@@ -37,6 +37,7 @@ import { filemap_write_and_wait_range } from '../mm/writeback.ts';
 import {
   type DeviceKernelResult,
   type DevicePageColumns,
+  type DevicePrefetch,
   type DeviceRun,
   isDevicePolicy,
 } from '../policy/device.ts';
@@ -516,6 +517,52 @@ export class File {
   async deviceChecksum(off: number, len: number): Promise<number[]> {
     const r = await this.device('deviceChecksum', 'checksum', { off, len });
     return (r?.checksums ?? []).map((c) => c.sum);
+  }
+
+  /**
+   * Prefetch (cudaMemPrefetchAsync) the pages of [off, off + len) to the device, read-only or, with
+   * `write`, writable: each page the device does not map with that access is serviced as a device
+   * fault of that access would be, in batches, and mapped, without a kernel (mirror: the page stays
+   * and the device gets a copy; migrate: the page moves). Within EOF (EINVAL otherwise); ENODEV
+   * without a device. A write prefetch that page_mkwrite refuses fails with EFAULT naming the
+   * pages, after the others were prefetched.
+   */
+  devicePrefetch(off: number, len: number, write = false): Promise<DevicePrefetch> {
+    return this.op('devicePrefetch', async () => {
+      checkOffset('devicePrefetch offset', off);
+      checkOffset('devicePrefetch length', len);
+      if (off + len > this.mapping.size) {
+        throw new HmmlabError(
+          'EINVAL',
+          `devicePrefetch at offset ${off} length ${len} runs past EOF ${this.mapping.size} of ${this.name}`,
+        );
+      }
+      const policy = this.fs.policy;
+      if (!isDevicePolicy(policy)) {
+        throw new HmmlabError(
+          'ENODEV',
+          `devicePrefetch on ${this.name}: no device: mount with a device policy, mirror or migrate (policy is '${policy.name}')`,
+        );
+      }
+      const ps = this.fs.pageSize;
+      if (len === 0) return { pages: 0, serviced: 0, granted: 0, refused: [], batches: 0, bytesToDevice: 0 };
+      const r = await policy.prefetch(
+        this.mapping,
+        Math.floor(off / ps),
+        Math.floor((off + len - 1) / ps),
+        write,
+      );
+      if (r.refused.length) {
+        const pages = r.refused.map((f) => f.index);
+        throw new HmmlabError(
+          'EFAULT',
+          `devicePrefetch (write) of page${pages.length > 1 ? 's' : ''} ${formatPages(pages)} of ${this.name} refused: ` +
+            `${r.refused[0].message}; the other pages were prefetched`,
+          { pages },
+        );
+      }
+      return r;
+    });
   }
 
   /** Dirty pages of this file right now (for tests and --stats). */

@@ -21,6 +21,8 @@ export interface GpuOptions {
   software?: boolean;
   /** Limits to request below the adapter's maximum (tests use this to provoke ELIMIT). */
   requiredLimits?: Record<string, number>;
+  /** Optional features not to ask for even where the adapter has them (tests of the plain paths). */
+  withoutFeatures?: readonly string[];
 }
 
 export interface AdapterInfo {

@@ -4,9 +4,14 @@
  * measures each one.
  *
  *   host -> device   writeDevice        queue.writeBuffer (Dawn copies the data at the call)
- *   host -> device   StagingRing.write  a ring of MAP_WRITE buffers + copyBufferToBuffer; each buffer
- *                                       is re-mapped once its copy is submitted (docs/webgpu-findings.md)
- *   device -> host   ReadbackRing.read  copyBufferToBuffer into a ring of MAP_READ buffers + mapAsync
+ *   host -> device   StagingRing.write  a ring of MAP_WRITE buffers mapped ahead of need, the data set
+ *                                       into the mapped range, copyBufferToBuffer; each buffer is
+ *                                       re-mapped once its copies are submitted (docs/webgpu-findings.md)
+ *   device -> host   ReadbackRing.read  copyBufferToBuffer into a ring of MAP_READ buffers + mapAsync,
+ *                                       the next piece's map in flight while one is copied out
+ * The device's page copies (src/device/copy.ts) run on the same two rings: StagingRing.reserve and
+ * addCopy (the host pages copied straight into the mapped range), ReadbackRing.run (pieces that
+ * land straight in the host pages).
  *   device -> device copyDevice         copyBufferToBuffer
  *   host -> host     copyHost           TypedArray.set, the memcpy baseline
  *
@@ -64,52 +69,15 @@ export function checkDeviceRange(buffer: GPUBuffer, offset: number, n: number, w
   }
 }
 
-function isShared(data: ArrayBufferView): boolean {
-  return typeof SharedArrayBuffer !== 'undefined' && data.buffer instanceof SharedArrayBuffer;
-}
-
-/** Largest piece of shared memory bounced through one plain buffer per writeBuffer. */
-const BOUNCE_BYTES = 4 << 20;
-let bounceBuffer: Uint8Array | undefined;
-
 /**
- * The plain buffer shared memory is bounced through, reused: writeBuffer has copied the data when
- * it returns, and a fresh buffer per call costs more than the copy (first touch of new memory).
- */
-function bounce(n: number): Uint8Array {
-  if (!bounceBuffer || bounceBuffer.byteLength < Math.min(n, BOUNCE_BYTES)) {
-    bounceBuffer = new Uint8Array(Math.min(align(n, COPY_ALIGN), BOUNCE_BYTES));
-  }
-  return bounceBuffer;
-}
-
-/**
- * host -> device by queue.writeBuffer. Dawn has copied `data` when this returns, so the caller may
- * reuse it at once; the copy reaches the buffer in queue order (before any later submit).
+ * host -> device by queue.writeBuffer (GpuDevice.writeBuffer: shared memory bounced, the tail word
+ * padded). Dawn has copied `data` when this returns, so the caller may reuse it at once; the copy
+ * reaches the buffer in queue order (before any later submit).
  */
 export function writeDevice(gpu: GpuDevice, dst: GPUBuffer, dstOffset: number, data: Uint8Array): void {
-  const n = data.byteLength;
-  checkDeviceRange(dst, dstOffset, n, 'writeDevice');
+  checkDeviceRange(dst, dstOffset, data.byteLength, 'writeDevice');
   gpu.checkAlive(`writeDevice ${dst.label}`);
-  if (n === 0) return;
-  const queue = gpu.device.queue;
-  const body = n - (n % COPY_ALIGN);
-  if (!isShared(data)) {
-    if (body > 0) queue.writeBuffer(dst, dstOffset, data.buffer as ArrayBuffer, data.byteOffset, body);
-  } else {
-    const plain = bounce(body);
-    for (let off = 0; off < body; off += plain.byteLength) {
-      const len = Math.min(plain.byteLength, body - off);
-      plain.set(data.subarray(off, off + len));
-      queue.writeBuffer(dst, dstOffset + off, plain.buffer, 0, len);
-    }
-  }
-  if (body < n) {
-    // The unaligned tail: its last word, padded with zeros.
-    const tail = new Uint8Array(COPY_ALIGN);
-    tail.set(data.subarray(body));
-    queue.writeBuffer(dst, dstOffset + body, tail.buffer, 0, COPY_ALIGN);
-  }
+  if (data.byteLength > 0) gpu.writeBuffer(dst, dstOffset, data);
 }
 
 /** device -> device copyBufferToBuffer of deviceSpan(n) bytes, submitted at once. */
@@ -143,50 +111,155 @@ export function copyHost(dst: Uint8Array, src: Uint8Array): void {
 }
 
 export interface RingOptions {
-  /** Buffers in the ring (copies in flight). */
+  /** Buffers in the ring at most (staging), or in flight per read (readback). */
   buffers?: number;
   /** Bytes per buffer: larger requests are split into pieces of this size. */
   chunkBytes?: number;
 }
 
-interface Slot {
-  buffer: GPUBuffer;
-  /** Settles when the buffer is mapped again (staging) or the pending readback has landed. */
-  ready: Promise<void> | undefined;
-}
-
 /** A promise whose rejection is handled here and re-raised only where it is awaited. */
-function quiet(p: Promise<void>): Promise<void> {
+function quiet<T>(p: Promise<T>): Promise<T> {
   p.catch(() => {});
   return p;
 }
 
+/** One buffer of a staging ring: mapped (view), or on its way to being mapped again (ready). */
+export interface StagingSlot {
+  buffer: GPUBuffer;
+  /** The mapped range, while mapped; null while its copies run and it is mapped again. */
+  view: Uint8Array | null;
+  ready: Promise<void> | null;
+  used: number;
+  copies: { srcOffset: number; dst: GPUBuffer; dstOffset: number; bytes: number }[];
+}
+
 /**
- * host -> device through a ring of mapped staging buffers. Each piece is set into the next mapped
- * buffer, unmapped, copied by copyBufferToBuffer, and the buffer is re-mapped at once: the map
- * resolves when its copy is done, so up to `buffers` copies are in flight and no buffer is created
- * per write (creating buffers is what makes mappedAtCreation-per-write slow).
+ * host -> device through a ring of MAP_WRITE buffers mapped ahead of need: `reserve` hands out a
+ * range of the current buffer's mapped memory (the caller copies host bytes straight into it: one
+ * copy on the host), `addCopy` records where it goes, and the buffer is submitted (unmapped, its
+ * copies encoded, mapped again at once: the map resolves when its copies are done) when it is full
+ * or at `flush`. Buffers are made as the copies in flight need them, up to `buffers`, so no buffer
+ * is created per write (creating buffers is what makes mappedAtCreation-per-write slow).
  */
 export class StagingRing {
-  private readonly slots: Slot[];
-  private next = 0;
+  private readonly slots: StagingSlot[] = [];
+  private cur = 0;
   readonly chunkBytes: number;
+  private readonly maxSlots: number;
 
   constructor(
     private readonly gpu: GpuDevice,
     options: RingOptions = {},
   ) {
-    const count = options.buffers ?? 8;
+    this.maxSlots = options.buffers ?? 8;
     this.chunkBytes = align(options.chunkBytes ?? 4 << 20, 8);
-    this.slots = Array.from({ length: count }, (_, i) => ({
-      buffer: gpu.createBuffer(
-        `staging-${i}`,
-        this.chunkBytes,
-        GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC,
-        true,
-      ),
-      ready: undefined,
-    }));
+  }
+
+  private addSlot(at: number): StagingSlot {
+    const buffer = this.gpu.createBuffer(
+      `staging-${this.slots.length}`,
+      this.chunkBytes,
+      GPUBufferUsage.MAP_WRITE | GPUBufferUsage.COPY_SRC,
+      true,
+    );
+    const slot: StagingSlot = {
+      buffer,
+      view: new Uint8Array(buffer.getMappedRange()),
+      ready: null,
+      used: 0,
+      copies: [],
+    };
+    this.slots.splice(at, 0, slot);
+    return slot;
+  }
+
+  /**
+   * A range of mapped staging memory: a multiple of `unit` bytes, at least `unit`, at most `max`
+   * (rounded down to `unit`), in one buffer. Waits for a buffer to be mapped again only when every
+   * one is in flight. Copy into `slot.view` at `at`, then addCopy, before the next await.
+   */
+  async reserve(unit: number, max: number): Promise<{ slot: StagingSlot; at: number; bytes: number }> {
+    if (unit > this.chunkBytes) {
+      throw new HmmlabError(
+        'EINVAL',
+        `StagingRing: a unit of ${unit} bytes is more than a buffer's ${this.chunkBytes}`,
+      );
+    }
+    for (;;) {
+      this.gpu.checkAlive('StagingRing');
+      if (this.slots.length === 0) this.addSlot(0);
+      let s = this.slots[this.cur];
+      if (s.ready) {
+        if (this.slots.length < this.maxSlots) s = this.addSlot(this.cur);
+        else {
+          try {
+            await s.ready;
+          } catch (e) {
+            // A buffer that could not be mapped again leaves the ring; a later write makes another.
+            this.slots.splice(this.slots.indexOf(s), 1);
+            this.cur = 0;
+            if (s.buffer.mapState !== 'unmapped') s.buffer.unmap();
+            s.buffer.destroy();
+            throw e;
+          }
+          continue;
+        }
+      }
+      const room = this.chunkBytes - s.used;
+      if (room < unit) {
+        this.submit(s);
+        continue;
+      }
+      const bytes = Math.min(room - (room % unit), Math.max(unit, max - (max % unit)));
+      const at = s.used;
+      s.used += bytes;
+      return { slot: s, at, bytes };
+    }
+  }
+
+  /** The bytes at `srcOffset` of `slot` go to `dst` at `dstOffset` when the buffer is submitted. */
+  addCopy(slot: StagingSlot, srcOffset: number, dst: GPUBuffer, dstOffset: number, bytes: number): void {
+    const last = slot.copies[slot.copies.length - 1];
+    if (
+      last &&
+      last.dst === dst &&
+      last.srcOffset + last.bytes === srcOffset &&
+      last.dstOffset + last.bytes === dstOffset
+    ) {
+      last.bytes += bytes; // a run that goes on in the same buffer: one copy
+      return;
+    }
+    slot.copies.push({ srcOffset, dst, dstOffset, bytes });
+  }
+
+  /** Submit the current buffer's copies, if any: every later submit sees them (queue order). */
+  flush(): void {
+    const s = this.slots[this.cur];
+    if (s && !s.ready && s.copies.length) this.submit(s);
+  }
+
+  /** Drop the copies not submitted yet into these buffers (they are being destroyed). */
+  forget(buffers: readonly GPUBuffer[]): void {
+    for (const s of this.slots) s.copies = s.copies.filter((c) => !buffers.includes(c.dst));
+  }
+
+  private submit(s: StagingSlot): void {
+    s.buffer.unmap();
+    s.view = null;
+    if (s.copies.length) {
+      const enc = this.gpu.device.createCommandEncoder({ label: 'staging-copy' });
+      for (const c of s.copies) enc.copyBufferToBuffer(s.buffer, c.srcOffset, c.dst, c.dstOffset, c.bytes);
+      this.gpu.device.queue.submit([enc.finish()]);
+    }
+    s.copies = [];
+    s.used = 0;
+    s.ready = quiet(
+      this.gpu.map(s.buffer, GPUMapMode.WRITE).then(() => {
+        s.view = new Uint8Array(s.buffer.getMappedRange());
+        s.ready = null;
+      }),
+    );
+    this.cur = (this.cur + 1) % this.slots.length;
   }
 
   /**
@@ -197,55 +270,101 @@ export class StagingRing {
     const n = data.byteLength;
     checkDeviceRange(dst, dstOffset, n, 'StagingRing.write');
     const span = deviceSpan(n);
-    for (let off = 0; off < span; off += this.chunkBytes) {
-      const len = Math.min(this.chunkBytes, span - off);
-      const slot = this.slots[this.next];
-      this.next = (this.next + 1) % this.slots.length;
-      if (slot.ready) {
-        const ready = slot.ready;
-        slot.ready = undefined;
-        await ready;
-      }
-      this.gpu.checkAlive(`StagingRing.write ${dst.label}`);
-      const mapped = new Uint8Array(slot.buffer.getMappedRange(0, len));
-      const have = Math.min(len, n - off);
-      mapped.set(data.subarray(off, off + have));
-      if (have < len) mapped.fill(0, have); // the tail word's padding
-      slot.buffer.unmap();
-      const enc = this.gpu.device.createCommandEncoder({ label: 'staging-copy' });
-      enc.copyBufferToBuffer(slot.buffer, 0, dst, dstOffset + off, len);
-      this.gpu.device.queue.submit([enc.finish()]);
-      slot.ready = quiet(this.gpu.map(slot.buffer, GPUMapMode.WRITE));
+    for (let off = 0; off < span; ) {
+      const r = await this.reserve(COPY_ALIGN, span - off);
+      const view = r.slot.view!;
+      const have = Math.max(0, Math.min(r.bytes, n - off));
+      view.set(data.subarray(off, off + have), r.at);
+      if (have < r.bytes) view.fill(0, r.at + have, r.at + r.bytes); // the tail word's padding
+      this.addCopy(r.slot, r.at, dst, dstOffset + off, r.bytes);
+      off += r.bytes;
     }
+    this.flush();
   }
 
   destroy(): void {
-    for (const slot of this.slots) slot.buffer.destroy();
+    for (const s of this.slots) s.buffer.destroy();
+    this.slots.length = 0;
   }
 }
 
+/** One piece of a read: at most a ring buffer's bytes, copied there by `encode`, copied out by `land`. */
+export interface ReadPiece {
+  bytes: number;
+  encode(enc: GPUCommandEncoder, dst: GPUBuffer): void;
+  land(mapped: Uint8Array): void;
+}
+
 /**
- * device -> host through a ring of MAP_READ buffers: pieces are copied into the ring, and each is
- * mapped, copied out and unmapped in order while the later pieces are still in flight.
+ * device -> host through a ring of MAP_READ buffers: each piece is encoded into a free buffer and
+ * submitted, up to `buffers` in flight per read, and landed (mapped, copied out, unmapped) in order
+ * while the later ones are in flight. Buffers are made as needed and kept.
  */
 export class ReadbackRing {
-  private readonly slots: Slot[];
+  private readonly slots: { buffer: GPUBuffer; busy: boolean }[] = [];
   readonly chunkBytes: number;
+  private readonly inFlight: number;
 
   constructor(
     private readonly gpu: GpuDevice,
     options: RingOptions = {},
   ) {
-    const count = options.buffers ?? 4;
+    this.inFlight = options.buffers ?? 4;
     this.chunkBytes = align(options.chunkBytes ?? 16 << 20, 8);
-    this.slots = Array.from({ length: count }, (_, i) => ({
-      buffer: gpu.createBuffer(
-        `readback-${i}`,
+  }
+
+  private acquire(): { buffer: GPUBuffer; busy: boolean } {
+    let s = this.slots.find((x) => !x.busy);
+    if (!s) {
+      const buffer = this.gpu.createBuffer(
+        `readback-${this.slots.length}`,
         this.chunkBytes,
         GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      ),
-      ready: undefined,
-    }));
+      );
+      s = { buffer, busy: false };
+      this.slots.push(s);
+    }
+    s.busy = true;
+    return s;
+  }
+
+  /** Run pieces (each at most chunkBytes) through the ring, in order. */
+  async run(pieces: Iterable<ReadPiece>): Promise<void> {
+    const flying: { slot: { buffer: GPUBuffer; busy: boolean }; piece: ReadPiece; mapped: Promise<void> }[] =
+      [];
+    const land = async () => {
+      const x = flying[0];
+      await x.mapped;
+      x.piece.land(
+        new Uint8Array(x.slot.buffer.getMappedRange(0, align(x.piece.bytes, 8)), 0, x.piece.bytes),
+      );
+      flying.shift();
+      x.slot.buffer.unmap();
+      x.slot.busy = false;
+    };
+    try {
+      for (const piece of pieces) {
+        if (flying.length === this.inFlight) await land();
+        this.gpu.checkAlive('ReadbackRing');
+        const slot = this.acquire();
+        const enc = this.gpu.device.createCommandEncoder({ label: 'readback-copy' });
+        piece.encode(enc, slot.buffer);
+        this.gpu.device.queue.submit([enc.finish()]);
+        flying.push({
+          slot,
+          piece,
+          mapped: quiet(this.gpu.map(slot.buffer, GPUMapMode.READ, 0, align(piece.bytes, 8))),
+        });
+      }
+      while (flying.length) await land();
+    } catch (e) {
+      // Leave the ring usable: cancel or undo the maps still in flight.
+      for (const x of flying) {
+        if (x.slot.buffer.mapState !== 'unmapped') x.slot.buffer.unmap();
+        x.slot.busy = false;
+      }
+      throw e;
+    }
   }
 
   /** Read n bytes of `src` at `srcOffset` into `into` (or a new array); exactly n bytes are written. */
@@ -256,41 +375,23 @@ export class ReadbackRing {
       throw new HmmlabError('EINVAL', `ReadbackRing.read: ${n} bytes do not fit in ${out.byteLength}`);
     }
     const span = deviceSpan(n);
-    const inFlight: { slot: Slot; off: number; len: number }[] = [];
-    const land = async () => {
-      const piece = inFlight.shift()!;
-      await piece.slot.ready;
-      const have = Math.min(piece.len, n - piece.off);
-      out.set(new Uint8Array(piece.slot.buffer.getMappedRange(0, piece.len), 0, have), piece.off);
-      piece.slot.buffer.unmap();
-      piece.slot.ready = undefined;
-    };
-    try {
-      for (let off = 0, i = 0; off < span; off += this.chunkBytes, i++) {
-        if (inFlight.length === this.slots.length) await land();
-        const slot = this.slots[i % this.slots.length];
-        const len = Math.min(this.chunkBytes, span - off);
-        this.gpu.checkAlive(`ReadbackRing.read ${src.label}`);
-        const enc = this.gpu.device.createCommandEncoder({ label: 'readback-copy' });
-        enc.copyBufferToBuffer(src, srcOffset + off, slot.buffer, 0, len);
-        this.gpu.device.queue.submit([enc.finish()]);
-        slot.ready = quiet(this.gpu.map(slot.buffer, GPUMapMode.READ, 0, len));
-        inFlight.push({ slot, off, len });
-      }
-      while (inFlight.length) await land();
-    } catch (e) {
-      // Leave the ring usable: cancel or undo the maps of the pieces still in flight.
-      for (const piece of inFlight) {
-        if (piece.slot.buffer.mapState !== 'unmapped') piece.slot.buffer.unmap();
-        piece.slot.ready = undefined;
-      }
-      throw e;
+    const pieces: ReadPiece[] = [];
+    for (let off = 0; off < span; off += this.chunkBytes) {
+      const len = Math.min(this.chunkBytes, span - off);
+      const at = off;
+      pieces.push({
+        bytes: len,
+        encode: (enc, dst) => enc.copyBufferToBuffer(src, srcOffset + at, dst, 0, len),
+        land: (mapped) => out.set(mapped.subarray(0, Math.min(len, n - at)), at),
+      });
     }
+    await this.run(pieces);
     return out;
   }
 
   destroy(): void {
-    for (const slot of this.slots) slot.buffer.destroy();
+    for (const s of this.slots) s.buffer.destroy();
+    this.slots.length = 0;
   }
 }
 

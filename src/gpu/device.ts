@@ -17,6 +17,30 @@ import {
 
 export const DEFAULT_GPU_TIMEOUT_MS = 60_000;
 
+/**
+ * Optional features hmmlab asks for where the adapter has them: `subgroups` (the device MMU records
+ * one fault per subgroup and page, as a GPU's TLB coalesces a warp's faults) and `timestamp-query`
+ * (the GPU time of each launch in the fault-batch records). Without them the same paths run, slower
+ * to record faults and timed by the host only.
+ */
+export const OPTIONAL_FEATURES = ['subgroups', 'timestamp-query'] as const;
+export type OptionalFeature = (typeof OPTIONAL_FEATURES)[number];
+
+/**
+ * The plain buffer that shared memory is bounced through before queue.writeBuffer (Dawn crashes on
+ * a view of a SharedArrayBuffer: docs/webgpu-findings.md). One for the process, reused: writeBuffer
+ * has copied the data when it returns, and a fresh buffer a call costs more than the copy (first
+ * touch of new memory). Pieces of at most BOUNCE_BYTES.
+ */
+export const BOUNCE_BYTES = 4 << 20;
+let bounceBuffer: Uint8Array | undefined;
+
+function bounce(n: number): Uint8Array {
+  const want = Math.min(align(n, 4), BOUNCE_BYTES);
+  if (!bounceBuffer || bounceBuffer.byteLength < want) bounceBuffer = new Uint8Array(want);
+  return bounceBuffer;
+}
+
 /** Reject with ETIMEDOUT if `p` has not settled after `ms`. */
 export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
@@ -62,9 +86,12 @@ export class GpuDevice {
     const opts = gpuOptionsFromEnv(options);
     const { gpu, adapter, info } = await requestAdapter(opts);
     const requiredLimits = limitsToRequest(adapter, opts.requiredLimits);
+    const requiredFeatures = OPTIONAL_FEATURES.filter(
+      (f) => adapter.features.has(f) && !opts.withoutFeatures?.includes(f),
+    ) as GPUFeatureName[];
     let device: GPUDevice;
     try {
-      device = await adapter.requestDevice({ requiredLimits, label: 'hmmlab' });
+      device = await adapter.requestDevice({ requiredLimits, requiredFeatures, label: 'hmmlab' });
     } catch (e) {
       throw new HmmlabError(
         'EGPU',
@@ -75,6 +102,11 @@ export class GpuDevice {
       );
     }
     return new GpuDevice(gpu, adapter, device, info);
+  }
+
+  /** Whether the device was opened with an optional feature (OPTIONAL_FEATURES). */
+  has(feature: OptionalFeature): boolean {
+    return this.device.features.has(feature);
   }
 
   get lost(): boolean {
@@ -156,18 +188,32 @@ export class GpuDevice {
   }
 
   /**
-   * queue.writeBuffer that is safe for shared memory: Dawn crashes on a view of a
-   * SharedArrayBuffer (docs/webgpu-findings.md), so such data is copied to a plain buffer first.
-   * Sizes not a multiple of 4 are padded with zeros (writeBuffer requires it).
+   * queue.writeBuffer that is safe for shared memory, the one place hmmlab bounces it: Dawn crashes
+   * on a view of a SharedArrayBuffer (docs/webgpu-findings.md), so such data goes through one
+   * reused plain buffer, a piece at a time. A length that is not a multiple of 4 is padded with
+   * zeros to its last word (writeBuffer moves whole words). Dawn has copied the data when this
+   * returns; it reaches the buffer in queue order.
    */
   writeBuffer(dst: GPUBuffer, dstOffset: number, data: Uint8Array): void {
     this.checkAlive(`writeBuffer ${dst.label}`);
-    let src = data;
-    if (data.buffer instanceof SharedArrayBuffer || data.byteLength % 4 !== 0) {
-      src = new Uint8Array(align(data.byteLength, 4));
-      src.set(data);
+    const n = data.byteLength;
+    const body = n - (n % 4);
+    const queue = this.device.queue;
+    if (!(data.buffer instanceof SharedArrayBuffer)) {
+      if (body > 0) queue.writeBuffer(dst, dstOffset, data.buffer as ArrayBuffer, data.byteOffset, body);
+    } else {
+      const plain = bounce(body);
+      for (let off = 0; off < body; off += plain.byteLength) {
+        const len = Math.min(plain.byteLength, body - off);
+        plain.set(data.subarray(off, off + len));
+        queue.writeBuffer(dst, dstOffset + off, plain.buffer as ArrayBuffer, 0, len);
+      }
     }
-    this.device.queue.writeBuffer(dst, dstOffset, src.buffer as ArrayBuffer, src.byteOffset, src.byteLength);
+    if (body < n) {
+      const tail = new Uint8Array(4);
+      tail.set(data.subarray(body));
+      queue.writeBuffer(dst, dstOffset + body, tail.buffer, 0, 4);
+    }
   }
 
   /** Read `size` bytes of `src` at `offset` back to the host (copy into a MAP_READ buffer, map, copy out). */

@@ -97,6 +97,78 @@ export async function readpage(m: Mapping, page: Page): Promise<void> {
 }
 
 /**
+ * New pages (locked, not uptodate) of consecutive indices read from the disk in one go where the
+ * filesystem can (a_ops.readpages: one preadv), else a readpage each.
+ */
+export async function readpages(m: Mapping, pages: Page[]): Promise<void> {
+  if (pages.length === 1 || !m.a_ops.readpages) {
+    for (const p of pages) await readpage(m, p);
+    return;
+  }
+  for (const p of pages) if (m.shadows.delete(p.index)) m.host.vmstat.count('workingset_refault_file');
+  await m.a_ops.readpages(
+    pages[0].index,
+    pages.map((p) => p.data),
+  );
+  m.host.vmstat.count('pgpgin', (pages.length * m.pageSize) / 1024);
+  for (const p of pages) p.flags |= PG_uptodate;
+}
+
+/** A new page that was never filled leaves the cache (its slot freed, unlocked). */
+function drop_unread(m: Mapping, page: Page): void {
+  if (m.i_pages.get(page.index) === page) m.i_pages.delete(page.index);
+  m.host.lru.delete(page);
+  m.host.pool.release(page.slot);
+  unlock_page(page);
+}
+
+/**
+ * read_cache_page_locked for several indices, in order: the absent ones of each run of consecutive
+ * indices read in one readpages (a device entry, which reclaim may leave while the run is read, is
+ * read_cache_page's: filled from the device). On a failure every page it locked is unlocked and
+ * every page it allocated and could not fill is gone again: the pages are as found.
+ */
+export async function read_cache_pages_locked(mapping: AddressSpace, indices: number[]): Promise<Page[]> {
+  const m = asMapping(mapping);
+  const out: Page[] = [];
+  let run: Page[] = [];
+  const flush = async () => {
+    const r = run;
+    run = [];
+    if (r.length === 0) return;
+    try {
+      await readpages(m, r);
+    } catch (err) {
+      for (const p of r) {
+        drop_unread(m, p);
+        out.splice(out.indexOf(p), 1);
+      }
+      throw err;
+    }
+  };
+  try {
+    for (const index of indices) {
+      const e = m.i_pages.get(index);
+      if (!e) {
+        if (run.length && run[run.length - 1].index !== index - 1) await flush();
+        const p = await page_cache_alloc(m, index);
+        run.push(p);
+        out.push(p);
+        continue;
+      }
+      await flush();
+      out.push(await read_cache_page_locked(m, index));
+    }
+    await flush();
+    return out;
+  } catch (err) {
+    for (const p of run) drop_unread(m, p);
+    for (const p of out) if (!run.includes(p)) unlock_page(p);
+    throw err;
+  }
+}
+
+/**
  * Get or create the page at `index`, locked, with its data: read from the disk when absent, pulled
  * from the device (policy.readpageFromDevice) when a device entry stands there. A page in state S
  * (dirty, not uptodate: the device holds newer data) is returned as it is: the caller asks the

@@ -20,6 +20,8 @@ export {
   page_mkwrite,
   read_cache_page,
   read_cache_page_locked,
+  read_cache_pages_locked,
+  readpages,
   replace_page_cache_entry,
 } from './filemap.ts';
 export { asMapping, type FileRaState, Mapping } from './mapping.ts';

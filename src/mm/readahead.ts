@@ -3,7 +3,7 @@
  * the current window is sequential, and the window grows (4x while small, then 2x, up to the max);
  * any other miss is random: the window resets and only the requested pages are read.
  */
-import { page_cache_alloc, readpage } from './filemap.ts';
+import { batchPages, page_cache_alloc, readpage, readpages } from './filemap.ts';
 import type { Mapping } from './mapping.ts';
 import { trylock_page, unlock_page } from './page.ts';
 import type { DeviceEntry, Page } from './types.ts';
@@ -81,8 +81,19 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
   const stale: Page[] = [];
   const entries: DeviceEntry[] = [];
   const fromDevice: Page[] = [];
+  // Absent pages are read a run at a time (one readpages: a preadv), at most batchPages a run so
+  // that a tiny budget still has pages for reclaim to take.
+  let run: number[] = [];
+  const flush = async () => {
+    const r = run;
+    run = [];
+    if (r.length) await ra_readpages(m, r);
+  };
+  const cap = batchPages(m.host);
   try {
     for (let i = start; i < end; i++) {
+      // The run is read before page i is looked at: reading it may reclaim (and change) page i.
+      if (run.length >= cap || m.i_pages.has(i)) await flush();
       const e = m.i_pages.get(i);
       if (e?.kind === 'device' && m.policy.readpagesFromDevice) {
         fromDevice.push(await page_cache_alloc(m, i)); // locked; it replaces the entry
@@ -93,8 +104,9 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
         if (e.kind === 'page' && !(e.flags & PG_uptodate) && trylock_page(e)) stale.push(e);
         continue;
       }
-      await ra_readpage(m, i);
+      run.push(i);
     }
+    await flush();
     if (entries.length) await ra_readpages_from_device(m, entries, fromDevice);
   } catch (err) {
     // Pages not filled give their index back to the device entry they replaced.
@@ -124,18 +136,21 @@ async function ra_readpages_from_device(m: Mapping, entries: DeviceEntry[], page
   for (const [k, p] of pages.entries()) if (!ok[k]) await readpage(m, p);
 }
 
-/** One absent page read from disk by readahead, unlocked at once. */
-async function ra_readpage(m: Mapping, i: number): Promise<void> {
-  const page = await page_cache_alloc(m, i);
+/** A run of absent pages read from disk by readahead (one readpages), unlocked at once. */
+async function ra_readpages(m: Mapping, indices: number[]): Promise<void> {
+  const pages: Page[] = [];
   try {
-    await readpage(m, page);
+    for (const i of indices) pages.push(await page_cache_alloc(m, i));
+    await readpages(m, pages);
   } catch (err) {
-    m.i_pages.delete(i);
-    m.host.lru.delete(page);
-    m.host.pool.release(page.slot);
+    for (const page of pages) {
+      m.i_pages.delete(page.index);
+      m.host.lru.delete(page);
+      m.host.pool.release(page.slot);
+    }
     throw err;
   } finally {
-    unlock_page(page);
+    for (const page of pages) unlock_page(page);
   }
-  m.host.vmstat.count('pgra');
+  m.host.vmstat.count('pgra', pages.length);
 }

@@ -58,6 +58,11 @@ export interface AddressSpace {
 export interface AddressSpaceOps {
   /** Read page `index` into `buf` (bytes past EOF are zero). Returns the bytes read from disk. */
   readpage(index: number, buf: Uint8Array): Promise<number>;
+  /**
+   * Read pages first, first + 1, ... into `bufs` (a page each) in one go (readahead's
+   * ->readahead, one preadv), bytes past EOF zero. Optional: without it, readpage each.
+   */
+  readpages?(first: number, bufs: Uint8Array[]): Promise<void>;
   /** Write the first `len` bytes of `buf` as page `index` (len: the part below i_size). */
   writepage(index: number, buf: Uint8Array, len: number): Promise<void>;
   /** The filesystem's page_mkwrite: make sure page `index` has a block (ENOSPC past the budget). */

@@ -32,6 +32,7 @@ import {
   type KernelKind,
   type KernelParams,
   type PteChange,
+  type PullResult,
 } from '../device/index.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import type { FaultInjector } from '../inject/inject.ts';
@@ -50,7 +51,7 @@ import {
   page_cpu_access,
   page_mkclean,
   page_mkwrite,
-  read_cache_page_locked,
+  read_cache_pages_locked,
   replace_page_cache_entry,
   try_to_unmap,
   trylock_page,
@@ -64,6 +65,7 @@ import type {
   DeviceKernelResult,
   DevicePageColumns,
   DevicePolicy,
+  DevicePrefetch,
   DeviceRun,
 } from './device.ts';
 import type { CoherencePolicy, CpuAccess, CpuWrite, InvalidateWhy } from './policy.ts';
@@ -329,16 +331,21 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       wasDirty: boolean;
     }[] = [];
     try {
+      // readpage for the absent pages, a run of consecutive ones in one read of the disk.
+      const frameFor = (f: DeviceFault) => recs.get(f.index)?.frame ?? frameOf.get(f.index);
+      const onHost = faults.filter((f) => frameFor(f) != null && m.i_pages.get(f.index)?.kind !== 'device');
+      const pages = await read_cache_pages_locked(
+        m,
+        onHost.map((f) => f.index),
+      );
+      const pageOf = new Map(pages.map((p) => [p.index, p]));
+      for (const p of pages) locked.add(p);
       for (const [j, f] of faults.entries()) {
         const rec = recs.get(f.index);
-        const frame = rec?.frame ?? frameOf.get(f.index);
+        const frame = frameFor(f);
         if (frame == null) continue; // no frame now: it faults again on the replay
-        const e = m.i_pages.get(f.index);
-        let page: Page | null = null;
-        if (e?.kind !== 'device') {
-          page = await read_cache_page_locked(m, f.index); // readpage if absent
-          locked.add(page);
-        } else if (!rec) {
+        const page = pageOf.get(f.index) ?? null;
+        if (!page && !rec) {
           throw new Error(`${this.name}: device entry ${f.index} of ${m.name} without a device copy`);
         }
         const it = this.plan(m, f.index, page, f.write ? 'device-write-fault' : 'device-read-fault');
@@ -377,12 +384,13 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       }
       const copies = go.filter((r) => has(r, 'copy-to-device'));
       if (copies.length) {
-        // one writeBuffer per run of frames; the data is copied at the call
-        this.dm.copyToFrames(copies.map((r) => ({ frame: r.frame, data: r.page!.data })));
+        // Staged: A's bytes are in the staging ring when this returns (the page may be unlocked);
+        // the batch's copies are submitted together before its PTEs are installed.
+        await ctx.copyToFrames(copies.map((r) => ({ frame: r.frame, data: r.page!.data })));
         this.c.device_copies_to_device += copies.length;
       }
       // The host copy of data the disk lacks is freed only once the device has it.
-      if (go.some((r) => has(r, 'device-entry') && r.wasDirty)) await this.dm.gpu.drain('migrate to device');
+      if (go.some((r) => has(r, 'device-entry') && r.wasDirty)) await this.dm.drain('migrate to device');
       for (const r of go) {
         const { next } = r.it.t;
         const rec = recs.get(r.index);
@@ -441,6 +449,45 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       failed: r.failed.map((f) => ({ index: f.index, code: f.code, message: f.message })),
     };
     return { run, bytes: r.bytes, checksums: r.checksums };
+  }
+
+  /**
+   * Prefetch (cudaMemPrefetchAsync; UVM's uvm_migrate to a GPU makes the pages resident and maps
+   * them): the pages of [first, last] not mapped with the access asked go through the same fault
+   * service as device faults of that access (the table's device-fault rows: mirror copies A -> A'
+   * and keeps A; migrate moves the page), a batch at a time, with no kernel. A chunk's worth of
+   * pages at a time, so the requests held do not grow with the range.
+   */
+  async prefetch(m: AddressSpace, first: number, last: number, write: boolean): Promise<DevicePrefetch> {
+    this.checkUsable(`device prefetch on ${m.name}`);
+    const space = this.space(m);
+    const out: DevicePrefetch = {
+      pages: last - first + 1,
+      serviced: 0,
+      granted: 0,
+      refused: [],
+      batches: 0,
+      bytesToDevice: 0,
+    };
+    const before = this.dm.counters.bytesHostToDevice;
+    const window = Math.max(1, Math.floor(this.dm.chunkBytes / this.dm.pageSize));
+    for (let lo = first; lo <= last; lo += window) {
+      const hi = Math.min(last, lo + window - 1);
+      const requests: { index: number; write: boolean }[] = [];
+      for (let i = lo; i <= hi; i++) {
+        const rec = this.record(m, i);
+        if (rec && (rec.perm === 'rw' || !write)) continue; // mapped with the access asked
+        requests.push({ index: i, write });
+      }
+      if (requests.length === 0) continue;
+      const r = await this.guarded(() => this.dm.prefetch(space, requests, this.servicer(m)));
+      out.serviced += r.pages;
+      out.granted += r.granted;
+      out.refused.push(...r.refused);
+      out.batches += r.batches.length;
+    }
+    out.bytesToDevice = this.dm.counters.bytesHostToDevice - before;
+    return out;
   }
 
   // ---- the CPU's side: the hooks every scheme answers from its table ----
@@ -507,23 +554,33 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     return this.guarded(
       async () => {
         const space = this.space(m);
-        const changes = await this.dm.protect(
-          space,
-          items.filter((x) => x.it.t.work.includes('device-protect')).map((x) => x.index),
-          { cleanDirty: true },
-        );
-        const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
-        const copy = items.filter((x) => wrote.get(x.index) || x.rec.diskStale);
         const recs = this.records(m);
-        this.markCopyBack(recs, changes, true);
-        let data: Uint8Array[] = [];
+        const ps = this.dm.pageSize;
+        // Write-protect and bounce out in one pull: each entry the device wrote, or whose data the
+        // disk lacks, into a bounce page of its own.
+        const bounce = new Map(items.map((x) => [x.index, new Uint8Array(ps)]));
+        const marked = items.filter((x) => space.dirty.has(x.index));
+        for (const x of marked) x.rec.copyBack = true;
+        let pulled: PullResult;
         try {
-          if (copy.length) data = await this.dm.copyFromFrames(copy.map((x) => x.rec.frame));
-        } catch (e) {
-          await this.dm.restore(space, changes);
-          this.markCopyBack(recs, changes, false);
-          throw e;
+          pulled = await this.dm.pull(space, {
+            protect: items.filter((x) => x.it.t.work.includes('device-protect')).map((x) => x.index),
+            copies: items.map((x) => ({
+              index: x.index,
+              frame: x.rec.frame,
+              into: bounce.get(x.index)!,
+              always: x.rec.diskStale,
+            })),
+          });
+        } finally {
+          for (const x of marked) x.rec.copyBack = false;
         }
+        const changes = pulled.changes;
+        const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
+        const copy = items.filter((x) => pulled.copied.has(x.index));
+        const data = copy.map((x) => bounce.get(x.index)!);
+        // The written pages' bytes are on their way to the disk until each write lands.
+        this.markCopyBack(recs, changes, true);
         this.c.device_copybacks += copy.length;
         const failed = new Set<number>();
         let error: unknown;
@@ -604,46 +661,31 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     const has = (it: Item, w: Work) => it.t.work.includes(w);
     const revoking = todo.filter((it) => has(it, 'device-revoke'));
     const protecting = todo.filter((it) => has(it, 'device-protect') && !has(it, 'device-revoke'));
-    const wrote = new Map<number, boolean>();
-    const taken: PteChange[] = [];
     // copy-back: only what the device wrote, unless A is new (E): A's bytes are still valid otherwise.
-    const copyBack = (it: Item) =>
-      has(it, 'copy-back') && (it.state.host === 'E' || wrote.get(it.index) === true);
+    const copying = todo.filter((it) => has(it, 'copy-back'));
+    // While the bytes are on their way, a loss names the pages the device wrote (as last read back).
+    const marked = copying.filter((it) => space.dirty.has(it.index));
+    for (const it of marked) recs.get(it.index)!.copyBack = true;
+    let pulled: PullResult;
     try {
-      if (protecting.length) {
-        const changes = await this.dm.protect(
-          space,
-          protecting.map((it) => it.index),
-          { cleanDirty: true },
-        );
-        for (const ch of changes) wrote.set(ch.index, ch.dirty);
-        taken.push(...changes);
-      }
-      if (revoking.length) {
-        const changes = await this.dm.revoke(
-          space,
-          revoking.map((it) => it.index),
-        );
-        for (const ch of changes) wrote.set(ch.index, ch.dirty);
-        taken.push(...changes);
-      }
-      this.markCopyBack(recs, taken, true);
-      const copy = todo.filter(copyBack);
-      if (copy.length) {
-        const data = await this.dm.copyFromFrames(copy.map((it) => recs.get(it.index)!.frame));
-        copy.forEach((it, i) => {
-          it.page!.data.set(data[i]);
-        });
-        this.c.device_copybacks += copy.length;
-      }
-      this.markCopyBack(recs, taken, false);
-    } catch (e) {
-      // The bytes did not land: the device keeps its copy, its permission and its DIRTY bit, so
-      // nothing is lost and the CPU's access can be tried again.
-      if (taken.length) await this.dm.restore(space, taken);
-      this.markCopyBack(recs, taken, false);
-      throw e;
+      // One PTE update (write-protect or revoke, one shootdown), the copies in the same submit,
+      // straight into the host pages (locked, not uptodate: nothing reads them until the commit).
+      pulled = await this.dm.pull(space, {
+        protect: protecting.map((it) => it.index),
+        revoke: revoking.map((it) => it.index),
+        copies: copying.map((it) => ({
+          index: it.index,
+          frame: recs.get(it.index)!.frame,
+          into: it.page!.data,
+          always: it.state.host === 'E',
+        })),
+      });
+    } finally {
+      // Landed, or not taken at all (a failed pull puts every permission and DIRTY bit back).
+      for (const it of marked) recs.get(it.index)!.copyBack = false;
     }
+    const wrote = new Map(pulled.changes.map((ch) => [ch.index, ch.dirty]));
+    this.c.device_copybacks += pulled.copied.size;
     this.c.device_copybacks_spared += todo.filter(
       (it) => has(it, 'copy-back') && it.state.host !== 'E' && !wrote.get(it.index),
     ).length;

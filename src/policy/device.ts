@@ -33,6 +33,19 @@ export interface DeviceKernelResult {
   checksums?: { index: number; sum: number; xor: number }[];
 }
 
+/** What one prefetch did (DevicePolicy.prefetch). */
+export interface DevicePrefetch {
+  /** Pages of the range, and those that needed service (not mapped with the access asked). */
+  pages: number;
+  serviced: number;
+  /** Pages mapped by it (the rest were refused, or found no frame). */
+  granted: number;
+  /** Write prefetches that page_mkwrite refused: the pages are as they were. */
+  refused: { index: number; code: Errno; message: string }[];
+  batches: number;
+  bytesToDevice: number;
+}
+
 /** The device columns of a snapshot row. */
 export interface DevicePageColumns {
   dev: '-' | 'ro' | 'rw';
@@ -71,6 +84,12 @@ export interface DevicePolicy extends CoherencePolicy {
     params: KernelParams,
     sink?: DeviceOutputSink,
   ): Promise<DeviceKernelResult>;
+  /**
+   * Prefetch pages [first, last] of `mapping` to the device without a kernel (cudaMemPrefetchAsync),
+   * serviced batch by batch as device faults of that access would be (mirror: A -> A' read-only, or
+   * writable with `write`; migrate: the page moves) and mapped.
+   */
+  prefetch(mapping: AddressSpace, first: number, last: number, write: boolean): Promise<DevicePrefetch>;
   /** The device half of page `index`'s snapshot row (host shadow: no GPU round trip). */
   devicePage(mapping: AddressSpace, index: number): DevicePageColumns;
   /** Indices of `mapping` the device holds a copy of, ascending. */

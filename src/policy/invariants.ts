@@ -29,7 +29,7 @@
  * around DeviceMemory's counted copy path, so `--check --stats` counts only what the ops did.
  */
 import { closeSync, openSync, readSync } from 'node:fs';
-import { copyFromFrames } from '../device/copy.ts';
+import { frameCopier } from '../device/copy.ts';
 import type { DevicePageState, DevicePageTable, DevicePerm } from '../device/index.ts';
 import { HmmlabError } from '../errors.ts';
 import { BackingFile } from '../fs/backing.ts';
@@ -369,8 +369,8 @@ async function checkReadOnlyCopies(
     }
   }
   if (want.length === 0) return;
-  const { pages } = await copyFromFrames(
-    dm.gpu,
+  // Read with the device's copier itself: no counter moves and no fault is injected.
+  const pages = await frameCopier(dm.gpu).read(
     dm.pool,
     want.map((w) => w.frame),
   );

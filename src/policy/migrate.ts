@@ -126,7 +126,7 @@ export class MigratePolicy extends DevicePolicyCore {
         page.set(w.bytes, w.offset);
         return { frame: h.rec.frame, data: page };
       });
-      this.dm.copyToFrames(items);
+      await this.dm.copyToFrames(items);
       this.c.device_bounce_writes += held.length;
       const out = none();
       for (const h of held) {

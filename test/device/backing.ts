@@ -85,7 +85,7 @@ export class HostBacking {
     const copies = fresh
       .filter((f) => frameOf.get(f.index) != null)
       .map((f) => ({ frame: frameOf.get(f.index)!, data: this.page(spaceId, f.index) }));
-    ctx.memory.copyToFrames(copies);
+    await ctx.copyToFrames(copies);
     return faults.map((f): FaultResolution => {
       if (f.write && this.refuseWrite.has(f.index)) {
         return { ok: false, code: 'EFAULT', message: `page_mkwrite refused page ${f.index}` };

@@ -184,7 +184,7 @@ describe('files past 4 GiB', () => {
     const servicer: FaultServicer = async (faults, ctx) => {
       const fresh = faults.filter((f) => !ctx.lookup(f.index));
       const frames = await ctx.allocFrames(fresh.map((f) => f.index));
-      ctx.memory.copyToFrames(fresh.map((f, i) => ({ frame: frames[i]!, data: page(f.index) })));
+      await ctx.copyToFrames(fresh.map((f, i) => ({ frame: frames[i]!, data: page(f.index) })));
       const frameOf = new Map(fresh.map((f, i) => [f.index, frames[i]!]));
       return faults.map(
         (f): FaultResolution => ({

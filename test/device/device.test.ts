@@ -303,7 +303,7 @@ describe('frame pools over several buffers', () => {
     // One batched copy in, one batched copy out, across all three buffers.
     const data = randomBytes(8 * pageSize, SEED + 4);
     const frames = [...space.entries.values()].map((e) => e.frame);
-    dm.copyToFrames(
+    await dm.copyToFrames(
       frames.map((frame, i) => ({ frame, data: data.subarray(i * pageSize, (i + 1) * pageSize) })),
     );
     const back = await dm.copyFromFrames(frames);
@@ -317,7 +317,7 @@ describe('frame pools over several buffers', () => {
     const shared = new Uint8Array(new SharedArrayBuffer(4096));
     shared.set(randomBytes(4096, SEED + 5));
     const [frame] = await dm.allocFrames(dm.space(21), [0]);
-    dm.copyToFrames([{ frame: frame!, data: shared }]);
+    await dm.copyToFrames([{ frame: frame!, data: shared }]);
     expectBytes((await dm.copyFromFrames([frame!]))[0], shared.slice(), 'shared source');
   });
 });

@@ -76,10 +76,7 @@ describe('checkInvariants on a mirror mount', () => {
   const frameOf = (index: number): number => lab.policy.devicePage(f.mapping, index).frame!;
   /** Clear and set bits of one PTE on the GPU through the device's PTE-update kernel, nothing else. */
   const pteOp = (index: number, clear: number, set: number) =>
-    applyPteOps(gpu, lab.dm.kernels.pteUpdate, space, [{ index, clear, set }], {
-      shootdown: true,
-      wantOld: false,
-    });
+    applyPteOps(gpu, lab.dm.kernels.pteUpdate, space, [{ index, clear, set }]);
 
   beforeEach(async () => {
     lab = await mountMirror(gpu, { pageSize: P, hostPages: 8, devicePages: 32 });

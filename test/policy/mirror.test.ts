@@ -295,9 +295,14 @@ describe('mirror policy: batching and loss', () => {
     expect(states(l, 'a', 0, 7).every((s) => s === 'E/-/ro')).toBe(true);
     let copies = 0;
     const copyFromFrames = l.dm.copyFromFrames.bind(l.dm);
-    l.dm.copyFromFrames = (frames) => {
+    l.dm.copyFromFrames = (frames, into) => {
       copies++;
-      return copyFromFrames(frames);
+      return copyFromFrames(frames, into);
+    };
+    const pull = l.dm.pull.bind(l.dm);
+    l.dm.pull = (space, req) => {
+      if (req.copies?.length) copies++;
+      return pull(space, req);
     };
     expectBytes(await f.read(0, 8 * ps), patternBytes(0, 8 * ps, 1), 'read of 8 device entries');
     expect(vm(l).device_pulls).toBe(8);
