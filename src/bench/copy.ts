@@ -275,16 +275,39 @@ export function formatCopyTable(rows: readonly CopyBenchRow[]): string {
   return [line(head), ...body.map(line)].join('\n') + '\n';
 }
 
-/** A vega-lite line chart: GB/s against size (log scale), one line per path. */
-export function copyChartSpec(rows: readonly CopyBenchRow[], title: string): Record<string, unknown> {
+/** A managed row as the chart draws it (src/bench/managed.ts ManagedRow). */
+interface ManagedPoint {
+  path: string;
+  policy: string;
+  pageSize: number;
+  bytes: number;
+  gbps: number;
+}
+
+/**
+ * A vega-lite line chart: GB/s against size (log scale), one line per path; with managed rows, a
+ * panel per page size, each with the raw paths and the managed ones (one line per path and policy).
+ */
+export function copyChartSpec(
+  rows: readonly CopyBenchRow[],
+  title: string,
+  managed: readonly ManagedPoint[] = [],
+): Record<string, unknown> {
   const sizes = [...new Set(rows.map((r) => r.bytes))].sort((a, b) => a - b);
-  return {
-    $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
-    title,
-    width: 560,
-    height: 320,
-    background: 'white',
-    data: { values: rows.map((r) => ({ path: r.path, bytes: r.bytes, gbps: r.gbps })) },
+  const pageSizes = [...new Set(managed.map((m) => m.pageSize))].sort((a, b) => a - b);
+  const raw = rows.map((r) => ({ path: r.path, bytes: r.bytes, gbps: r.gbps }));
+  const values = pageSizes.length
+    ? [
+        ...pageSizes.flatMap((ps) => raw.map((r) => ({ ...r, pages: `${formatBytes(ps)} pages` }))),
+        ...managed.map((m) => ({
+          path: `${m.path} ${m.policy}`,
+          bytes: m.bytes,
+          gbps: m.gbps,
+          pages: `${formatBytes(m.pageSize)} pages`,
+        })),
+      ]
+    : raw;
+  const chart = {
     mark: { type: 'line', point: true },
     encoding: {
       x: {
@@ -302,5 +325,13 @@ export function copyChartSpec(rows: readonly CopyBenchRow[], title: string): Rec
       y: { field: 'gbps', type: 'quantitative', title: 'GB/s (median)' },
       color: { field: 'path', type: 'nominal', title: 'path' },
     },
+  };
+  const head = { $schema: 'https://vega.github.io/schema/vega-lite/v6.json', title, background: 'white' };
+  if (!pageSizes.length) return { ...head, width: 560, height: 320, data: { values }, ...chart };
+  return {
+    ...head,
+    data: { values },
+    facet: { column: { field: 'pages', type: 'nominal', title: null, sort: pageSizes.map((ps) => `${formatBytes(ps)} pages`) } },
+    spec: { width: 300, height: 260, ...chart },
   };
 }

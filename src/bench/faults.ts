@@ -1,58 +1,73 @@
 /**
- * What fault-driven device access costs, side by side with an explicit prefetch and with the floor
- * (the kernel alone on pages already mapped): `hmmlab bench faults`.
+ * What device faults cost under the real coherence policies, side by side with an explicit
+ * prefetch and with the floor (the kernel alone on pages already mapped): `hmmlab bench faults`.
  *
- * Each row is a way of getting `pages` pages of a file written (or read) by a device kernel:
- *   fault-write     every page faults: fetch, coalesce, service in batches, replay
- *   prefetch-write  alloc + copyToFrames + map every page, then the kernel (no faults); both timed
- *   mapped-write    the kernel alone, every page mapped beforehand (untimed): the floor
- *   fault-read      devread, every page faults (read faults, ro PTEs)
- *   batch-write     fault-write again for each fault batch size of the sweep
- *   thrash-write    fault-write with a device pool of half the pages: device eviction, re-faults
+ * Each row is a way of getting `pages` cached pages of a file written (or read) by a device kernel,
+ * under one policy (mirror or migrate: the fault service is the policy's own, as a real mount runs
+ * it), every row naming its policy:
+ *   fault-write     devwrite, every page faults: fetch, coalesce, service in batches, replay
+ *   prefetch-write  File.devicePrefetch(write) of the range, then the devwrite (no faults); both timed
+ *   mapped-write    the devwrite alone, every page prefetched beforehand (untimed): the floor
+ *   fault-read      devread, every page faults (read faults, read-only PTEs)
+ *   prefetch-read   devicePrefetch (read-only), then the devread
+ *   batch-write     fault-write for each fault batch size of the sweep
+ *   replay-write    fault-write under each replay policy (NVIDIA UVM's four)
+ *   thrash-write    fault-write with a device pool of half the pages: eviction through the policy
+ *   large-*         fault-write and prefetch-write over `largeBytes` (64 MiB) of pages
  *
- * The fault service is the bench's own stand-in for the mirror policy, as lib/test_hmm.c's dmirror
- * backs its device with host memory: the file is a host array, a fault copies the page into a frame
- * (mirror's copy A -> A' on a device fault) and maps it, device eviction copies dirty frames back.
- * Every sample starts from fresh device state (a new DeviceMemory, the host array reset) after one
- * warm-up sample; the median is reported. The data is checked after every sample: the bytes read
- * back equal the op-log pattern the kernel wrote (or, for devread, the file's bytes).
+ * A sample mounts the files afresh, reads them whole (the pages are cached, clean; untimed), runs
+ * the access (timed), then checks the data: a devwrite's file is read back with read(2) and
+ * compared with the op-log pattern, a devread's bytes with the file's; `verified` is that check's
+ * result. The files are unmounted after (written back). One warm-up sample, then `iters`, the
+ * median reported. Counters are the device memory's over the timed access.
  */
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import {
   checkPageSize,
   DEFAULT_BATCH_SIZE,
+  DEFAULT_REPLAY_POLICY,
   type DeviceCounters,
   DeviceMemory,
-  type DevicePageTable,
-  type FaultResolution,
-  type FaultServicer,
-  type FrameWrite,
-  type KernelResult,
-  patternBytes,
+  REPLAY_POLICIES,
+  type ReplayPolicy,
 } from '../device/index.ts';
 import { MAX_CHUNK_BYTES } from '../device/kernels.ts';
 import { diffCounters } from '../device/stats.ts';
 import { HmmlabError } from '../errors.ts';
+import { type File, HmmFs } from '../fs/hmmfs.ts';
 import type { GpuDevice } from '../gpu/device.ts';
-import { fillRandom, firstDifference } from './random.ts';
+import { patternBytes } from '../oplog/pattern.ts';
+import { createDevicePolicy, DEVICE_POLICY_NAMES, type DevicePolicyName } from '../policy/registry.ts';
+import { benchCopy } from './copy.ts';
+import { firstDifference } from './random.ts';
 import { gbps, median, summarize } from './stats.ts';
-import { numberOf, parseCount, parsePageSize } from './units.ts';
+import { formatBytes, numberOf, parseCount, parsePageSize } from './units.ts';
 
 export const FAULT_MODES = [
   'fault-write',
   'prefetch-write',
   'mapped-write',
   'fault-read',
+  'prefetch-read',
   'batch-write',
+  'replay-write',
   'thrash-write',
+  'large-fault-write',
+  'large-prefetch-write',
 ] as const;
 export type FaultMode = (typeof FAULT_MODES)[number];
 
 export const DEFAULT_FAULT_PAGES = 4096;
 export const DEFAULT_FAULT_PAGE_SIZE = 4096;
 export const DEFAULT_FAULT_BATCHES = [1, 16, 64, 256, 1024];
-/** Timed samples a row: three (after a warm-up) keep the default run under a minute on lavapipe. */
+/** Timed samples a row (after a warm-up). */
 export const DEFAULT_FAULT_ITERS = 3;
-/** The tag of the op-log pattern every devwrite stores (byte(x) = (x + 7 * tag) mod 251). */
+/** The second size of the first-touch target: 64 MiB of pages. */
+export const DEFAULT_LARGE_BYTES = 64 << 20;
+/** The op-log tags: the file's bytes before any devwrite, and what every devwrite stores. */
+const TAG_FILE = 1;
 const TAG = 5;
 
 export interface FaultBenchOptions {
@@ -61,16 +76,23 @@ export interface FaultBenchOptions {
   pageSize?: number;
   /** Fault batch sizes of the sweep (default 1, 16, 64, 256, 1024). */
   batches?: number[];
+  /** The policies measured (default mirror and migrate). */
+  policies?: readonly DevicePolicyName[];
+  /** Replay policies of the replay rows (default UVM's four). */
+  replayPolicies?: readonly ReplayPolicy[];
+  /** Bytes of the large rows (default 64 MiB; 0 leaves them out, as do sizes not above `pages`). */
+  largeBytes?: number;
   /**
-   * Kernels run at once, each on its own slice of the pages in its own device address space
-   * (default 1). Their fault batches interleave on the one host thread that services them.
+   * Kernels run at once, each on its own slice of the pages (its own file and mount, one device
+   * memory) (default 1). Their fault batches interleave on the one host thread that services them.
    */
   threads?: number;
   /** Timed samples per row (default 3). */
   iters?: number;
   /** Untimed samples before them (default 1). */
   warmup?: number;
-  seed?: number;
+  /** Where the files go (default: a fresh temporary directory, removed after). */
+  dir?: string;
   /** Called before each sample, and once at the end with done === total. */
   onProgress?: (done: number, total: number, what: string) => void;
 }
@@ -79,13 +101,16 @@ export interface FaultBenchOptions {
 export interface FaultRowPlan {
   what: string;
   mode: FaultMode;
+  policy: DevicePolicyName;
   kernel: 'devwrite' | 'devread';
   batchSize: number;
+  replayPolicy: ReplayPolicy;
   devicePages: number;
+  /** Pages this row touches (the large rows more than `pages`). */
+  pages: number;
 }
 
 export interface FaultBenchRow extends FaultRowPlan {
-  pages: number;
   pageSize: number;
   threads: number;
   /** Bytes the kernels touch: pages * pageSize. */
@@ -108,32 +133,32 @@ export interface FaultBenchRow extends FaultRowPlan {
   evictionsDirty: number;
   bytesHostToDevice: number;
   bytesDeviceToHost: number;
-  /** Median over samples of the time in launches (dispatch to fault-buffer readback). */
+  /** Medians over samples: the launches (dispatch to fault readback), their GPU time (timestamp queries; 0 without). */
   launchMs: number;
-  /** Median over samples of the time spent in fault service, and in copies (within it or not). */
+  gpuMs: number;
+  /** The batch-time breakdown: fetch (the launches' host time around the GPU's), service, copy (within service or not), replay (the relaunches). */
+  fetchMs: number;
   serviceMs: number;
   copyMs: number;
-  /** ms / the prefetch row's ms: what faulting costs over knowing the pages in advance. */
+  replayMs: number;
+  /** Amortized fault service: serviceMs over the unique faults (us) and over the batches (ms); 0 where none. */
+  usPerFault: number;
+  msPerBatch: number;
+  /** ms / the prefetch row's ms of the same policy and size: what faulting costs over knowing the pages in advance. */
   vsPrefetch: number;
-  /** Every sample's data was read back and checked. */
+  /** Every sample's data was read back and matched (the result of the check). */
   verified: boolean;
 }
 
 // ---- limits and options ----
 
 /**
- * The most pages a run may use: a row measures one launch loop over its slice, so the slice is one
- * kernel chunk, whose devread output is bound whole (maxStorageBufferBindingSize, and at most
- * MAX_CHUNK_BYTES); the host holds the file three times and lavapipe's device memory is host
- * memory, so stay within an eighth of free memory.
+ * The most pages a run may use: a row's slice is read whole by devread (chunk by chunk), the host
+ * holds the file's pages once and lavapipe's device memory is host memory: stay within an eighth
+ * of free memory, and within one kernel chunk's limit.
  */
 export function faultPagesCap(gpu: GpuDevice, pageSize: number, freeMemory: number): number {
-  const bytes = Math.min(
-    gpu.limits.maxStorageBufferBindingSize,
-    gpu.limits.maxBufferSize,
-    Math.floor(freeMemory / 8),
-    MAX_CHUNK_BYTES,
-  );
+  const bytes = Math.min(gpu.limits.maxBufferSize, Math.floor(freeMemory / 8), MAX_CHUNK_BYTES);
   return Math.floor(bytes / pageSize);
 }
 
@@ -147,7 +172,7 @@ export function choosePages(requested: number | undefined, pageSize: number, cap
     throw new HmmlabError(
       'ELIMIT',
       `bench faults: --pages ${requested} of ${pageSize} bytes is over this device's limit of ${cap} pages ` +
-        '(maxStorageBufferBindingSize, or an eighth of free host memory)',
+        '(maxBufferSize, or an eighth of free host memory)',
     );
   }
   return requested;
@@ -178,9 +203,12 @@ export interface BenchFaultsFlags {
   pages?: string;
   pageSize?: string;
   batch?: string;
+  policy?: string;
   threads?: string;
   iters?: string;
+  large?: string;
   svg?: string;
+  out?: string;
 }
 
 /** Parsed flags; pages stays undefined when not given (the default is clamped to the device). */
@@ -188,8 +216,10 @@ export interface FaultBenchArgs {
   pages: number | undefined;
   pageSize: number;
   batches: number[];
+  policies: DevicePolicyName[];
   threads: number;
   iters: number;
+  largeBytes: number;
 }
 
 /** Parse every flag (EINVAL naming the flag), before a device is opened. */
@@ -198,9 +228,26 @@ export function parseFaultBenchArgs(flags: BenchFaultsFlags): FaultBenchArgs {
     pages: flags.pages === undefined ? undefined : parseCount('--pages', flags.pages, 0),
     pageSize: parsePageSize(flags.pageSize, DEFAULT_FAULT_PAGE_SIZE),
     batches: flags.batch === undefined ? DEFAULT_FAULT_BATCHES : parseBatchList(flags.batch),
+    policies: flags.policy === undefined ? [...DEVICE_POLICY_NAMES] : parsePolicyList(flags.policy),
     threads: parseCount('--threads', flags.threads, 1),
     iters: parseCount('--iters', flags.iters, DEFAULT_FAULT_ITERS),
+    largeBytes:
+      flags.large === undefined ? DEFAULT_LARGE_BYTES : parseCount('--large', flags.large, DEFAULT_LARGE_BYTES, 0),
   };
+}
+
+function parsePolicyList(text: string): DevicePolicyName[] {
+  const out: DevicePolicyName[] = [];
+  for (const p of text.split(',').map((s) => s.trim())) {
+    if (!(DEVICE_POLICY_NAMES as readonly string[]).includes(p)) {
+      throw new HmmlabError(
+        'EINVAL',
+        `bad --policy "${text}": "${p}" is not a policy with a device (${DEVICE_POLICY_NAMES.join(', ')})`,
+      );
+    }
+    if (!out.includes(p as DevicePolicyName)) out.push(p as DevicePolicyName);
+  }
+  return out;
 }
 
 function checkOptions(pages: number, pageSize: number, batches: number[], threads: number, iters: number) {
@@ -219,46 +266,66 @@ function checkOptions(pages: number, pageSize: number, batches: number[], thread
       `bench faults: ${threads} threads is more than the ${pages} pages to share`,
     );
   }
-  if (pages * pageSize > MAX_CHUNK_BYTES) {
-    throw new HmmlabError(
-      'ELIMIT',
-      `bench faults: ${pages} pages of ${pageSize} bytes are more than one kernel chunk holds (1 GiB)`,
-    );
-  }
 }
 
 /**
- * The rows of a run, in report order. The thrashing pool holds half the pages; with several
- * kernels, which then run in turn (inTurn), half the largest slice, so that each kernel thrashes.
+ * The rows of a run, in report order, policy by policy. The thrashing pool holds half the pages;
+ * with several kernels, which then run in turn (inTurn), half the largest slice, so that each
+ * kernel thrashes. The large rows come only when `largeBytes` is more pages than `pages`.
  */
-export function planFaultRows(pages: number, batches: readonly number[], threads = 1): FaultRowPlan[] {
-  const base = { batchSize: DEFAULT_BATCH_SIZE, devicePages: pages };
+export function planFaultRows(
+  pages: number,
+  batches: readonly number[],
+  threads = 1,
+  opts: {
+    policies?: readonly DevicePolicyName[];
+    replayPolicies?: readonly ReplayPolicy[];
+    largePages?: number;
+  } = {},
+): FaultRowPlan[] {
+  const rows: FaultRowPlan[] = [];
   const thrashPool = Math.max(1, Math.floor(Math.ceil(pages / threads) / 2));
-  return [
-    { ...base, what: 'fault write', mode: 'fault-write', kernel: 'devwrite' },
-    { ...base, what: 'prefetch + write', mode: 'prefetch-write', kernel: 'devwrite' },
-    { ...base, what: 'mapped write (floor)', mode: 'mapped-write', kernel: 'devwrite' },
-    { ...base, what: 'fault read', mode: 'fault-read', kernel: 'devread' },
-    ...batches.map(
-      (b): FaultRowPlan => ({
-        what: `fault write, batch ${b}`,
-        mode: 'batch-write',
-        kernel: 'devwrite',
-        batchSize: b,
-        devicePages: pages,
-      }),
-    ),
-    {
-      what: `thrash write, pool ${thrashPool}${threads > 1 ? ', kernels in turn' : ''}`,
-      mode: 'thrash-write',
-      kernel: 'devwrite',
+  const large = opts.largePages ?? 0;
+  for (const policy of opts.policies ?? DEVICE_POLICY_NAMES) {
+    const base = {
+      policy,
       batchSize: DEFAULT_BATCH_SIZE,
-      devicePages: thrashPool,
-    },
-  ];
+      replayPolicy: DEFAULT_REPLAY_POLICY,
+      devicePages: pages,
+      pages,
+      kernel: 'devwrite' as const,
+    };
+    const row = (what: string, mode: FaultMode, more: Partial<FaultRowPlan> = {}): FaultRowPlan => ({
+      ...base,
+      what: `${policy}: ${what}`,
+      mode,
+      ...more,
+    });
+    rows.push(
+      row('fault write', 'fault-write'),
+      row('prefetch + write', 'prefetch-write'),
+      row('mapped write (floor)', 'mapped-write'),
+      row('fault read', 'fault-read', { kernel: 'devread' }),
+      row('prefetch + read', 'prefetch-read', { kernel: 'devread' }),
+      ...batches.map((b) => row(`fault write, batch ${b}`, 'batch-write', { batchSize: b })),
+      ...(opts.replayPolicies ?? REPLAY_POLICIES).map((r) =>
+        row(`fault write, replay ${r}`, 'replay-write', { replayPolicy: r }),
+      ),
+      row(`thrash write, pool ${thrashPool}${threads > 1 ? ', kernels in turn' : ''}`, 'thrash-write', {
+        devicePages: thrashPool,
+      }),
+    );
+    if (large > pages) {
+      rows.push(
+        row(`fault write, ${large} pages`, 'large-fault-write', { pages: large, devicePages: large }),
+        row(`prefetch + write, ${large} pages`, 'large-prefetch-write', { pages: large, devicePages: large }),
+      );
+    }
+  }
+  return rows;
 }
 
-/** The slices of [0, pages) that `threads` kernels take, one device address space each. */
+/** The slices of [0, pages) that `threads` kernels take, one file (and mount) each. */
 export function streamSlices(
   pages: number,
   threads: number,
@@ -283,111 +350,6 @@ export function expectedBatches(
   return streamSlices(pages, threads).reduce((s, x) => s + Math.ceil(x.count / b), 0);
 }
 
-// ---- the bench's stand-in for the mirror policy ----
-
-/**
- * dmirror-like fault service over a host array `file`: copy the page into a fresh frame (A -> A')
- * and map it (rw for a write fault); no frame free (all pinned by other batches) means retry.
- */
-function hostServicer(file: Uint8Array, pageSize: number): FaultServicer {
-  return async (faults, ctx) => {
-    const fresh = faults.filter((f) => !ctx.lookup(f.index));
-    const frames = await ctx.allocFrames(fresh.map((f) => f.index));
-    const frameOf = new Map<number, number>();
-    const copies: FrameWrite[] = [];
-    fresh.forEach((f, i) => {
-      const frame = frames[i];
-      if (frame === null) return;
-      frameOf.set(f.index, frame);
-      copies.push({ frame, data: file.subarray(f.index * pageSize, (f.index + 1) * pageSize) });
-    });
-    await ctx.copyToFrames(copies);
-    return faults.map((f): FaultResolution => {
-      const frame = ctx.lookup(f.index)?.frame ?? frameOf.get(f.index);
-      if (frame === undefined) return { ok: false, retry: true };
-      return { ok: true, frame, perm: f.write ? 'rw' : 'ro' };
-    });
-  };
-}
-
-/** Device eviction copies dirty frames back into the host array (clean ones are dropped). */
-function hostEvictionHook(dm: DeviceMemory, file: Uint8Array, pageSize: number): void {
-  dm.setEvictionHook(async (victims, memory) => {
-    const dirty = victims.filter((v) => v.dirty);
-    const pages = await memory.copyFromFrames(dirty.map((v) => v.frame));
-    dirty.forEach((v, i) => {
-      file.set(pages[i], v.index * pageSize);
-    });
-    return undefined;
-  });
-}
-
-/** Explicit prefetch: frames for every page of the slice, one batched copy, one map (rw). */
-async function prefetch(
-  dm: DeviceMemory,
-  space: DevicePageTable,
-  file: Uint8Array,
-  first: number,
-  count: number,
-): Promise<void> {
-  const ps = dm.pageSize;
-  const indices = Array.from({ length: count }, (_, i) => first + i);
-  const frames = await dm.allocFrames(space, indices);
-  const missing = frames.indexOf(null);
-  if (missing >= 0) {
-    throw new HmmlabError('ENOSPC', `bench faults: prefetch found no frame for page ${indices[missing]}`);
-  }
-  await dm.copyToFrames(
-    indices.map((index, i) => ({ frame: frames[i]!, data: file.subarray(index * ps, (index + 1) * ps) })),
-  );
-  await dm.map(
-    space,
-    indices.map((index, i) => ({ index, frame: frames[i]!, perm: 'rw' as const })),
-  );
-}
-
-// ---- one sample ----
-
-/** The host side of a run: the file's bytes, and what it holds after a devwrite of every page. */
-export interface FaultRig {
-  gpu: GpuDevice;
-  pages: number;
-  pageSize: number;
-  threads: number;
-  /** The file's bytes before each sample (seeded random). */
-  source: Uint8Array;
-  /** The file during a sample: faults copy from it, eviction and the check copy back into it. */
-  file: Uint8Array;
-  /** The file after a devwrite of every page. */
-  written: Uint8Array;
-}
-
-export interface FaultSample {
-  /** Wall time of the access (the prefetch included in its row), ms. */
-  ms: number;
-  /** What the sample cost the device: faults, batches, launches, copies, evictions. */
-  counters: DeviceCounters;
-}
-
-export function createFaultRig(
-  gpu: GpuDevice,
-  pages: number,
-  pageSize: number,
-  threads = 1,
-  seed = 0xfa017,
-): FaultRig {
-  const bytes = pages * pageSize;
-  return {
-    gpu,
-    pages,
-    pageSize,
-    threads,
-    source: fillRandom(new Uint8Array(bytes), seed),
-    file: new Uint8Array(bytes),
-    written: patternBytes(0, bytes, TAG),
-  };
-}
-
 /**
  * Whether the row's kernels run one after another rather than at once. Device eviction while
  * another kernel's launch reads its PTEs back is not safe in the device layer yet (the launch's
@@ -398,62 +360,131 @@ export function inTurn(row: FaultRowPlan, threads: number): boolean {
   return threads > 1 && row.mode === 'thrash-write';
 }
 
-/** One sample of a row from fresh device state, its data checked (EIO naming the page if wrong). */
-export async function runFaultSample(rig: FaultRig, row: FaultRowPlan): Promise<FaultSample> {
-  const { gpu, pageSize: ps } = rig;
-  rig.file.set(rig.source);
-  const dm = await DeviceMemory.create(gpu, {
-    devicePages: row.devicePages,
-    pageSize: ps,
-    batchSize: row.batchSize,
-    // One chunk per slice: a row is one launch loop (the thrashing row thrashes within it).
-    chunkBytes: Math.max(4, rig.pages * ps),
-  });
+// ---- one sample ----
+
+/** The files of a run: one a slice, in one directory, and what each holds now. */
+export interface FaultRig {
+  gpu: GpuDevice;
+  dir: string;
+  pageSize: number;
+  threads: number;
+  /** Pages each file holds (the largest row's slice). */
+  filePages: number[];
+  /** The tag of the pattern each file holds now (TAG_FILE, or TAG once a devwrite ran). */
+  tags: number[];
+  /** Remove the directory (if the rig made it). */
+  close(): void;
+}
+
+export interface FaultSample {
+  /** Wall time of the access (the prefetch included in its row), ms. */
+  ms: number;
+  /** What the sample cost the device: faults, batches, launches, copies, evictions. */
+  counters: DeviceCounters;
+  verified: boolean;
+}
+
+/** Files for a run of `threads` slices of `pages` pages (the largest row's), written with TAG_FILE. */
+export async function createFaultRig(
+  gpu: GpuDevice,
+  pages: number,
+  pageSize: number,
+  threads = 1,
+  dir?: string,
+): Promise<FaultRig> {
+  const own = dir === undefined;
+  const where = dir ?? mkdtempSync(join(tmpdir(), 'hmmlab-bench-faults-'));
+  const slices = streamSlices(pages, threads);
+  const fs = await HmmFs.mount({ dir: where, pageSize, hostPages: 1024 });
   try {
-    hostEvictionHook(dm, rig.file, ps);
-    const servicer = hostServicer(rig.file, ps);
-    const slices = streamSlices(rig.pages, rig.threads).map((s) => ({ ...s, table: dm.space(s.space) }));
-    if (row.mode === 'mapped-write') {
-      for (const s of slices) await prefetch(dm, s.table, rig.file, s.first, s.count);
-      await gpu.drain('bench faults: prefetch');
+    for (const [t, s] of slices.entries()) {
+      const f = await fs.open(`slice${t}`, { create: true });
+      await f.truncate(0);
+      for (let p = 0; p < s.count; p += 1024) {
+        const n = Math.min(1024, s.count - p);
+        await f.write(p * pageSize, patternBytes(p * pageSize, n * pageSize, TAG_FILE));
+      }
+      await f.fsync();
     }
-    const run = async (s: (typeof slices)[number]): Promise<KernelResult> => {
-      if (row.mode === 'prefetch-write') await prefetch(dm, s.table, rig.file, s.first, s.count);
-      return dm.runKernel(row.kernel, s.table, { off: s.first * ps, len: s.count * ps, tag: TAG }, servicer);
+  } finally {
+    await fs.unmount();
+  }
+  return {
+    gpu,
+    dir: where,
+    pageSize,
+    threads,
+    filePages: slices.map((s) => s.count),
+    tags: slices.map(() => TAG_FILE),
+    close: () => {
+      if (own) rmSync(where, { recursive: true, force: true });
+    },
+  };
+}
+
+/** The device memory and policy a row runs on (one device memory, a policy instance a mount). */
+export async function rowDevice(rig: FaultRig, row: FaultRowPlan): Promise<DeviceMemory> {
+  return DeviceMemory.create(rig.gpu, {
+    devicePages: row.devicePages,
+    pageSize: rig.pageSize,
+    batchSize: row.batchSize,
+    replayPolicy: row.replayPolicy,
+  });
+}
+
+/**
+ * One sample of a row on `dm`: mounts (one per slice), the pages cached, the timed access, the
+ * data checked, the mounts unmounted. Its `verified` says whether the data matched.
+ */
+export async function runFaultSample(rig: FaultRig, row: FaultRowPlan, dm: DeviceMemory): Promise<FaultSample> {
+  const ps = rig.pageSize;
+  const slices = streamSlices(row.pages, rig.threads);
+  const mounts: HmmFs[] = [];
+  try {
+    const files: File[] = [];
+    for (const [t, s] of slices.entries()) {
+      const fs = await HmmFs.mount({
+        dir: rig.dir,
+        pageSize: ps,
+        hostPages: s.count + 64,
+        policy: createDevicePolicy(row.policy, dm),
+      });
+      mounts.push(fs);
+      const f = await fs.open(`slice${t}`);
+      await f.read(0, s.count * ps); // cached, clean
+      files.push(f);
+    }
+    const len = (t: number) => slices[t].count * ps;
+    if (row.mode === 'mapped-write') {
+      for (const [t, f] of files.entries()) await f.devicePrefetch(0, len(t), true);
+    }
+    const prefetch = row.mode === 'prefetch-write' || row.mode === 'prefetch-read' || row.mode === 'large-prefetch-write';
+    const run = async (t: number): Promise<Uint8Array | null> => {
+      const f = files[t];
+      if (prefetch) await f.devicePrefetch(0, len(t), row.kernel === 'devwrite');
+      if (row.kernel === 'devread') return f.deviceRead(0, len(t));
+      await f.deviceWrite(0, len(t), TAG);
+      return null;
     };
     const before = { ...dm.counters };
     const t0 = performance.now();
-    const results: KernelResult[] = [];
-    if (inTurn(row, rig.threads)) for (const s of slices) results.push(await run(s));
-    else results.push(...(await Promise.all(slices.map(run))));
+    const results: (Uint8Array | null)[] = [];
+    if (inTurn(row, rig.threads)) for (let t = 0; t < files.length; t++) results.push(await run(t));
+    else results.push(...(await Promise.all(files.map((_, t) => run(t)))));
     const ms = performance.now() - t0;
     const counters = diffCounters(dm.counters, before);
-    for (const r of results) if (r.error) throw r.error;
-    if (row.kernel === 'devread') {
-      results.forEach((r, i) => {
-        const s = slices[i];
-        checkFileBytes(
-          row.what,
-          r.bytes!,
-          rig.source.subarray(s.first * ps, (s.first + s.count) * ps),
-          s.first * ps,
-          ps,
-        );
-      });
-    } else {
-      // Pages still on the device join the ones eviction copied back: the whole file is checked.
-      for (const s of slices) {
-        const held = [...s.table.entries];
-        const pages = await dm.copyFromFrames(held.map(([, e]) => e.frame));
-        held.forEach(([index], i) => {
-          rig.file.set(pages[i], index * ps);
-        });
-      }
-      checkFileBytes(row.what, rig.file, rig.written, 0, ps);
+    let verified = true;
+    for (const [t, f] of files.entries()) {
+      const tag = row.kernel === 'devwrite' ? TAG : rig.tags[t];
+      const want = patternBytes(0, len(t), tag);
+      const got = results[t] ?? (await f.read(0, len(t)));
+      const at = firstDifference(got, want);
+      if (at >= 0 || got.length !== want.length) verified = false;
+      if (row.kernel === 'devwrite') rig.tags[t] = TAG;
     }
-    return { ms, counters };
+    return { ms, counters, verified };
   } finally {
-    dm.destroy();
+    for (const fs of mounts) await fs.unmount();
   }
 }
 
@@ -477,8 +508,32 @@ export function checkFileBytes(
 
 // ---- the run ----
 
+/** A target of the issue and where this run stands: `met`, and by how much (measured / target). */
+export interface BenchTarget {
+  name: string;
+  policy?: string;
+  /** What is compared with what, in words. */
+  measure: string;
+  target: number;
+  measured: number;
+  met: boolean;
+  /** measured / target: over 1 by that much where a "at most" target is missed. */
+  ratio: number;
+}
+
+export interface FaultBenchReport {
+  rows: FaultBenchRow[];
+  /** The raw copy of one page in this run: at the batch's size (amortized) and alone, us. */
+  rawPageCopy: { pageSize: number; batchBytes: number; usAmortized: number; usAlone: number; path: string };
+  targets: BenchTarget[];
+}
+
 /** Measure every row; rows come back in planFaultRows order, with vsPrefetch filled in. */
 export async function benchFaults(gpu: GpuDevice, options: FaultBenchOptions = {}): Promise<FaultBenchRow[]> {
+  return (await benchFaultsReport(gpu, options)).rows;
+}
+
+export async function benchFaultsReport(gpu: GpuDevice, options: FaultBenchOptions = {}): Promise<FaultBenchReport> {
   const pages = options.pages ?? DEFAULT_FAULT_PAGES;
   const pageSize = options.pageSize ?? DEFAULT_FAULT_PAGE_SIZE;
   const batches = options.batches ?? DEFAULT_FAULT_BATCHES;
@@ -486,34 +541,118 @@ export async function benchFaults(gpu: GpuDevice, options: FaultBenchOptions = {
   const iters = options.iters ?? DEFAULT_FAULT_ITERS;
   const warmup = options.warmup ?? 1;
   checkOptions(pages, pageSize, batches, threads, iters);
-  const rig = createFaultRig(gpu, pages, pageSize, threads, options.seed);
-  const plan = planFaultRows(pages, batches, threads);
+  const largePages = Math.floor((options.largeBytes ?? DEFAULT_LARGE_BYTES) / pageSize);
+  const plan = planFaultRows(pages, batches, threads, {
+    policies: options.policies,
+    replayPolicies: options.replayPolicies,
+    largePages,
+  });
+  const rig = await createFaultRig(gpu, Math.max(...plan.map((r) => r.pages)), pageSize, threads, options.dir);
   const perRow = warmup + iters;
   const total = plan.length * perRow;
   const rows: FaultBenchRow[] = [];
-  for (const row of plan) {
-    const samples: FaultSample[] = [];
-    for (let i = 0; i < perRow; i++) {
-      options.onProgress?.(rows.length * perRow + i, total, row.what);
-      const s = await gpu.scoped(`bench faults: ${row.what}`, () => runFaultSample(rig, row));
-      if (i >= warmup) samples.push(s);
+  try {
+    for (const row of plan) {
+      const dm = await rowDevice(rig, row);
+      try {
+        const samples: FaultSample[] = [];
+        for (let i = 0; i < perRow; i++) {
+          options.onProgress?.(rows.length * perRow + i, total, row.what);
+          const s = await gpu.scoped(`bench faults: ${row.what}`, () => runFaultSample(rig, row, dm));
+          if (i >= warmup) samples.push(s);
+        }
+        rows.push(summarizeRow(row, samples, { pageSize, threads }));
+      } finally {
+        dm.destroy();
+      }
     }
-    rows.push(summarizeRow(row, samples, { pages, pageSize, threads }));
+  } finally {
+    rig.close();
   }
   options.onProgress?.(total, total, '');
-  const floor = rows.find((r) => r.mode === 'prefetch-write')!.ms;
-  for (const r of rows) r.vsPrefetch = r.ms / floor;
-  return rows;
+  for (const r of rows) {
+    const large = r.mode.startsWith('large-');
+    const base = rows.find(
+      (x) => x.policy === r.policy && x.mode === (large ? 'large-prefetch-write' : 'prefetch-write'),
+    );
+    r.vsPrefetch = base ? r.ms / base.ms : Number.NaN;
+  }
+  const raw = await rawPageCopy(gpu, pageSize, DEFAULT_BATCH_SIZE);
+  return { rows, rawPageCopy: raw, targets: faultTargets(rows, raw) };
+}
+
+/** The raw copy of one page, measured in this run: amortized over a batch's copy, and alone (h2d, fastest path). */
+async function rawPageCopy(gpu: GpuDevice, pageSize: number, batch: number) {
+  const batchBytes = pageSize * batch;
+  const rows = await benchCopy(gpu, {
+    sizes: [pageSize, batchBytes],
+    paths: ['h2d-writeBuffer', 'h2d-staging'],
+    iters: 3,
+  });
+  const best = (bytes: number) =>
+    rows.filter((r) => r.bytes === bytes).reduce((a, b) => (b.gbps > a.gbps ? b : a));
+  const amortized = best(batchBytes);
+  const alone = best(pageSize);
+  return {
+    pageSize,
+    batchBytes,
+    usAmortized: pageSize / (amortized.gbps * 1e3),
+    usAlone: pageSize / (alone.gbps * 1e3),
+    path: amortized.path,
+  };
+}
+
+/** The issue's targets for fault service, from this run's rows. */
+export function faultTargets(rows: readonly FaultBenchRow[], raw: FaultBenchReport['rawPageCopy']): BenchTarget[] {
+  const out: BenchTarget[] = [];
+  const policies = [...new Set(rows.map((r) => r.policy))];
+  for (const policy of policies) {
+    const of = (mode: FaultMode) => rows.find((r) => r.policy === policy && r.mode === mode);
+    for (const [fault, pre, size] of [
+      ['fault-write', 'prefetch-write', 'the run'],
+      ['large-fault-write', 'large-prefetch-write', 'the large rows'],
+    ] as const) {
+      const f = of(fault);
+      const p = of(pre);
+      if (!f || !p) continue;
+      const measured = f.ms / p.ms;
+      out.push({
+        name: `first touch by faults over a prefetch, ${f.pages} pages`,
+        policy,
+        measure: `${f.what} ms / ${p.what} ms (${size})`,
+        target: 1.3,
+        measured,
+        met: measured <= 1.3,
+        ratio: measured / 1.3,
+      });
+    }
+    const b = rows.find((r) => r.policy === policy && r.mode === 'batch-write' && r.batchSize === DEFAULT_BATCH_SIZE);
+    if (b && b.faultsUnique > 0) {
+      const target = 4 * raw.usAmortized;
+      out.push({
+        name: `amortized service per fault at batch ${DEFAULT_BATCH_SIZE}`,
+        policy,
+        measure: `service us per fault / the raw copy of one page within a ${formatBytes(raw.batchBytes)} copy (${raw.path})`,
+        target,
+        measured: b.usPerFault,
+        met: b.usPerFault <= target,
+        ratio: b.usPerFault / target,
+      });
+    }
+  }
+  return out;
 }
 
 function summarizeRow(
   row: FaultRowPlan,
   samples: FaultSample[],
-  run: { pages: number; pageSize: number; threads: number },
+  run: { pageSize: number; threads: number },
 ): FaultBenchRow {
   const t = summarize(samples.map((s) => s.ms));
   const c = samples[samples.length - 1].counters;
-  const bytes = run.pages * run.pageSize;
+  const bytes = row.pages * run.pageSize;
+  const med = (f: (c: DeviceCounters) => number) => median(samples.map((s) => f(s.counters)));
+  const serviceMs = med((x) => x.serviceMs);
   return {
     ...row,
     ...run,
@@ -522,7 +661,7 @@ function summarizeRow(
     min: t.min,
     max: t.max,
     samples: t.samples,
-    pagesPerSec: run.pages / (t.median / 1000),
+    pagesPerSec: row.pages / (t.median / 1000),
     gbps: gbps(bytes, t.median),
     faultsRaw: c.faultsRaw,
     faultsUnique: c.faultsUnique,
@@ -533,11 +672,16 @@ function summarizeRow(
     evictionsDirty: c.evictionsDirty,
     bytesHostToDevice: c.bytesHostToDevice,
     bytesDeviceToHost: c.bytesDeviceToHost,
-    launchMs: median(samples.map((s) => s.counters.launchMs)),
-    serviceMs: median(samples.map((s) => s.counters.serviceMs)),
-    copyMs: median(samples.map((s) => s.counters.copyMs)),
+    launchMs: med((x) => x.launchMs),
+    gpuMs: med((x) => x.launchGpuMs),
+    fetchMs: med((x) => (x.launchGpuMs > 0 ? x.launchMs - x.launchGpuMs : 0)),
+    serviceMs,
+    copyMs: med((x) => x.copyMs),
+    replayMs: med((x) => x.replayMs),
+    usPerFault: c.faultsUnique ? (serviceMs * 1000) / c.faultsUnique : 0,
+    msPerBatch: c.batches ? serviceMs / c.batches : 0,
     vsPrefetch: Number.NaN,
-    verified: true,
+    verified: samples.every((s) => s.verified),
   };
 }
 
@@ -555,29 +699,39 @@ export function formatFaultTable(rows: readonly FaultBenchRow[]): string {
     'what',
     'ms',
     '(min, max)',
-    'pages/s',
     'GB/s',
     'faults raw/unique',
     'batches',
     'replays',
     'evicted',
     'launch ms',
+    'gpu ms',
+    'fetch ms',
     'service ms',
+    'copy ms',
+    'replay ms',
+    'us/fault',
     'x prefetch',
+    'ok',
   ];
   const body = rows.map((r) => [
     r.what,
     r.ms.toFixed(1),
     `(${r.min.toFixed(1)}, ${r.max.toFixed(1)})`,
-    compact(r.pagesPerSec),
     r.gbps.toFixed(2),
     `${compact(r.faultsRaw)}/${r.faultsUnique}`,
     String(r.batches),
     String(r.replays),
     String(r.evictions),
     r.launchMs.toFixed(1),
+    r.gpuMs.toFixed(1),
+    r.fetchMs.toFixed(1),
     r.serviceMs.toFixed(1),
-    r.vsPrefetch.toFixed(2),
+    r.copyMs.toFixed(1),
+    r.replayMs.toFixed(1),
+    r.usPerFault.toFixed(1),
+    Number.isNaN(r.vsPrefetch) ? '-' : r.vsPrefetch.toFixed(2),
+    r.verified ? 'yes' : 'NO',
   ]);
   const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
   const line = (cells: string[]) =>
@@ -588,11 +742,23 @@ export function formatFaultTable(rows: readonly FaultBenchRow[]): string {
   return [line(head), ...body.map(line)].join('\n') + '\n';
 }
 
-/** A vega-lite chart: ms per mode (bars), and ms and batches against fault batch size (lines). */
+/** The targets as lines: name, measured against target, met or by how much missed. */
+export function formatTargets(targets: readonly BenchTarget[]): string {
+  return targets
+    .map(
+      (t) =>
+        `target ${t.name}${t.policy ? ` (${t.policy})` : ''}: ${t.measured.toFixed(2)} against ${t.target.toFixed(2)}: ` +
+        (t.met ? 'met' : `missed by ${((t.ratio - 1) * 100).toFixed(0)}%`),
+    )
+    .join('\n')
+    .concat(targets.length ? '\n' : '');
+}
+
+/** A vega-lite chart: ms per mode and policy (bars), and ms against fault batch size per policy (lines). */
 export function faultChartSpec(rows: readonly FaultBenchRow[], title: string): Record<string, unknown> {
   const modes = rows.filter((r) => r.mode !== 'batch-write');
   const sweep = rows.filter((r) => r.mode === 'batch-write');
-  const sizes = sweep.map((r) => r.batchSize);
+  const sizes = [...new Set(sweep.map((r) => r.batchSize))];
   return {
     $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
     title,
@@ -601,16 +767,22 @@ export function faultChartSpec(rows: readonly FaultBenchRow[], title: string): R
       {
         title: 'time per mode (median; label: x the prefetch)',
         width: 320,
-        height: 200,
+        height: Math.max(200, 14 * modes.length),
         data: {
-          values: modes.map((r) => ({ what: r.what, ms: r.ms, ratio: `${r.vsPrefetch.toFixed(2)}x` })),
+          values: modes.map((r) => ({
+            what: r.what,
+            policy: r.policy,
+            ms: r.ms,
+            ratio: Number.isNaN(r.vsPrefetch) ? '' : `${r.vsPrefetch.toFixed(2)}x`,
+          })),
         },
         layer: [
           {
             mark: 'bar',
             encoding: {
-              y: { field: 'what', type: 'nominal', sort: null, title: null, axis: { labelLimit: 240 } },
+              y: { field: 'what', type: 'nominal', sort: null, title: null, axis: { labelLimit: 280 } },
               x: { field: 'ms', type: 'quantitative', title: 'ms' },
+              color: { field: 'policy', type: 'nominal' },
             },
           },
           {
@@ -628,10 +800,7 @@ export function faultChartSpec(rows: readonly FaultBenchRow[], title: string): R
         width: 320,
         height: 200,
         data: {
-          values: sweep.flatMap((r) => [
-            { batch: r.batchSize, value: r.ms, series: 'ms (median)' },
-            { batch: r.batchSize, value: r.batches, series: 'fault batches' },
-          ]),
+          values: sweep.map((r) => ({ batch: r.batchSize, ms: r.ms, policy: r.policy })),
         },
         mark: { type: 'line', point: true },
         encoding: {
@@ -642,8 +811,8 @@ export function faultChartSpec(rows: readonly FaultBenchRow[], title: string): R
             scale: { type: 'log', base: 2 },
             axis: { values: sizes },
           },
-          y: { field: 'value', type: 'quantitative', title: null, scale: { type: 'log' } },
-          color: { field: 'series', type: 'nominal', title: null },
+          y: { field: 'ms', type: 'quantitative', title: 'ms (median)', scale: { type: 'log' } },
+          color: { field: 'policy', type: 'nominal' },
         },
       },
     ],

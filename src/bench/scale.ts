@@ -27,8 +27,11 @@ import { fillPattern } from '../oplog/pattern.ts';
 import type { DevicePolicy } from '../policy/device.ts';
 import { MirrorPolicy } from '../policy/mirror.ts';
 import { firstDifference } from './random.ts';
+import { machineInfo } from './machine.ts';
 import { currentRss, peakRss, resetPeakRss } from './rss.ts';
 import { formatBytes } from './units.ts';
+
+export { machineInfo };
 
 export const SCALE_OPS = ['write', 'fsync', 'read', 'devread', 'devwrite', 'fsync-device'] as const;
 export type ScaleOp = (typeof SCALE_OPS)[number];
@@ -367,17 +370,6 @@ async function checkDisk(path: string, size: number): Promise<void> {
 // ---- the report ----
 
 /** The machine a run measured, for the JSON. */
-export function machineInfo(): Record<string, unknown> {
-  const cpus = os.cpus();
-  return {
-    cpu: cpus[0]?.model ?? 'unknown',
-    cores: cpus.length,
-    memory: os.totalmem(),
-    os: `${os.type()} ${os.release()} ${os.arch()}`,
-    node: process.version,
-  };
-}
-
 /** The two measures of cost per page: wall time, and CPU time of the whole process. */
 export type ScaleMetric = 'usPerPage' | 'cpuUsPerPage';
 

@@ -1,6 +1,10 @@
 /**
- * `hmmlab bench copy`: raw WebGPU copy bandwidth per path and size (src/bench/copy.ts).
- * `hmmlab bench faults`: fault-driven device access against a prefetch and the floor (src/bench/faults.ts).
+ * `hmmlab bench copy`: raw WebGPU copy bandwidth per path and size (src/bench/copy.ts), and with
+ * --managed the page cache's own copies beside them (src/bench/managed.ts).
+ * `hmmlab bench faults`: fault-driven device access under the real policies against a prefetch and
+ * the floor (src/bench/faults.ts).
+ * Each writes its report (JSON: machine, adapter, settings, rows, targets) and a chart (SVG) into
+ * bench/results/ (--out DIR), and prints a table (or with --json only its rows on stdout).
  * `hmmlab bench scale`: cost per page and peak memory as the file grows, budgets fixed (src/bench/scale.ts;
  * each size in a child process of its own, `bench scale --one SIZE`, so that its peak memory is its own).
  * A progress bar on stderr while they run; then a table, or with --json only JSON on stdout.
@@ -25,22 +29,14 @@ import {
   defaultCopySizes,
   formatCopyTable,
 } from '../bench/copy.ts';
-import {
-  type BenchFaultsFlags,
-  benchFaults,
-  choosePages,
-  DEFAULT_FAULT_BATCHES,
-  type FaultBenchArgs,
-  type FaultBenchRow,
-  faultChartSpec,
-  faultPagesCap,
-  formatFaultTable,
-  parseFaultBenchArgs,
-} from '../bench/faults.ts';
+import type { BenchFaultsFlags, FaultBenchArgs, FaultBenchReport } from '../bench/faults.ts';
+import { machineInfo } from '../bench/machine.ts';
+import type { ManagedRow } from '../bench/managed.ts';
 import type { ScaleRow, ScaleSettings, ScaleSizeResult } from '../bench/scale.ts';
 import { formatBytes, parseCount, parsePageSize, parseSize, parseSizeList } from '../bench/units.ts';
 import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
+import type { DevicePolicyName } from '../policy/registry.ts';
 import { adapterName, adapterReport, gpuOptionsOf, withGpu } from './info.ts';
 
 export interface BenchCopyOptions {
@@ -49,15 +45,56 @@ export interface BenchCopyOptions {
   iters?: string;
   paths?: string;
   svg?: string;
+  managed?: boolean;
+  pageSizes?: string;
+  policy?: string;
+  out?: string;
 }
 
-/** With --svg, write the chart there; say so unless stdout carries JSON. */
-async function writeChart(opts: { svg?: string; json?: boolean }, spec: Record<string, unknown>) {
-  if (!opts.svg) return;
-  // Loaded here: vega takes half a second to load, which every other command would pay.
+/** A bar on stderr for a benchmark's samples. */
+function progressBar(name: string): SingleBar {
+  return new SingleBar({
+    stream: process.stderr,
+    format: `bench ${name} [{bar}] {value}/{total} {what}`,
+    hideCursor: true,
+    clearOnComplete: true,
+    barsize: 30,
+  });
+}
+
+/** Write a benchmark's report and chart into `outDir`; returns their paths. */
+async function writeReport(
+  outDir: string,
+  name: string,
+  adapter: string,
+  report: Record<string, unknown>,
+  chart: Record<string, unknown>,
+  svgPath?: string,
+): Promise<{ json: string; svg: string }> {
+  mkdirSync(outDir, { recursive: true });
+  const base = join(outDir, `${name}-${slug(adapter)}`);
+  writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
+  const svg = svgPath ?? `${base}.svg`;
   const { renderSvg } = await import('../plot/svg.ts');
-  writeFileSync(opts.svg, await renderSvg(spec));
-  if (!opts.json) process.stdout.write(`chart written to ${opts.svg}\n`);
+  writeFileSync(svg, await renderSvg(chart));
+  return { json: `${base}.json`, svg };
+}
+
+/** The device policies, by name: mirror and migrate (policy/registry.ts's list, without loading it here). */
+const DEVICE_POLICY_NAMES: readonly DevicePolicyName[] = ['mirror', 'migrate'];
+
+function parseDevicePolicies(text: string | undefined): DevicePolicyName[] {
+  if (text === undefined) return [...DEVICE_POLICY_NAMES];
+  return text.split(',').map((p) => {
+    const name = p.trim();
+    if (!(DEVICE_POLICY_NAMES as readonly string[]).includes(name)) {
+      throw new HmmlabError(
+        'EINVAL',
+        `bad --policy "${text}": "${name}" is not a policy with a device (${DEVICE_POLICY_NAMES.join(', ')})`,
+      );
+    }
+    return name as DevicePolicyName;
+  });
 }
 
 function parsePaths(text: string | undefined): CopyPath[] {
@@ -71,7 +108,7 @@ function parsePaths(text: string | undefined): CopyPath[] {
   });
 }
 
-/** Run the copy benchmark on an open device, with a progress bar on stderr when it is a terminal. */
+/** Run the copy benchmark on an open device, with a progress bar on stderr. */
 export async function runCopyBench(
   gpu: GpuDevice,
   opts: { sizes?: number[]; iters?: number; paths?: CopyPath[]; progress?: boolean },
@@ -79,16 +116,7 @@ export async function runCopyBench(
   const cap = copySizeCap(gpu, freemem());
   const sizes = opts.sizes ?? defaultCopySizes(cap);
   checkCopySizes(sizes, cap, gpu);
-  const bar =
-    opts.progress !== false
-      ? new SingleBar({
-          stream: process.stderr,
-          format: 'bench copy [{bar}] {value}/{total} {what}',
-          hideCursor: true,
-          clearOnComplete: true,
-          barsize: 30,
-        })
-      : undefined;
+  const bar = opts.progress !== false ? progressBar('copy') : undefined;
   const paths = opts.paths ?? [...COPY_PATHS];
   bar?.start(sizes.length * paths.length, 0, { what: '' });
   try {
@@ -104,19 +132,39 @@ export async function runCopyBench(
   }
 }
 
-/** Run the fault benchmark on an open device, with a progress bar on stderr when it is a terminal. */
-export async function runFaultsBench(gpu: GpuDevice, args: FaultBenchArgs): Promise<FaultBenchRow[]> {
-  const pages = choosePages(args.pages, args.pageSize, faultPagesCap(gpu, args.pageSize, freemem()));
-  const bar = new SingleBar({
-    stream: process.stderr,
-    format: 'bench faults [{bar}] {value}/{total} {what}',
-    hideCursor: true,
-    clearOnComplete: true,
-    barsize: 30,
-  });
+/** The managed rows beside `raw`, with a progress bar on stderr. */
+async function runManagedBench(
+  gpu: GpuDevice,
+  raw: CopyBenchRow[],
+  opts: { sizes: number[]; pageSizes: number[]; policies: DevicePolicyName[]; iters?: number },
+): Promise<ManagedRow[]> {
+  const { benchManaged } = await import('../bench/managed.ts');
+  const bar = progressBar('copy --managed');
   bar.start(1, 0, { what: '' });
   try {
-    return await benchFaults(gpu, {
+    return await benchManaged(gpu, raw, {
+      sizes: opts.sizes,
+      pageSizes: opts.pageSizes,
+      policies: opts.policies,
+      iters: opts.iters,
+      onProgress: (done, total, what) => {
+        bar.setTotal(total);
+        bar.update(done, { what });
+      },
+    });
+  } finally {
+    bar.stop();
+  }
+}
+
+/** Run the fault benchmark on an open device, with a progress bar on stderr. */
+export async function runFaultsBench(gpu: GpuDevice, args: FaultBenchArgs): Promise<FaultBenchReport> {
+  const { benchFaultsReport, choosePages, faultPagesCap } = await import('../bench/faults.ts');
+  const pages = choosePages(args.pages, args.pageSize, faultPagesCap(gpu, args.pageSize, freemem()));
+  const bar = progressBar('faults');
+  bar.start(1, 0, { what: '' });
+  try {
+    return await benchFaultsReport(gpu, {
       ...args,
       pages,
       onProgress: (done, total, what) => {
@@ -135,63 +183,137 @@ export function registerBench(program: Command): void {
     .command('copy')
     .description(
       `copy bandwidth per path (${COPY_PATHS.join(', ')}) and size, as nvbandwidth measures it: ` +
-        'warm-up, several samples of several copies, the median; data checked after each path',
+        'warm-up, several samples of several copies, the median; data checked after each path. ' +
+        "With --managed, the page cache's own copies beside them: managed-h2d (a prefetch of cached file " +
+        'pages to the device) and managed-d2h (read(2) pulling device-written pages back), per page size and policy',
     )
-    .option('--json', 'print only a JSON array of rows {path, bytes, gbps, min, max, samples, copies}')
+    .option('--json', 'print only a JSON array of rows {path, bytes, gbps, min, max, samples, copies} (managed rows add policy, pageSize, ratio)')
     .option(
       '--sizes <list>',
-      'comma-separated sizes (4096, 64K, 16MiB...); default 4 KiB..256 MiB by powers of 4',
+      'comma-separated sizes (4096, 64K, 16MiB...); default 4 KiB..256 MiB by powers of 4 (the managed rows: those of 1 MiB and more)',
     )
-    .option('--iters <n>', 'samples per path and size (default 5)')
+    .option('--iters <n>', 'samples per path and size (default 5; the managed rows 3)')
     .option('--paths <list>', `comma-separated subset of ${COPY_PATHS.join(',')}`)
-    .option('--svg <file>', 'also write a line chart of GB/s against size to FILE (SVG)')
+    .option('--managed', 'also measure the managed copies (managed-h2d, managed-d2h) under each policy')
+    .option('--page-sizes <list>', 'the managed rows: page sizes (default 4K,64K,2M)')
+    .option('--policy <list>', `the managed rows: policies (default ${DEVICE_POLICY_NAMES.join(',')})`)
+    .option('--out <dir>', 'where the JSON report and the chart go (default bench/results/)')
+    .option('--svg <file>', 'the chart (default: next to the JSON report, same name)')
     .action(async (opts: BenchCopyOptions, cmd: Command) => {
       // Parse everything before opening the device, so that bad input fails fast.
       const sizes = opts.sizes === undefined ? undefined : parseSizeList(opts.sizes);
       if (sizes) checkMinCopySizes(sizes);
       const iters = parseCount('--iters', opts.iters, 5);
-      const paths = parsePaths(opts.paths);
+      let paths = parsePaths(opts.paths);
+      const pageSizes =
+        opts.pageSizes === undefined
+          ? [4096, 65536, 2 << 20]
+          : opts.pageSizes.split(',').map((p) => parsePageSize(p.trim(), 4096));
+      const policies = parseDevicePolicies(opts.policy);
+      if (opts.managed && opts.paths === undefined) {
+        // The ratios' base: the raw paths of each direction (the others are no one's ceiling).
+        paths = ['h2d-writeBuffer', 'h2d-staging', 'd2h-mapread', 'd2d-copy', 'host-memcpy'];
+      }
       await withGpu(cmd, async (gpu) => {
         const rows = await runCopyBench(gpu, { sizes, iters, paths });
-        if (opts.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
-        else {
-          process.stdout.write(`${adapterName(gpu)} (${gpu.info.backend})\n`);
-          process.stdout.write(formatCopyTable(rows));
+        const rawSizes = [...new Set(rows.map((r) => r.bytes))];
+        const managed = opts.managed
+          ? await runManagedBench(gpu, rows, {
+              sizes: rawSizes.filter((n) => n >= 1 << 20),
+              pageSizes,
+              policies,
+              iters: opts.iters === undefined ? undefined : iters,
+            })
+          : [];
+        const name = adapterName(gpu);
+        const { managedTargets } = await import('../bench/managed.ts');
+        const targets = managedTargets(managed);
+        const report = {
+          bench: 'copy',
+          date: new Date().toISOString(),
+          machine: machineInfo(),
+          adapter: adapterReport(gpu),
+          settings: { sizes: rawSizes, iters, paths, managed: opts.managed === true, pageSizes, policies },
+          rows,
+          managed,
+          targets,
+        };
+        const chart = copyChartSpec(rows, `hmmlab copy bandwidth: ${name}`, managed);
+        const files = await writeReport(opts.out ?? RESULTS_DIR, 'copy', name, report, chart, opts.svg);
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify([...rows, ...managed])}\n`);
+          return;
         }
-        await writeChart(opts, copyChartSpec(rows, `hmmlab copy bandwidth: ${adapterName(gpu)}`));
+        process.stdout.write(`${name} (${gpu.info.backend})\n`);
+        process.stdout.write(formatCopyTable(rows));
+        if (managed.length) {
+          const { formatManagedTable } = await import('../bench/managed.ts');
+          const { formatTargets } = await import('../bench/faults.ts');
+          process.stdout.write(formatManagedTable(managed));
+          process.stdout.write(formatTargets(targets));
+        }
+        process.stdout.write(`report written to ${files.json}, chart to ${files.svg}\n`);
       });
     });
   bench
     .command('faults')
     .description(
-      'what fault-driven device access costs: fault-driven devwrite and devread, the same after an ' +
-        'explicit prefetch, the kernel alone on mapped pages, a fault batch-size sweep and a half-size ' +
-        'device pool (thrashing); median of fresh-state samples, data checked after each',
+      'what device faults cost under the real policies (mirror, migrate): fault-driven devwrite and devread, ' +
+        'the same after an explicit prefetch, the kernel alone on mapped pages, a fault batch-size sweep, the ' +
+        "four replay policies, a half-size device pool (thrashing) and 64 MiB of pages; median of fresh-mount " +
+        'samples, data checked after each',
     )
     .option('--json', 'print only a JSON array of rows on stdout')
     .option('--pages <n>', 'pages the kernels touch (default 4096, clamped to what the adapter allows)')
     .option('--page-size <n>', 'page size: 4096, 64K, ... 2M (default 4096)')
-    .option('--batch <list>', `fault batch sizes of the sweep (default ${DEFAULT_FAULT_BATCHES.join(',')})`)
+    .option('--batch <list>', 'fault batch sizes of the sweep (default 1,16,64,256,1024)')
+    .option('--policy <list>', `the policies (default ${DEVICE_POLICY_NAMES.join(',')})`)
+    .option('--large <bytes>', 'bytes of the large first-touch rows (default 64M; 0 leaves them out)')
     .option(
       '--threads <n>',
-      'kernels at once, each on its own slice of the pages and address space (default 1)',
+      'kernels at once, each on its own slice of the pages (its own file and mount) (default 1)',
     )
     .option('--iters <n>', 'timed samples per row, after one warm-up (default 3)')
-    .option('--svg <file>', 'also write a chart (ms per mode, ms and batches per batch size) to FILE (SVG)')
+    .option('--out <dir>', 'where the JSON report and the chart go (default bench/results/)')
+    .option('--svg <file>', 'the chart (default: next to the JSON report, same name)')
     .action(async (opts: BenchFaultsFlags, cmd: Command) => {
-      const args = parseFaultBenchArgs(opts); // before opening the device: bad input fails fast
+      const faults = await import('../bench/faults.ts');
+      const { faultChartSpec, formatFaultTable, formatTargets } = faults;
+      const args = faults.parseFaultBenchArgs(opts); // before opening the device: bad input fails fast
       await withGpu(cmd, async (gpu) => {
-        const rows = await runFaultsBench(gpu, args);
-        if (opts.json) process.stdout.write(`${JSON.stringify(rows)}\n`);
-        else {
-          const r = rows[0];
-          process.stdout.write(
-            `${adapterName(gpu)} (${gpu.info.backend}): ${r.pages} pages of ` +
-              `${formatBytes(r.pageSize)}, ${r.threads} kernel(s) at once, ${r.samples} samples a row\n`,
-          );
-          process.stdout.write(formatFaultTable(rows));
+        const result = await runFaultsBench(gpu, args);
+        const { rows } = result;
+        const name = adapterName(gpu);
+        const r = rows[0];
+        const report = {
+          bench: 'faults',
+          date: new Date().toISOString(),
+          machine: machineInfo(),
+          adapter: adapterReport(gpu),
+          settings: { ...args, pages: r.pages, subgroups: gpu.has('subgroups'), timestamps: gpu.has('timestamp-query') },
+          ...result,
+        };
+        const files = await writeReport(
+          opts.out ?? RESULTS_DIR,
+          'faults',
+          name,
+          report,
+          faultChartSpec(rows, `hmmlab fault cost: ${name}`),
+          opts.svg,
+        );
+        if (opts.json) {
+          process.stdout.write(`${JSON.stringify(rows)}\n`);
+          return;
         }
-        await writeChart(opts, faultChartSpec(rows, `hmmlab fault cost: ${adapterName(gpu)}`));
+        process.stdout.write(
+          `${name} (${gpu.info.backend}): ${r.pages} pages of ${formatBytes(r.pageSize)}, ` +
+            `${r.threads} kernel(s) at once, ${r.samples} samples a row; raw copy of a page ` +
+            `${result.rawPageCopy.usAmortized.toFixed(2)} us within a ${formatBytes(result.rawPageCopy.batchBytes)} copy ` +
+            `(${result.rawPageCopy.usAlone.toFixed(1)} us alone)\n`,
+        );
+        process.stdout.write(formatFaultTable(rows));
+        process.stdout.write(formatTargets(result.targets));
+        process.stdout.write(`report written to ${files.json}, chart to ${files.svg}\n`);
       });
     });
   registerBenchScale(bench);
@@ -390,7 +512,7 @@ export function registerBenchScale(bench: Command): void {
       const report = {
         bench: 'scale',
         date: new Date().toISOString(),
-        machine: scale.machineInfo(),
+        machine: machineInfo(),
         adapter: adapter.report,
         settings: { ...settings, sizes, sizeCap: adapter.cap },
         ops: scale.SCALE_OP_TEXT,

@@ -56,7 +56,11 @@ export function frameRuns(frames: number[], framesPerBuffer: number, pageSize: n
 
 /** Positions of `frames` sorted by frame; EINVAL if a frame is named twice. */
 function sortedOrder(frames: readonly number[], what: string): number[] {
-  const order = frames.map((_, i) => i).sort((a, b) => frames[a] - frames[b]);
+  const order = frames.map((_, i) => i);
+  let ascending = true;
+  for (let i = 1; i < frames.length && ascending; i++) ascending = frames[i] > frames[i - 1];
+  if (ascending) return order; // the common case: frames allocated in runs, asked in page order
+  order.sort((a, b) => frames[a] - frames[b]);
   for (let i = 1; i < order.length; i++) {
     if (frames[order[i]] === frames[order[i - 1]])
       throw new HmmlabError('EINVAL', `${what}: frame ${frames[order[i]]} named twice`);
@@ -69,6 +73,22 @@ export const RING_BUFFER_BYTES = 4 << 20;
 /** Ring buffers in flight at most (upload), and per read (download). */
 const UPLOAD_BUFFERS = 8;
 const DOWNLOAD_IN_FLIGHT = 3;
+
+/**
+ * How many of the views view(0), view(1), ... (at most `n`) are whole pages that follow each other
+ * in one buffer: so many pages are one copy. At least 1.
+ */
+function adjacent(n: number, view: (q: number) => Uint8Array, pageSize: number): number {
+  const first = view(0);
+  let m = 1;
+  while (m < n) {
+    const v = view(m);
+    if (v.buffer !== first.buffer || v.byteLength !== pageSize || v.byteOffset !== first.byteOffset + m * pageSize)
+      break;
+    m++;
+  }
+  return m;
+}
 
 /** How host pages reach frames on this adapter: see chooseUploadPath. */
 export type UploadPath = 'staging' | 'writeBuffer';
@@ -147,11 +167,14 @@ export class FrameCopier {
         const r = await ring.reserve(pageSize, (run.count - k) * pageSize);
         const view = r.slot.view!;
         const n = r.bytes / pageSize;
-        for (let j = 0; j < n; j++) {
+        for (let j = 0; j < n; ) {
           const d = items[order[run.first + k + j]].data;
           const at = r.at + j * pageSize;
-          view.set(d, at);
+          // Host pages next to each other in one buffer (a pool's neighbouring slots) go in one copy.
+          const m = d.byteLength === pageSize ? adjacent(n - j, (q) => items[order[run.first + k + j + q]].data, pageSize) : 1;
+          view.set(m > 1 ? new Uint8Array(d.buffer, d.byteOffset, m * pageSize) : d, at);
           if (d.byteLength < pageSize) view.fill(0, at + d.byteLength, at + pageSize);
+          j += m;
         }
         ring.addCopy(r.slot, r.at, pool.buffers[run.bufferIndex], run.offset + k * pageSize, r.bytes);
         k += n;
@@ -241,9 +264,14 @@ export class FrameCopier {
           if (p.first && head) head.land(mapped.subarray(0, head.bytes));
           if (p.first && opts.failAfterHead && frames.length) opts.failAfterHead();
           for (const part of p.parts) {
-            for (let j = 0; j < part.n; j++) {
+            const target = (q: number) => out[order[part.run.first + part.k + q]];
+            for (let j = 0; j < part.n; ) {
               const at = part.at + j * pageSize;
-              out[order[part.run.first + part.k + j]].set(mapped.subarray(at, at + pageSize));
+              const t = target(j);
+              const m = adjacent(part.n - j, (q) => target(j + q), pageSize);
+              if (m > 1) new Uint8Array(t.buffer, t.byteOffset, m * pageSize).set(mapped.subarray(at, at + m * pageSize));
+              else t.set(mapped.subarray(at, at + pageSize));
+              j += m;
             }
           }
         },

@@ -276,6 +276,8 @@ export function encodeParams(plan: KernelPlan, chunk: KernelChunk, layout: Launc
 /** Bytes of the Params uniform buffer (encodeParams' words). */
 export const PARAMS_BYTES = 80;
 
+const pipelineCache = new WeakMap<GpuDevice, Map<boolean, Promise<KernelPipelines>>>();
+
 /** Pipelines of one device: one explicit bind-group layout for every kernel, so unused bindings are fine. */
 export class KernelPipelines {
   private constructor(
@@ -290,8 +292,25 @@ export class KernelPipelines {
    * The kernels of `gpu`, their device MMU recording one fault per subgroup and page where the
    * adapter has subgroups (unless `subgroups` is false), else one per thread.
    */
-  static async create(gpu: GpuDevice, opts: { subgroups?: boolean } = {}): Promise<KernelPipelines> {
+  static create(gpu: GpuDevice, opts: { subgroups?: boolean } = {}): Promise<KernelPipelines> {
     const subgroups = (opts.subgroups ?? true) && gpu.has('subgroups');
+    // Pipelines hold no state: one set per device (and MMU variant), whatever uses them. Compiling
+    // them costs tens of ms each on a software adapter, and tests make a device memory a test.
+    let perGpu = pipelineCache.get(gpu);
+    if (!perGpu) {
+      perGpu = new Map();
+      pipelineCache.set(gpu, perGpu);
+    }
+    let made = perGpu.get(subgroups);
+    if (!made) {
+      made = KernelPipelines.compile(gpu, subgroups);
+      perGpu.set(subgroups, made);
+      made.catch(() => perGpu.delete(subgroups));
+    }
+    return made;
+  }
+
+  private static async compile(gpu: GpuDevice, subgroups: boolean): Promise<KernelPipelines> {
     const features = subgroups ? ['subgroups'] : [];
     const d = gpu.device;
     const storage = (binding: number): GPUBindGroupLayoutEntry => ({
@@ -341,17 +360,8 @@ export class KernelPipelines {
 
 // ---- the host's reference for what the kernels compute ----
 
-/** The op log's byte at file offset x for an op with `tag` (docs/oplog.md). */
-export function patternByte(x: number, tag: number): number {
-  return (x + 7 * tag) % 251;
-}
-
-/** The bytes devwrite(off, len, tag) stores. */
-export function patternBytes(off: number, len: number, tag: number): Uint8Array {
-  const out = new Uint8Array(len);
-  for (let i = 0; i < len; i++) out[i] = patternByte(off + i, tag);
-  return out;
-}
+// devwrite stores the op log's pattern (docs/oplog.md): the one implementation is src/oplog/pattern.ts.
+export { patternByte, patternBytes } from '../oplog/pattern.ts';
 
 /** What the checksum kernel computes for one page's worth of words: wrapping sum and xor. */
 export function wordChecksum(bytes: Uint8Array): { sum: number; xor: number } {

@@ -344,11 +344,18 @@ export class File {
     });
   }
 
-  read(off: number, len: number): Promise<Uint8Array> {
+  /**
+   * read(2): the bytes of [off, off + len), short at EOF. With `into` (at least len bytes), they are
+   * copied there, as read(2) fills the caller's buffer, and a view of it is returned.
+   */
+  read(off: number, len: number, into?: Uint8Array): Promise<Uint8Array> {
     return this.op('read', async () => {
       checkOffset('read offset', off);
       checkOffset('read length', len);
-      return filemap_read(this.mapping, off, len);
+      if (into && into.byteLength < len) {
+        throw new HmmlabError('EINVAL', `read of ${len} bytes into a buffer of ${into.byteLength}`);
+      }
+      return filemap_read(this.mapping, off, len, into);
     });
   }
 

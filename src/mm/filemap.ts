@@ -241,17 +241,23 @@ export function mark_page_accessed(page: Page): void {
 }
 
 /**
- * filemap_read: read(2) through the cache, short at EOF. Misses start synchronous readahead; every
+ * filemap_read: read(2) through the cache, short at EOF, into `into` where given. Misses start synchronous readahead; every
  * batch of pages is handed to the policy (cpuNeedsData) before its bytes are copied out. A device
  * entry is read through the policy's bounce page where it has one (Glisse's scheme: the page stays
  * on the device), else brought back like any other page.
  */
-export async function filemap_read(mapping: AddressSpace, off: number, len: number): Promise<Uint8Array> {
+export async function filemap_read(
+  mapping: AddressSpace,
+  off: number,
+  len: number,
+  into?: Uint8Array,
+): Promise<Uint8Array> {
   const m = asMapping(mapping);
   const ps = m.pageSize;
   const end = Math.min(off + len, m.size);
   if (end <= off) return new Uint8Array(0);
-  const out = new Uint8Array(end - off);
+  // The caller's buffer, as read(2) fills it (no new memory to touch), or a new one.
+  const out = into ? into.subarray(0, end - off) : new Uint8Array(end - off);
   const first = Math.floor(off / ps);
   const last = Math.floor((end - 1) / ps);
   const batch = batchPages(m.host);

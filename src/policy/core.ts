@@ -250,7 +250,21 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     state?: PageState,
   ): Item {
     const s = state ?? this.stateOf(m, index, page);
-    return { index, page, state: s, t: this.table.transition(s, event) };
+    return { index, page, state: s, t: this.transition(s, event) };
+  }
+
+  /** The table's rows looked up so far: a row depends on the state and the event only. */
+  private readonly rows = new Map<string, Transition>();
+
+  /** The table's row for (state, event), looked up once (fault service asks it for every page). */
+  protected transition(s: PageState, event: DeviceEvent): Transition {
+    const key = `${s.host}${s.dev}${s.cpu}${event}`;
+    let t = this.rows.get(key);
+    if (!t) {
+      t = this.table.transition(s, event); // throws for a state the table does not allow: not kept
+      this.rows.set(key, t);
+    }
+    return t;
   }
 
   /** The plan for device entry `index` (no host page), whose record is `rec`. */
@@ -511,7 +525,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
 
   reclaimDecision(m: AddressSpace, page: Page): 'free' | 'device-entry' | 'keep' {
     if (this.gone || !this.record(m, page.index)) return 'free';
-    const t = this.table.transition(this.stateOf(m, page.index, page), 'host-reclaim');
+    const t = this.transition(this.stateOf(m, page.index, page), 'host-reclaim');
     return t.next.host === 'E' ? 'device-entry' : 'free';
   }
 

@@ -28,8 +28,6 @@ import { GpuDevice } from '../../src/gpu/device.ts';
 import { renderSvg } from '../../src/plot/svg.ts';
 import { hmmlab } from '../helpers/cli.ts';
 
-const SEED = Number(process.env.HMMLAB_SEED ?? Date.now() % 1_000_000);
-console.log(`bench faults tests: seed ${SEED} (replay with HMMLAB_SEED=${SEED})`);
 
 const dir = mkdtempSync(join(tmpdir(), 'hmmlab-bench-faults-'));
 
@@ -118,7 +116,6 @@ describe('bench faults on the real adapter', () => {
       pageSize: ps,
       batches: [1, 16, 100, 1024],
       iters: 2,
-      seed: SEED,
       onProgress: (done) => progress.push(done),
     });
   });
@@ -200,7 +197,6 @@ describe('bench faults on the real adapter', () => {
       batches: [64],
       threads: 3,
       iters: 1,
-      seed: SEED,
     });
     for (const r of got) expect(r.threads).toBe(3);
     const sweep = row(got, 'fault write, batch 64');
