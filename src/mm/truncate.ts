@@ -11,6 +11,7 @@ import { delete_from_page_cache, read_cache_page_locked } from './filemap.ts';
 import { asMapping } from './mapping.ts';
 import { lock_page, unlock_page } from './page.ts';
 import { try_to_unmap } from './rmap.ts';
+import { trace_begin } from './trace.ts';
 import type { AddressSpace } from './types.ts';
 
 /**
@@ -25,14 +26,23 @@ export async function truncate_inode_pages_range(
 ): Promise<number> {
   const m = asMapping(mapping);
   const inRange = (i: number) => i >= first && i <= last;
-  for (const [i, e] of m.i_pages) if (inRange(i) && e.kind === 'page' && e.mapcount > 0) try_to_unmap(e);
+  const tr = trace_begin(m, [...m.i_pages.keys()].filter(inRange));
+  const unmapped = new Set<number>();
+  for (const [i, e] of m.i_pages) {
+    if (!inRange(i) || e.kind !== 'page' || e.mapcount === 0) continue;
+    try_to_unmap(e);
+    unmapped.add(i);
+  }
   await m.policy.invalidateRange(m, first, last, why);
   let dropped = 0;
-  for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
+  const indices = [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b);
+  const gone = new Set<number>();
+  for (const i of indices) {
     const e = m.i_pages.get(i);
     if (!e) continue;
     if (e.kind === 'device') {
       m.i_pages.delete(i);
+      gone.add(i);
       continue;
     }
     await lock_page(e);
@@ -42,8 +52,10 @@ export async function truncate_inode_pages_range(
     }
     if (e.mapcount > 0) try_to_unmap(e); // a fault mapped it again while we waited
     delete_from_page_cache(e);
+    gone.add(i);
     dropped++;
   }
+  tr?.end(why, (i) => (gone.has(i) ? [...(unmapped.has(i) ? ['try_to_unmap'] : []), 'drop-page'] : null));
   for (const i of [...m.shadows]) if (inRange(i)) m.shadows.delete(i);
   m.host.vmstat.count('pginvalidate', dropped);
   return dropped;
@@ -73,7 +85,9 @@ export async function zero_page_range(
   try {
     await m.policy.cpuNeedsData(m, [page], 'truncate');
     await m.policy.cpuWillWrite(m, [page], 'truncate');
+    const tr = trace_begin(m, [index]);
     page.data.fill(0, from, to);
+    tr?.end('cpu-write', ['zero-range']);
   } finally {
     unlock_page(page);
   }

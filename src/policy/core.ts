@@ -140,6 +140,8 @@ export interface Item {
   index: number;
   /** The host page A (locked by the caller), or null for a device entry with no page (bounce). */
   page: Page | null;
+  /** The event whose row `t` is (--trace names it). */
+  event: DeviceEvent;
   state: PageState;
   t: Transition;
 }
@@ -248,7 +250,14 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     state?: PageState,
   ): Item {
     const s = state ?? this.stateOf(m, index, page);
-    return { index, page, state: s, t: this.table.transition(s, event) };
+    return { index, page, event, state: s, t: this.table.transition(s, event) };
+  }
+
+  /** --trace: the rows these items' work carried out, each page with its state now. */
+  protected traceItems(m: AddressSpace, items: readonly Item[]): void {
+    const tr = asMapping(m).host.tracer;
+    if (!tr) return;
+    for (const it of items) tr.emit(m, it.index, it.event, it.state, it.t.work);
   }
 
   /** The plan for device entry `index` (no host page), whose record is `rec`. */
@@ -405,6 +414,10 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
         recs.set(r.index, copy);
         out[r.i] = { ok: true, frame: r.frame, perm };
       }
+      this.traceItems(
+        m,
+        go.map((r) => r.it),
+      );
     } finally {
       for (const p of locked) unlock_page(p);
     }
@@ -543,6 +556,10 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
           x.rec.diskStale = false;
           x.rec.copyBack = false;
         }
+        this.traceItems(
+          m,
+          items.filter((x) => !failed.has(x.index)).map((x) => x.it),
+        );
         // Spared: writable copies the device never wrote (a clean read-only entry needs nothing).
         this.c.device_copybacks_spared += items.filter((x) => wrote.has(x.index) && !copy.includes(x)).length;
         if (failed.size) {
@@ -572,6 +589,11 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     await this.guarded(async () => {
       const revoke = items.filter((it) => it.t.work.includes('device-revoke')).map((it) => it.index);
       await this.revoke(m, revoke);
+      // The page cache does the rest of the row (try_to_unmap, drop-page): the device's part here.
+      this.traceItems(
+        m,
+        items.map((it) => ({ ...it, t: { ...it.t, work: it.t.work.filter((w) => w === 'device-revoke') } })),
+      );
     });
     // The whole file is gone from the cache (unmount): forget its address space, on the device
     // too (its page table and fault buffer), or every mount would leave a pair of GPU buffers.
@@ -667,6 +689,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       for (const it of revoking) recs.delete(it.index);
       this.dm.freeFrames(frames);
     }
+    this.traceItems(m, todo);
   }
 
   /** Mark the records of the pages whose DIRTY bit `changes` took as on their way back (or not). */
@@ -766,6 +789,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
         this.records(w.m).delete(w.v.index);
         this.c.device_evictions++;
         if (w.v.dirty) this.c.device_evictions_dirty++;
+        this.traceItems(w.m, [w.it]);
       };
       // Host pages first (nothing there can fail), then the disk.
       for (const w of work.filter((x) => x.it.t.work.includes('copy-back'))) {
