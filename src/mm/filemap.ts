@@ -134,11 +134,15 @@ export async function read_cache_page(
 
 /** Fill a new page from the device entry it replaced, else from the disk; on failure drop it. */
 async function readpage_or_drop(m: Mapping, page: Page, entry: DeviceEntry | null): Promise<void> {
+  // The device entry goes back in the page's place on a failure, unless the policy said it no
+  // longer holds the data (the entry would then name nothing: the page reads the disk next time).
+  let held = entry !== null;
   try {
     if (entry && (await m.policy.readpageFromDevice(m, entry, page))) return;
+    held = false;
     await readpage(m, page);
   } catch (err) {
-    if (entry && m.i_pages.get(page.index) === page && !PageUptodate(page)) m.i_pages.set(page.index, entry);
+    if (held && m.i_pages.get(page.index) === page && !PageUptodate(page)) m.i_pages.set(page.index, entry!);
     else if (m.i_pages.get(page.index) === page) m.i_pages.delete(page.index);
     m.host.lru.delete(page);
     m.host.pool.release(page.slot);
@@ -316,6 +320,7 @@ export async function generic_perform_write(
     const pages: Page[] = [];
     const partial: Page[] = [];
     const fresh = new Set<number>();
+    const dropped = new Set<Page>();
     // The write as one event per page, from the state before any of it (readpage and the policy's
     // rows are traced on their own on the way).
     const tr = trace_begin(
@@ -328,9 +333,10 @@ export async function generic_perform_write(
         const pageStart = i * ps;
         const whole = off <= pageStart && end >= pageStart + ps;
         if (!m.i_pages.has(i) && (whole || pageStart >= m.size)) {
-          // grab_cache_page_write_begin: nothing to read, the page starts as zeros.
+          // grab_cache_page_write_begin: nothing to read, the page starts as zeros. It is
+          // uptodate only once the write's bytes are in it (write_end): until then it is not
+          // the file's data, and a write that fails before drops it.
           const p = await page_cache_alloc(m, i);
-          p.flags |= PG_uptodate;
           pages.push(p);
           fresh.add(i);
         } else {
@@ -349,8 +355,16 @@ export async function generic_perform_write(
         mark_page_accessed(p);
       }
       tr?.end('cpu-write', (i) => (fresh.has(i) ? ['alloc-page', 'write'] : ['write']));
+    } catch (err) {
+      // The pages allocated for the write and never filled leave the cache as they came.
+      for (const p of pages) {
+        if (!fresh.has(p.index) || PageUptodate(p) || m.i_pages.get(p.index) !== p) continue;
+        delete_from_page_cache(p); // unlocks it
+        dropped.add(p);
+      }
+      throw err;
     } finally {
-      for (const p of pages) unlock_page(p);
+      for (const p of pages) if (!dropped.has(p)) unlock_page(p);
     }
     m.size = Math.max(m.size, Math.min(end, (idx + n) * ps));
   }

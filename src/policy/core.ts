@@ -518,58 +518,64 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       [],
     );
     return this.guarded(
-      async () => {
-        const space = this.space(m);
-        const changes = await this.dm.protect(
-          space,
-          items.filter((x) => x.it.t.work.includes('device-protect')).map((x) => x.index),
-          { cleanDirty: true },
-        );
-        const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
-        const copy = items.filter((x) => wrote.get(x.index) || x.rec.diskStale);
-        const recs = this.records(m);
-        this.markCopyBack(recs, changes, true);
-        let data: Uint8Array[] = [];
-        try {
-          if (copy.length) data = await this.dm.copyFromFrames(copy.map((x) => x.rec.frame));
-        } catch (e) {
-          await this.dm.restore(space, changes);
-          this.markCopyBack(recs, changes, false);
-          throw e;
-        }
-        this.c.device_copybacks += copy.length;
-        const failed = new Set<number>();
-        let error: unknown;
-        for (const [i, x] of copy.entries()) {
-          try {
-            await writepage(x.index, data[i]);
-          } catch (e) {
-            failed.add(x.index);
-            error ??= e;
-            continue;
-          }
-          this.c.device_bounce_writebacks++;
-        }
-        for (const x of items) {
-          if (failed.has(x.index)) continue;
-          x.rec.perm = x.it.t.next.dev as 'ro' | 'rw';
-          x.rec.diskStale = false;
-          x.rec.copyBack = false;
-        }
-        this.traceItems(
-          m,
-          items.filter((x) => !failed.has(x.index)).map((x) => x.it),
-        );
-        // Spared: writable copies the device never wrote (a clean read-only entry needs nothing).
-        this.c.device_copybacks_spared += items.filter((x) => wrote.has(x.index) && !copy.includes(x)).length;
-        if (failed.size) {
-          const back = changes.filter((c) => failed.has(c.index));
-          await this.dm.restore(space, back);
-          this.markCopyBack(recs, back, false);
-          throw error;
-        }
-        return copy.length;
-      },
+      () =>
+        this.pinned(
+          items.map((x) => x.rec.frame),
+          async () => {
+            const space = this.space(m);
+            const changes = await this.dm.protect(
+              space,
+              items.filter((x) => x.it.t.work.includes('device-protect')).map((x) => x.index),
+              { cleanDirty: true },
+            );
+            const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
+            const copy = items.filter((x) => wrote.get(x.index) || x.rec.diskStale);
+            const recs = this.records(m);
+            this.markCopyBack(recs, changes, true);
+            let data: Uint8Array[] = [];
+            try {
+              if (copy.length) data = await this.dm.copyFromFrames(copy.map((x) => x.rec.frame));
+            } catch (e) {
+              await this.dm.restore(space, changes);
+              this.markCopyBack(recs, changes, false);
+              throw e;
+            }
+            this.c.device_copybacks += copy.length;
+            const failed = new Set<number>();
+            let error: unknown;
+            for (const [i, x] of copy.entries()) {
+              try {
+                await writepage(x.index, data[i]);
+              } catch (e) {
+                failed.add(x.index);
+                error ??= e;
+                continue;
+              }
+              this.c.device_bounce_writebacks++;
+            }
+            for (const x of items) {
+              if (failed.has(x.index)) continue;
+              x.rec.perm = x.it.t.next.dev as 'ro' | 'rw';
+              x.rec.diskStale = false;
+              x.rec.copyBack = false;
+            }
+            this.traceItems(
+              m,
+              items.filter((x) => !failed.has(x.index)).map((x) => x.it),
+            );
+            // Spared: writable copies the device never wrote (a clean read-only entry needs nothing).
+            this.c.device_copybacks_spared += items.filter(
+              (x) => wrote.has(x.index) && !copy.includes(x),
+            ).length;
+            if (failed.size) {
+              const back = changes.filter((c) => failed.has(c.index));
+              await this.dm.restore(space, back);
+              this.markCopyBack(recs, back, false);
+              throw error;
+            }
+            return copy.length;
+          },
+        ),
       () => 0,
     );
   }
@@ -631,6 +637,8 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     // copy-back: only what the device wrote, unless A is new (E): A's bytes are still valid otherwise.
     const copyBack = (it: Item) =>
       has(it, 'copy-back') && (it.state.host === 'E' || wrote.get(it.index) === true);
+    const frames = todo.map((it) => recs.get(it.index)!.frame);
+    for (const f of frames) this.dm.pool.pin(f); // no eviction of them across the awaits below
     try {
       if (protecting.length) {
         const changes = await this.dm.protect(
@@ -665,6 +673,8 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       if (taken.length) await this.dm.restore(space, taken);
       this.markCopyBack(recs, taken, false);
       throw e;
+    } finally {
+      for (const f of frames) this.dm.pool.unpin(f);
     }
     this.c.device_copybacks_spared += todo.filter(
       (it) => has(it, 'copy-back') && it.state.host !== 'E' && !wrote.get(it.index),
@@ -690,6 +700,20 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       this.dm.freeFrames(frames);
     }
     this.traceItems(m, todo);
+  }
+
+  /**
+   * Run `fn` with `frames` pinned: while it awaits the GPU, device eviction (another mount's fault
+   * service, on a device that mounts share) may not take them, so a frame read before an await is
+   * still this page's after it.
+   */
+  protected async pinned<T>(frames: readonly number[], fn: () => Promise<T>): Promise<T> {
+    for (const f of frames) this.dm.pool.pin(f);
+    try {
+      return await fn();
+    } finally {
+      for (const f of frames) this.dm.pool.unpin(f);
+    }
   }
 
   /** Mark the records of the pages whose DIRTY bit `changes` took as on their way back (or not). */

@@ -123,31 +123,38 @@ export class MigratePolicy extends DevicePolicyCore {
       partial.map((h) => writes[h.k].entry),
       'cpu-read',
     );
-    return this.guarded(async () => {
-      const tr = trace_begin(
-        m,
-        held.map((h) => writes[h.k].entry.index),
-      );
-      const old = partial.length ? await this.dm.copyFromFrames(partial.map((h) => h.rec.frame)) : [];
-      this.c.device_bounce_reads += partial.length;
-      const images = new Map(partial.map((h, k) => [h.k, old[k]]));
-      const items = held.map((h) => {
-        const w = writes[h.k];
-        const page = images.get(h.k) ?? new Uint8Array(ps);
-        page.set(w.bytes, w.offset);
-        return { frame: h.rec.frame, data: page };
-      });
-      this.dm.copyToFrames(items);
-      this.c.device_bounce_writes += held.length;
-      const out = none();
-      for (const h of held) {
-        h.rec.diskStale = true;
-        out[h.k] = true;
-      }
-      const read = new Set(partial.map((h) => writes[h.k].entry.index));
-      tr?.end('cpu-write', (i) => (read.has(i) ? ['bounce-read', 'bounce-write'] : ['bounce-write']));
-      return out;
-    }, none);
+    return this.guarded(
+      () =>
+        this.pinned(
+          held.map((h) => h.rec.frame),
+          async () => {
+            const tr = trace_begin(
+              m,
+              held.map((h) => writes[h.k].entry.index),
+            );
+            const old = partial.length ? await this.dm.copyFromFrames(partial.map((h) => h.rec.frame)) : [];
+            this.c.device_bounce_reads += partial.length;
+            const images = new Map(partial.map((h, k) => [h.k, old[k]]));
+            const items = held.map((h) => {
+              const w = writes[h.k];
+              const page = images.get(h.k) ?? new Uint8Array(ps);
+              page.set(w.bytes, w.offset);
+              return { frame: h.rec.frame, data: page };
+            });
+            this.dm.copyToFrames(items);
+            this.c.device_bounce_writes += held.length;
+            const out = none();
+            for (const h of held) {
+              h.rec.diskStale = true;
+              out[h.k] = true;
+            }
+            const read = new Set(partial.map((h) => writes[h.k].entry.index));
+            tr?.end('cpu-write', (i) => (read.has(i) ? ['bounce-read', 'bounce-write'] : ['bounce-write']));
+            return out;
+          },
+        ),
+      none,
+    );
   }
 
   /** The entries the device holds, each checked against its row for `event`: a bounce, nothing else. */
