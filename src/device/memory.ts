@@ -148,6 +148,11 @@ export interface PteChange {
   dirty: boolean;
   /** The permission before the change (what restore() puts back). */
   perm: 'ro' | 'rw';
+  /**
+   * A grant for the page not installed yet (its install lost a race: a permission upgrade whose
+   * replay is to come), which the change took back too; restore() puts it back with the PTE.
+   */
+  pending?: InstalledPte;
 }
 
 /** A device page's state, as test_hmm's SNAPSHOT reports it. */
@@ -484,13 +489,23 @@ export class DeviceMemory implements FaultEngineHost {
     hit: number[],
     olds: Uint32Array,
   ): PteChange[] {
+    const pendingBefore = new Map(
+      asked.filter((i) => space.pending.has(i)).map((i) => [i, space.pending.get(i)!]),
+    );
     for (const i of asked) space.pending.delete(i); // a grant not installed yet is taken back too
     return hit.map((index, i) => {
       const e = space.entries.get(index)!;
       space.entries.delete(index);
       space.dirty.delete(index);
       this.pool.unlist(e.frame);
-      return { index, frame: e.frame, dirty: pteDirty(olds[i]), perm: e.perm as 'ro' | 'rw' };
+      const pending = pendingBefore.get(index);
+      return {
+        index,
+        frame: e.frame,
+        dirty: pteDirty(olds[i]),
+        perm: e.perm as 'ro' | 'rw',
+        ...(pending ? { pending } : {}),
+      };
     });
   }
 
@@ -501,6 +516,10 @@ export class DeviceMemory implements FaultEngineHost {
     hit: number[],
     olds: Uint32Array,
   ): PteChange[] {
+    // restore() puts a pending grant back as it was (writable), so keep a copy before it is narrowed.
+    const pendingBefore = new Map(
+      asked.filter((i) => space.pending.has(i)).map((i) => [i, { ...space.pending.get(i)! }]),
+    );
     for (const i of asked) {
       const p = space.pending.get(i);
       if (p) p.perm = 'ro'; // granted, not installed: it will be installed read-only
@@ -509,7 +528,14 @@ export class DeviceMemory implements FaultEngineHost {
       const e = space.entries.get(index)!;
       e.perm = 'ro';
       space.dirty.delete(index);
-      return { index, frame: e.frame, dirty: pteDirty(olds[i]), perm: 'rw' as const };
+      const pending = pendingBefore.get(index);
+      return {
+        index,
+        frame: e.frame,
+        dirty: pteDirty(olds[i]),
+        perm: 'rw' as const,
+        ...(pending ? { pending } : {}),
+      };
     });
   }
 
@@ -660,6 +686,7 @@ export class DeviceMemory implements FaultEngineHost {
       for (const c of changes) {
         space.entries.set(c.index, { frame: c.frame, perm: c.perm });
         if (c.dirty) space.dirty.add(c.index);
+        if (c.pending) space.pending.set(c.index, { ...c.pending });
         this.pool.list(c.frame);
       }
     });

@@ -6,6 +6,7 @@
  * filesystem's page_mkwrite allocates the block (it may refuse: ENOSPC, a SIGBUS), the policy revokes
  * the device's access, and the page is mapped writable and marked dirty.
  */
+
 import { HmmlabError } from '../errors.ts';
 import { checkBytes, checkOffset } from './args.ts';
 import {
@@ -19,6 +20,7 @@ import type { Mapping } from './mapping.ts';
 import { PageLocked, PageUptodate, unlock_page } from './page.ts';
 import { mk_pte, pte_none, pte_slot, pte_write } from './pte.ts';
 import { page_cache_sync_readahead } from './readahead.ts';
+import { trace_begin } from './trace.ts';
 import type { Page } from './types.ts';
 
 /** fault_around_bytes, as Linux defaults it. */
@@ -206,10 +208,13 @@ export async function filemap_fault(vma: VmArea, index: number, write: boolean):
     if (write) {
       await do_page_mkwrite(m, page);
       await m.policy.cpuWillWrite(m, [page], 'fault');
-      folio_mark_dirty(page);
     }
+    // The policy traced its own rows above; the CPU side of the fault (the PTE) is the page cache's.
+    const tr = trace_begin(m, [index]);
+    if (write) folio_mark_dirty(page);
     set_pte(vma, page, write);
     mark_page_accessed(page);
+    tr?.end(write ? 'cpu-write-fault' : 'cpu-read-fault', write ? ['page_mkwrite'] : []);
   } catch (err) {
     if (err instanceof HmmlabError && err.code === 'ENOSPC') {
       throw new HmmlabError(
@@ -247,7 +252,9 @@ export function filemap_map_pages(vma: VmArea, index: number): number {
     if (i === index || !pte_none(Atomics.load(vma.pte, i)) || vma.holes.has(i)) continue;
     const e = m.i_pages.get(i);
     if (e?.kind !== 'page' || PageLocked(e) || !PageUptodate(e)) continue;
+    const tr = trace_begin(m, [i]);
     set_pte(vma, e, false);
+    tr?.end('fault-around', []);
     mapped++;
   }
   m.host.vmstat.count('fault_around_pages', mapped);

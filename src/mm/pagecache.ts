@@ -5,10 +5,12 @@
  * Lock order: the fs mutex (src/fs/hmmfs.ts, one per mount) > PG_locked of pages in ascending index
  * order. Reclaim only trylocks, so it never waits on a page the caller holds.
  */
+
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { PageLru } from './lru.ts';
 import type { Mapping } from './mapping.ts';
 import { PagePool } from './pool.ts';
+import type { PageTracer } from './trace.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
 import { VmStat } from './vmstat.ts';
 
@@ -27,6 +29,9 @@ export class PageCache {
   ) {
     this.pool = new PagePool(hostPages, pageSize);
   }
+
+  /** --trace: the mount's page tracer (null: nothing traced). */
+  tracer: PageTracer | null = null;
 
   /** The /proc/vmstat view: events plus gauges computed from the pages themselves. */
   snapshotVmstat(): Record<string, number> {

@@ -7,10 +7,11 @@
  */
 
 import type { InvalidateWhy } from '../policy/policy.ts';
-import { delete_from_page_cache, read_cache_page_locked } from './filemap.ts';
+import { delete_from_page_cache, folio_mark_dirty, read_cache_page_locked } from './filemap.ts';
 import { asMapping } from './mapping.ts';
 import { lock_page, unlock_page } from './page.ts';
 import { try_to_unmap } from './rmap.ts';
+import { trace_begin } from './trace.ts';
 import type { AddressSpace } from './types.ts';
 
 /**
@@ -25,14 +26,23 @@ export async function truncate_inode_pages_range(
 ): Promise<number> {
   const m = asMapping(mapping);
   const inRange = (i: number) => i >= first && i <= last;
-  for (const [i, e] of m.i_pages) if (inRange(i) && e.kind === 'page' && e.mapcount > 0) try_to_unmap(e);
+  const tr = trace_begin(m, [...m.i_pages.keys()].filter(inRange));
+  const unmapped = new Set<number>();
+  for (const [i, e] of m.i_pages) {
+    if (!inRange(i) || e.kind !== 'page' || e.mapcount === 0) continue;
+    try_to_unmap(e);
+    unmapped.add(i);
+  }
   await m.policy.invalidateRange(m, first, last, why);
   let dropped = 0;
-  for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
+  const indices = [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b);
+  const gone = new Set<number>();
+  for (const i of indices) {
     const e = m.i_pages.get(i);
     if (!e) continue;
     if (e.kind === 'device') {
       m.i_pages.delete(i);
+      gone.add(i);
       continue;
     }
     await lock_page(e);
@@ -42,8 +52,10 @@ export async function truncate_inode_pages_range(
     }
     if (e.mapcount > 0) try_to_unmap(e); // a fault mapped it again while we waited
     delete_from_page_cache(e);
+    gone.add(i);
     dropped++;
   }
+  tr?.end(why, (i) => (gone.has(i) ? [...(unmapped.has(i) ? ['try_to_unmap'] : []), 'drop-page'] : null));
   for (const i of [...m.shadows]) if (inRange(i)) m.shadows.delete(i);
   m.host.vmstat.count('pginvalidate', dropped);
   return dropped;
@@ -73,7 +85,12 @@ export async function zero_page_range(
   try {
     await m.policy.cpuNeedsData(m, [page], 'truncate');
     await m.policy.cpuWillWrite(m, [page], 'truncate');
+    const tr = trace_begin(m, [index]);
     page.data.fill(0, from, to);
+    // The zeros are the page's data now: dirty, so that no reclaim brings the disk's old bytes
+    // back before the truncate or punch has cut the disk too.
+    folio_mark_dirty(page);
+    tr?.end('cpu-write', ['zero-range']);
   } finally {
     unlock_page(page);
   }
@@ -89,15 +106,12 @@ export async function truncate_setsize(mapping: AddressSpace, size: number): Pro
   const ps = m.pageSize;
   const old = m.size;
   if (size < old) {
+    // The tail of the new last page is zeroed first, i_size still the old one: all of the truncate
+    // that can fail (the page read in, or brought back from the device) comes before it cuts
+    // anything, and a writeback that reclaim runs meanwhile still writes the pages past the new
+    // EOF whole. A truncate that fails here has changed nothing; run again, it does it all.
+    if (size % ps !== 0) await zero_page_range(m, Math.floor(size / ps), size % ps, ps);
     m.size = size;
-    try {
-      if (size % ps !== 0) await zero_page_range(m, Math.floor(size / ps), size % ps, ps);
-    } catch (e) {
-      // Nothing was cut yet (the tail is zeroed only once the device gave the page back): the
-      // file keeps its size, so the truncate can simply be run again.
-      m.size = old;
-      throw e;
-    }
     const firstGone = Math.ceil(size / ps);
     await truncate_inode_pages_range(m, firstGone, Number.MAX_SAFE_INTEGER);
     m.a_ops.free_blocks(firstGone, Number.MAX_SAFE_INTEGER);

@@ -5,11 +5,13 @@
  * for (not uptodate) is first brought back by the policy; a device entry is written through the
  * policy's bounce buffer.
  */
+
 import { HmmlabError } from '../errors.ts';
 import { batchPages } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
 import { lock_page, PageDirty, PageUptodate, unlock_page } from './page.ts';
 import { page_mkclean } from './rmap.ts';
+import { trace_begin } from './trace.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
 
@@ -24,6 +26,7 @@ export async function writepage_locked(page: Page): Promise<void> {
   if (!PageUptodate(page)) {
     throw new HmmlabError('EIO', `writepage: page ${page.index} of ${m.name} is dirty but not uptodate`);
   }
+  const tr = trace_begin(m, [page.index]);
   page_mkclean(page);
   page.flags = (page.flags & ~PG_dirty) | PG_writeback;
   try {
@@ -37,6 +40,7 @@ export async function writepage_locked(page: Page): Promise<void> {
   }
   m.host.vmstat.count('nr_written');
   m.host.vmstat.count('pgpgout', m.pageSize / 1024);
+  tr?.end('writeback', ['page_mkclean', 'writepage']);
 }
 
 /** Write `data` as page `index` (a bounce buffer: a device entry's data, a device policy's copy). */

@@ -142,6 +142,8 @@ export interface Item {
   index: number;
   /** The host page A (locked by the caller), or null for a device entry with no page (bounce). */
   page: Page | null;
+  /** The event whose row `t` is (--trace names it). */
+  event: DeviceEvent;
   state: PageState;
   t: Transition;
 }
@@ -250,7 +252,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     state?: PageState,
   ): Item {
     const s = state ?? this.stateOf(m, index, page);
-    return { index, page, state: s, t: this.transition(s, event) };
+    return { index, page, event, state: s, t: this.transition(s, event) };
   }
 
   /** The table's rows looked up so far: a row depends on the state and the event only. */
@@ -265,6 +267,13 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       this.rows.set(key, t);
     }
     return t;
+  }
+
+  /** --trace: the rows these items' work carried out, each page with its state now. */
+  protected traceItems(m: AddressSpace, items: readonly Item[]): void {
+    const tr = asMapping(m).host.tracer;
+    if (!tr) return;
+    for (const it of items) tr.emit(m, it.index, it.event, it.state, it.t.work);
   }
 
   /** The plan for device entry `index` (no host page), whose record is `rec`. */
@@ -427,6 +436,10 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
         recs.set(r.index, copy);
         out[r.i] = { ok: true, frame: r.frame, perm };
       }
+      this.traceItems(
+        m,
+        go.map((r) => r.it),
+      );
     } finally {
       for (const p of locked) unlock_page(p);
     }
@@ -566,64 +579,74 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       [],
     );
     return this.guarded(
-      async () => {
-        const space = this.space(m);
-        const recs = this.records(m);
-        const ps = this.dm.pageSize;
-        // Write-protect and bounce out in one pull: each entry the device wrote, or whose data the
-        // disk lacks, into a bounce page of its own.
-        const bounce = new Map(items.map((x) => [x.index, new Uint8Array(ps)]));
-        const marked = items.filter((x) => space.dirty.has(x.index));
-        for (const x of marked) x.rec.copyBack = true;
-        let pulled: PullResult;
-        try {
-          pulled = await this.dm.pull(space, {
-            protect: items.filter((x) => x.it.t.work.includes('device-protect')).map((x) => x.index),
-            copies: items.map((x) => ({
-              index: x.index,
-              frame: x.rec.frame,
-              into: bounce.get(x.index)!,
-              always: x.rec.diskStale,
-            })),
-          });
-        } finally {
-          for (const x of marked) x.rec.copyBack = false;
-        }
-        const changes = pulled.changes;
-        const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
-        const copy = items.filter((x) => pulled.copied.has(x.index));
-        const data = copy.map((x) => bounce.get(x.index)!);
-        // The written pages' bytes are on their way to the disk until each write lands.
-        this.markCopyBack(recs, changes, true);
-        this.c.device_copybacks += copy.length;
-        const failed = new Set<number>();
-        let error: unknown;
-        for (const [i, x] of copy.entries()) {
-          try {
-            await writepage(x.index, data[i]);
-          } catch (e) {
-            failed.add(x.index);
-            error ??= e;
-            continue;
-          }
-          this.c.device_bounce_writebacks++;
-        }
-        for (const x of items) {
-          if (failed.has(x.index)) continue;
-          x.rec.perm = x.it.t.next.dev as 'ro' | 'rw';
-          x.rec.diskStale = false;
-          x.rec.copyBack = false;
-        }
-        // Spared: writable copies the device never wrote (a clean read-only entry needs nothing).
-        this.c.device_copybacks_spared += items.filter((x) => wrote.has(x.index) && !copy.includes(x)).length;
-        if (failed.size) {
-          const back = changes.filter((c) => failed.has(c.index));
-          await this.dm.restore(space, back);
-          this.markCopyBack(recs, back, false);
-          throw error;
-        }
-        return copy.length;
-      },
+      () =>
+        this.pinned(
+          items.map((x) => x.rec.frame),
+          async () => {
+            const space = this.space(m);
+            const recs = this.records(m);
+            const ps = this.dm.pageSize;
+            // Write-protect and bounce out in one pull: each entry the device wrote, or whose data the
+            // disk lacks, into a bounce page of its own.
+            const bounce = new Map(items.map((x) => [x.index, new Uint8Array(ps)]));
+            const marked = items.filter((x) => space.dirty.has(x.index));
+            for (const x of marked) x.rec.copyBack = true;
+            let pulled: PullResult;
+            try {
+              pulled = await this.dm.pull(space, {
+                protect: items.filter((x) => x.it.t.work.includes('device-protect')).map((x) => x.index),
+                copies: items.map((x) => ({
+                  index: x.index,
+                  frame: x.rec.frame,
+                  into: bounce.get(x.index)!,
+                  always: x.rec.diskStale,
+                })),
+              });
+            } finally {
+              for (const x of marked) x.rec.copyBack = false;
+            }
+            const changes = pulled.changes;
+            const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
+            const copy = items.filter((x) => pulled.copied.has(x.index));
+            const data = copy.map((x) => bounce.get(x.index)!);
+            // The written pages' bytes are on their way to the disk until each write lands.
+            this.markCopyBack(recs, changes, true);
+            this.c.device_copybacks += copy.length;
+            const failed = new Set<number>();
+            let error: unknown;
+            for (const [i, x] of copy.entries()) {
+              try {
+                await writepage(x.index, data[i]);
+              } catch (e) {
+                failed.add(x.index);
+                error ??= e;
+                continue;
+              }
+              this.c.device_bounce_writebacks++;
+            }
+            for (const x of items) {
+              if (failed.has(x.index)) continue;
+              x.rec.perm = x.it.t.next.dev as 'ro' | 'rw';
+              x.rec.diskStale = false;
+              x.rec.copyBack = false;
+            }
+            this.traceItems(
+              m,
+              items.filter((x) => !failed.has(x.index)).map((x) => x.it),
+            );
+            // Spared: writable copies the device never wrote (a clean read-only entry needs nothing).
+            this.c.device_copybacks_spared += items.filter(
+              (x) => wrote.has(x.index) && !copy.includes(x),
+            ).length;
+            if (failed.size) {
+              const back = changes.filter((c) => failed.has(c.index));
+              await this.dm.restore(space, back);
+              this.markCopyBack(recs, back, false);
+              throw error;
+            }
+            return copy.length;
+          },
+        ),
       () => 0,
     );
   }
@@ -643,6 +666,11 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     await this.guarded(async () => {
       const revoke = items.filter((it) => it.t.work.includes('device-revoke')).map((it) => it.index);
       await this.revoke(m, revoke);
+      // The page cache does the rest of the row (try_to_unmap, drop-page): the device's part here.
+      this.traceItems(
+        m,
+        items.map((it) => ({ ...it, t: { ...it.t, work: it.t.work.filter((w) => w === 'device-revoke') } })),
+      );
     });
     // The whole file is gone from the cache (unmount): forget its address space, on the device
     // too (its page table and fault buffer), or every mount would leave a pair of GPU buffers.
@@ -680,6 +708,8 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     // While the bytes are on their way, a loss names the pages the device wrote (as last read back).
     const marked = copying.filter((it) => space.dirty.has(it.index));
     for (const it of marked) recs.get(it.index)!.copyBack = true;
+    const frames = todo.map((it) => recs.get(it.index)!.frame);
+    for (const f of frames) this.dm.pool.pin(f); // no eviction of them across the awaits below
     let pulled: PullResult;
     try {
       // One PTE update (write-protect or revoke, one shootdown), the copies in the same submit,
@@ -697,6 +727,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     } finally {
       // Landed, or not taken at all (a failed pull puts every permission and DIRTY bit back).
       for (const it of marked) recs.get(it.index)!.copyBack = false;
+      for (const f of frames) this.dm.pool.unpin(f);
     }
     const wrote = new Map(pulled.changes.map((ch) => [ch.index, ch.dirty]));
     this.c.device_copybacks += pulled.copied.size;
@@ -722,6 +753,21 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       const frames = revoking.map((it) => recs.get(it.index)!.frame);
       for (const it of revoking) recs.delete(it.index);
       this.dm.freeFrames(frames);
+    }
+    this.traceItems(m, todo);
+  }
+
+  /**
+   * Run `fn` with `frames` pinned: while it awaits the GPU, device eviction (another mount's fault
+   * service, on a device that mounts share) may not take them, so a frame read before an await is
+   * still this page's after it.
+   */
+  protected async pinned<T>(frames: readonly number[], fn: () => Promise<T>): Promise<T> {
+    for (const f of frames) this.dm.pool.pin(f);
+    try {
+      return await fn();
+    } finally {
+      for (const f of frames) this.dm.pool.unpin(f);
     }
   }
 
@@ -822,6 +868,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
         this.records(w.m).delete(w.v.index);
         this.c.device_evictions++;
         if (w.v.dirty) this.c.device_evictions_dirty++;
+        this.traceItems(w.m, [w.it]);
       };
       // Host pages first (nothing there can fail), then the disk.
       for (const w of work.filter((x) => x.it.t.work.includes('copy-back'))) {
