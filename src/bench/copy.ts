@@ -331,7 +331,14 @@ export function copyChartSpec(
   return {
     ...head,
     data: { values },
-    facet: { column: { field: 'pages', type: 'nominal', title: null, sort: pageSizes.map((ps) => `${formatBytes(ps)} pages`) } },
+    facet: {
+      column: {
+        field: 'pages',
+        type: 'nominal',
+        title: null,
+        sort: pageSizes.map((ps) => `${formatBytes(ps)} pages`),
+      },
+    },
     spec: { width: 300, height: 260, ...chart },
   };
 }

@@ -232,7 +232,9 @@ export function parseFaultBenchArgs(flags: BenchFaultsFlags): FaultBenchArgs {
     threads: parseCount('--threads', flags.threads, 1),
     iters: parseCount('--iters', flags.iters, DEFAULT_FAULT_ITERS),
     largeBytes:
-      flags.large === undefined ? DEFAULT_LARGE_BYTES : parseCount('--large', flags.large, DEFAULT_LARGE_BYTES, 0),
+      flags.large === undefined
+        ? DEFAULT_LARGE_BYTES
+        : parseCount('--large', flags.large, DEFAULT_LARGE_BYTES, 0),
   };
 }
 
@@ -436,7 +438,11 @@ export async function rowDevice(rig: FaultRig, row: FaultRowPlan): Promise<Devic
  * One sample of a row on `dm`: mounts (one per slice), the pages cached, the timed access, the
  * data checked, the mounts unmounted. Its `verified` says whether the data matched.
  */
-export async function runFaultSample(rig: FaultRig, row: FaultRowPlan, dm: DeviceMemory): Promise<FaultSample> {
+export async function runFaultSample(
+  rig: FaultRig,
+  row: FaultRowPlan,
+  dm: DeviceMemory,
+): Promise<FaultSample> {
   const ps = rig.pageSize;
   const slices = streamSlices(row.pages, rig.threads);
   const mounts: HmmFs[] = [];
@@ -458,7 +464,8 @@ export async function runFaultSample(rig: FaultRig, row: FaultRowPlan, dm: Devic
     if (row.mode === 'mapped-write') {
       for (const [t, f] of files.entries()) await f.devicePrefetch(0, len(t), true);
     }
-    const prefetch = row.mode === 'prefetch-write' || row.mode === 'prefetch-read' || row.mode === 'large-prefetch-write';
+    const prefetch =
+      row.mode === 'prefetch-write' || row.mode === 'prefetch-read' || row.mode === 'large-prefetch-write';
     const run = async (t: number): Promise<Uint8Array | null> => {
       const f = files[t];
       if (prefetch) await f.devicePrefetch(0, len(t), row.kernel === 'devwrite');
@@ -533,7 +540,10 @@ export async function benchFaults(gpu: GpuDevice, options: FaultBenchOptions = {
   return (await benchFaultsReport(gpu, options)).rows;
 }
 
-export async function benchFaultsReport(gpu: GpuDevice, options: FaultBenchOptions = {}): Promise<FaultBenchReport> {
+export async function benchFaultsReport(
+  gpu: GpuDevice,
+  options: FaultBenchOptions = {},
+): Promise<FaultBenchReport> {
   const pages = options.pages ?? DEFAULT_FAULT_PAGES;
   const pageSize = options.pageSize ?? DEFAULT_FAULT_PAGE_SIZE;
   const batches = options.batches ?? DEFAULT_FAULT_BATCHES;
@@ -547,7 +557,13 @@ export async function benchFaultsReport(gpu: GpuDevice, options: FaultBenchOptio
     replayPolicies: options.replayPolicies,
     largePages,
   });
-  const rig = await createFaultRig(gpu, Math.max(...plan.map((r) => r.pages)), pageSize, threads, options.dir);
+  const rig = await createFaultRig(
+    gpu,
+    Math.max(...plan.map((r) => r.pages)),
+    pageSize,
+    threads,
+    options.dir,
+  );
   const perRow = warmup + iters;
   const total = plan.length * perRow;
   const rows: FaultBenchRow[] = [];
@@ -603,7 +619,10 @@ async function rawPageCopy(gpu: GpuDevice, pageSize: number, batch: number) {
 }
 
 /** The issue's targets for fault service, from this run's rows. */
-export function faultTargets(rows: readonly FaultBenchRow[], raw: FaultBenchReport['rawPageCopy']): BenchTarget[] {
+export function faultTargets(
+  rows: readonly FaultBenchRow[],
+  raw: FaultBenchReport['rawPageCopy'],
+): BenchTarget[] {
   const out: BenchTarget[] = [];
   const policies = [...new Set(rows.map((r) => r.policy))];
   for (const policy of policies) {
@@ -626,7 +645,9 @@ export function faultTargets(rows: readonly FaultBenchRow[], raw: FaultBenchRepo
         ratio: measured / 1.3,
       });
     }
-    const b = rows.find((r) => r.policy === policy && r.mode === 'batch-write' && r.batchSize === DEFAULT_BATCH_SIZE);
+    const b = rows.find(
+      (r) => r.policy === policy && r.mode === 'batch-write' && r.batchSize === DEFAULT_BATCH_SIZE,
+    );
     if (b && b.faultsUnique > 0) {
       const target = 4 * raw.usAmortized;
       out.push({

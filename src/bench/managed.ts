@@ -129,9 +129,13 @@ export async function benchManaged(
   for (const pageSize of pageSizes)
     for (const size of sizes)
       if (fits(size, pageSize))
-        for (const policy of policies) for (const path of MANAGED_PATHS) jobs.push({ size, pageSize, policy, path });
+        for (const policy of policies)
+          for (const path of MANAGED_PATHS) jobs.push({ size, pageSize, policy, path });
   if (jobs.length === 0) {
-    throw new HmmlabError('EINVAL', 'bench copy --managed: no size holds a whole page of any page size asked');
+    throw new HmmlabError(
+      'EINVAL',
+      'bench copy --managed: no size holds a whole page of any page size asked',
+    );
   }
   const own = options.dir === undefined;
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'hmmlab-bench-managed-'));
@@ -152,7 +156,11 @@ export async function benchManaged(
       let verified = true;
       try {
         for (let i = 0; i < perJob; i++) {
-          options.onProgress?.(done++, total, `${path} ${policy} ${formatBytes(size)} pages ${formatBytes(pageSize)}`);
+          options.onProgress?.(
+            done++,
+            total,
+            `${path} ${policy} ${formatBytes(size)} pages ${formatBytes(pageSize)}`,
+          );
           const s = await gpu.scoped(`bench copy ${path}`, () =>
             path === 'managed-h2d'
               ? sampleH2d(dir, pageSize, size, policy, dm)
@@ -169,8 +177,13 @@ export async function benchManaged(
       const sum = summarize(rates);
       const dir2 = path === 'managed-h2d' ? 'h2d' : 'd2h';
       const same = raw.filter((r) => r.bytes === size && r.path.startsWith(dir2));
-      const best = same.reduce<CopyBenchRow | undefined>((a, b) => (!a || b.gbps > a.gbps ? b : a), undefined);
-      const sameKind = raw.find((r) => r.bytes === size && r.path === (dir2 === 'h2d' ? 'h2d-staging' : 'd2h-mapread'));
+      const best = same.reduce<CopyBenchRow | undefined>(
+        (a, b) => (!a || b.gbps > a.gbps ? b : a),
+        undefined,
+      );
+      const sameKind = raw.find(
+        (r) => r.bytes === size && r.path === (dir2 === 'h2d' ? 'h2d-staging' : 'd2h-mapread'),
+      );
       rows.push({
         path,
         policy,

@@ -18,7 +18,6 @@
  * one (the file): its rows also count the pages it wrote itself.
  */
 import { open, rm } from 'node:fs/promises';
-import os from 'node:os';
 import { DeviceMemory, MAX_DEVICE_PAGES } from '../device/index.ts';
 import { HmmlabError } from '../errors.ts';
 import { HmmFs } from '../fs/hmmfs.ts';
@@ -26,8 +25,8 @@ import type { GpuDevice } from '../gpu/device.ts';
 import { fillPattern } from '../oplog/pattern.ts';
 import type { DevicePolicy } from '../policy/device.ts';
 import { MirrorPolicy } from '../policy/mirror.ts';
-import { firstDifference } from './random.ts';
 import { machineInfo } from './machine.ts';
+import { firstDifference } from './random.ts';
 import { currentRss, peakRss, resetPeakRss } from './rss.ts';
 import { formatBytes } from './units.ts';
 

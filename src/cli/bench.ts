@@ -187,7 +187,10 @@ export function registerBench(program: Command): void {
         "With --managed, the page cache's own copies beside them: managed-h2d (a prefetch of cached file " +
         'pages to the device) and managed-d2h (read(2) pulling device-written pages back), per page size and policy',
     )
-    .option('--json', 'print only a JSON array of rows {path, bytes, gbps, min, max, samples, copies} (managed rows add policy, pageSize, ratio)')
+    .option(
+      '--json',
+      'print only a JSON array of rows {path, bytes, gbps, min, max, samples, copies} (managed rows add policy, pageSize, ratio)',
+    )
     .option(
       '--sizes <list>',
       'comma-separated sizes (4096, 64K, 16MiB...); default 4 KiB..256 MiB by powers of 4 (the managed rows: those of 1 MiB and more)',
@@ -260,7 +263,7 @@ export function registerBench(program: Command): void {
     .description(
       'what device faults cost under the real policies (mirror, migrate): fault-driven devwrite and devread, ' +
         'the same after an explicit prefetch, the kernel alone on mapped pages, a fault batch-size sweep, the ' +
-        "four replay policies, a half-size device pool (thrashing) and 64 MiB of pages; median of fresh-mount " +
+        'four replay policies, a half-size device pool (thrashing) and 64 MiB of pages; median of fresh-mount ' +
         'samples, data checked after each',
     )
     .option('--json', 'print only a JSON array of rows on stdout')
@@ -290,7 +293,12 @@ export function registerBench(program: Command): void {
           date: new Date().toISOString(),
           machine: machineInfo(),
           adapter: adapterReport(gpu),
-          settings: { ...args, pages: r.pages, subgroups: gpu.has('subgroups'), timestamps: gpu.has('timestamp-query') },
+          settings: {
+            ...args,
+            pages: r.pages,
+            subgroups: gpu.has('subgroups'),
+            timestamps: gpu.has('timestamp-query'),
+          },
           ...result,
         };
         const files = await writeReport(

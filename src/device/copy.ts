@@ -83,7 +83,11 @@ function adjacent(n: number, view: (q: number) => Uint8Array, pageSize: number):
   let m = 1;
   while (m < n) {
     const v = view(m);
-    if (v.buffer !== first.buffer || v.byteLength !== pageSize || v.byteOffset !== first.byteOffset + m * pageSize)
+    if (
+      v.buffer !== first.buffer ||
+      v.byteLength !== pageSize ||
+      v.byteOffset !== first.byteOffset + m * pageSize
+    )
       break;
     m++;
   }
@@ -171,7 +175,10 @@ export class FrameCopier {
           const d = items[order[run.first + k + j]].data;
           const at = r.at + j * pageSize;
           // Host pages next to each other in one buffer (a pool's neighbouring slots) go in one copy.
-          const m = d.byteLength === pageSize ? adjacent(n - j, (q) => items[order[run.first + k + j + q]].data, pageSize) : 1;
+          const m =
+            d.byteLength === pageSize
+              ? adjacent(n - j, (q) => items[order[run.first + k + j + q]].data, pageSize)
+              : 1;
           view.set(m > 1 ? new Uint8Array(d.buffer, d.byteOffset, m * pageSize) : d, at);
           if (d.byteLength < pageSize) view.fill(0, at + d.byteLength, at + pageSize);
           j += m;
@@ -269,7 +276,10 @@ export class FrameCopier {
               const at = part.at + j * pageSize;
               const t = target(j);
               const m = adjacent(part.n - j, (q) => target(j + q), pageSize);
-              if (m > 1) new Uint8Array(t.buffer, t.byteOffset, m * pageSize).set(mapped.subarray(at, at + m * pageSize));
+              if (m > 1)
+                new Uint8Array(t.buffer, t.byteOffset, m * pageSize).set(
+                  mapped.subarray(at, at + m * pageSize),
+                );
               else t.set(mapped.subarray(at, at + pageSize));
               j += m;
             }

@@ -28,7 +28,6 @@ import { GpuDevice } from '../../src/gpu/device.ts';
 import { renderSvg } from '../../src/plot/svg.ts';
 import { hmmlab } from '../helpers/cli.ts';
 
-
 const dir = mkdtempSync(join(tmpdir(), 'hmmlab-bench-faults-'));
 
 let gpu: GpuDevice;
