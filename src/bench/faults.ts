@@ -524,7 +524,7 @@ export interface BenchTarget {
   target: number;
   measured: number;
   met: boolean;
-  /** measured / target: over 1 by that much where a "at most" target is missed. */
+  /** How many times short of the target: 1 or less when met (measured / target for an "at most" target, target / measured for an "at least" one). */
   ratio: number;
 }
 
@@ -769,7 +769,7 @@ export function formatTargets(targets: readonly BenchTarget[]): string {
     .map(
       (t) =>
         `target ${t.name}${t.policy ? ` (${t.policy})` : ''}: ${t.measured.toFixed(2)} against ${t.target.toFixed(2)}: ` +
-        (t.met ? 'met' : `missed by ${((t.ratio - 1) * 100).toFixed(0)}%`),
+        (t.met ? 'met' : `missed: ${t.ratio.toFixed(1)} times short of it`),
     )
     .join('\n')
     .concat(targets.length ? '\n' : '');

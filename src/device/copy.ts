@@ -168,7 +168,11 @@ export class FrameCopier {
     const ring = this.upload;
     for (const run of runs) {
       for (let k = 0; k < run.count; ) {
-        const r = await ring.reserve(pageSize, (run.count - k) * pageSize);
+        const r = ring.tryReserve(pageSize, (run.count - k) * pageSize);
+        if (!r) {
+          await ring.whenFree();
+          continue;
+        }
         const view = r.slot.view!;
         const n = r.bytes / pageSize;
         for (let j = 0; j < n; ) {

@@ -9,7 +9,7 @@
  *                                       re-mapped once its copies are submitted (docs/webgpu-findings.md)
  *   device -> host   ReadbackRing.read  copyBufferToBuffer into a ring of MAP_READ buffers + mapAsync,
  *                                       the next piece's map in flight while one is copied out
- * The device's page copies (src/device/copy.ts) run on the same two rings: StagingRing.reserve and
+ * The device's page copies (src/device/copy.ts) run on the same two rings: StagingRing.tryReserve and
  * addCopy (the host pages copied straight into the mapped range), ReadbackRing.run (pieces that
  * land straight in the host pages).
  *   device -> device copyDevice         copyBufferToBuffer
@@ -134,7 +134,7 @@ export interface StagingSlot {
 }
 
 /**
- * host -> device through a ring of MAP_WRITE buffers mapped ahead of need: `reserve` hands out a
+ * host -> device through a ring of MAP_WRITE buffers mapped ahead of need: `tryReserve` hands out a
  * range of the current buffer's mapped memory (the caller copies host bytes straight into it: one
  * copy on the host), `addCopy` records where it goes, and the buffer is submitted (unmapped, its
  * copies encoded, mapped again at once: the map resolves when its copies are done) when it is full
@@ -175,10 +175,12 @@ export class StagingRing {
 
   /**
    * A range of mapped staging memory: a multiple of `unit` bytes, at least `unit`, at most `max`
-   * (rounded down to `unit`), in one buffer. Waits for a buffer to be mapped again only when every
-   * one is in flight. Copy into `slot.view` at `at`, then addCopy, before the next await.
+   * (rounded down to `unit`), in one buffer; or null when every buffer is in flight (await
+   * `whenFree()`, then ask again). Synchronous on purpose: copy into `slot.view` at `at`, then
+   * addCopy, before any await. An `await` between the reservation and its copy would let another
+   * writer submit the buffer in between (its view gone, or the range sent before it was filled).
    */
-  async reserve(unit: number, max: number): Promise<{ slot: StagingSlot; at: number; bytes: number }> {
+  tryReserve(unit: number, max: number): { slot: StagingSlot; at: number; bytes: number } | null {
     if (unit > this.chunkBytes) {
       throw new HmmlabError(
         'EINVAL',
@@ -191,19 +193,7 @@ export class StagingRing {
       let s = this.slots[this.cur];
       if (s.ready) {
         if (this.slots.length < this.maxSlots) s = this.addSlot(this.cur);
-        else {
-          try {
-            await s.ready;
-          } catch (e) {
-            // A buffer that could not be mapped again leaves the ring; a later write makes another.
-            this.slots.splice(this.slots.indexOf(s), 1);
-            this.cur = 0;
-            if (s.buffer.mapState !== 'unmapped') s.buffer.unmap();
-            s.buffer.destroy();
-            throw e;
-          }
-          continue;
-        }
+        else return null;
       }
       const room = this.chunkBytes - s.used;
       if (room < unit) {
@@ -214,6 +204,22 @@ export class StagingRing {
       const at = s.used;
       s.used += bytes;
       return { slot: s, at, bytes };
+    }
+  }
+
+  /** Wait until the ring's next buffer is mapped again (tryReserve said null). */
+  async whenFree(): Promise<void> {
+    const s = this.slots[this.cur];
+    if (!s?.ready) return;
+    try {
+      await s.ready;
+    } catch (e) {
+      // A buffer that could not be mapped again leaves the ring; a later write makes another.
+      this.slots.splice(this.slots.indexOf(s), 1);
+      this.cur = 0;
+      if (s.buffer.mapState !== 'unmapped') s.buffer.unmap();
+      s.buffer.destroy();
+      throw e;
     }
   }
 
@@ -271,7 +277,11 @@ export class StagingRing {
     checkDeviceRange(dst, dstOffset, n, 'StagingRing.write');
     const span = deviceSpan(n);
     for (let off = 0; off < span; ) {
-      const r = await this.reserve(COPY_ALIGN, span - off);
+      const r = this.tryReserve(COPY_ALIGN, span - off);
+      if (!r) {
+        await this.whenFree();
+        continue;
+      }
       const view = r.slot.view!;
       const have = Math.max(0, Math.min(r.bytes, n - off));
       view.set(data.subarray(off, off + have), r.at);

@@ -106,6 +106,25 @@ describe.each(Object.entries(uploads))('host -> device by %s', (name, upload) =>
   }
 });
 
+describe('the staging ring shared by writers at once', () => {
+  it('writers that wait for buffers at the same time each land their own bytes', async () => {
+    // Three buffers of 64 KiB for eight writes of 100 KiB: every writer waits for a buffer to be
+    // mapped again while the others fill theirs; a writer whose range another one submitted before
+    // it was filled would land stale bytes.
+    const n = 100_000;
+    const data = Array.from({ length: 8 }, (_, i) => randomBytes(n, 991 + i, i % 2 === 1));
+    const dst = data.map((_, i) => createDeviceBuffer(gpu, `writer-${i}`, n));
+    try {
+      await gpu.scoped('staging ring, writers at once', async () => {
+        await Promise.all(data.map((d, i) => staging.write(dst[i], 0, d)));
+        for (const [i, d] of data.entries()) expectSame(await readback.read(dst[i], 0, n), d, `writer ${i}`);
+      });
+    } finally {
+      for (const b of dst) b.destroy();
+    }
+  });
+});
+
 describe('device -> device and device -> host', () => {
   it.each(SIZES)('copyDevice of %i bytes round-trips exactly and leaves its neighbours', async (n) => {
     const data = randomBytes(n, n * 13, false);
