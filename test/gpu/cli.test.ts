@@ -2,7 +2,7 @@
  * The hmmlab command as a user runs it (child processes on the real adapter): info and bench copy
  * print valid JSON and nothing else on stdout; user errors are one line on stderr, no stack trace.
  */
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -33,6 +33,8 @@ describe('hmmlab CLI', () => {
       '1048576,16777216',
       '--iters',
       '2',
+      '--out',
+      dir,
       '--svg',
       svg,
     ]);
@@ -49,6 +51,73 @@ describe('hmmlab CLI', () => {
     const chart = readFileSync(svg, 'utf8');
     expect(chart.startsWith('<svg')).toBe(true);
     for (const path of COPY_PATHS) expect(chart).toContain(path);
+  });
+
+  it('bench copy --managed --json adds managed rows per page size and policy, each with its ratio over the raw path of its direction', async () => {
+    const out = join(dir, 'managed');
+    const r = await hmmlab([
+      'bench',
+      'copy',
+      '--managed',
+      '--json',
+      '--sizes',
+      '1M',
+      '--page-sizes',
+      '4K,64K',
+      '--iters',
+      '1',
+      '--out',
+      out,
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    type Row = {
+      path: string;
+      policy?: string;
+      pageSize?: number;
+      bytes: number;
+      gbps: number;
+      ratio?: number;
+      rawPath?: string;
+      verified?: boolean;
+    };
+    const rows = JSON.parse(r.stdout) as Row[];
+    const raw = rows.filter((x) => x.policy === undefined);
+    const managed = rows.filter((x) => x.policy !== undefined);
+    expect(managed.length).toBe(2 * 2 * 2); // two paths, two page sizes, two policies
+    for (const m of managed) {
+      expect(['managed-h2d', 'managed-d2h']).toContain(m.path);
+      expect(['mirror', 'migrate']).toContain(m.policy);
+      expect([4096, 65536]).toContain(m.pageSize);
+      expect(m.bytes).toBe(1 << 20);
+      expect(m.gbps).toBeGreaterThan(0);
+      expect(m.verified).toBe(true);
+      // The ratio's base is the fastest raw path of the same direction and size, of this run.
+      const dir2 = m.path === 'managed-h2d' ? 'h2d' : 'd2h';
+      const same = raw.filter((x) => x.bytes === m.bytes && x.path.startsWith(dir2));
+      const best = same.reduce((a, b) => (b.gbps > a.gbps ? b : a));
+      expect(m.rawPath).toBe(best.path);
+      expect(m.ratio).toBeCloseTo(m.gbps / best.gbps, 9);
+    }
+    // The report: machine, adapter, settings, both kinds of rows, a target per managed row.
+    const name = readdirSync(out).find((f) => f.startsWith('copy-') && f.endsWith('.json'))!;
+    const report = JSON.parse(readFileSync(join(out, name), 'utf8'));
+    expect(report.machine.cores).toBeGreaterThan(0);
+    expect(report.settings.managed).toBe(true);
+    expect(report.managed.length).toBe(managed.length);
+    expect(report.targets.length).toBe(managed.length);
+    for (const t of report.targets) expect(t.met).toBe(t.measured >= 0.9);
+    expect(readFileSync(join(out, name.replace(/\.json$/, '.svg')), 'utf8')).toContain('managed-h2d');
+  });
+
+  it('bench copy --managed with a bad --page-sizes or --policy exits 2 before the device opens', async () => {
+    const bad = await hmmlab(['bench', 'copy', '--managed', '--page-sizes', '3000']);
+    expect(bad.code).toBe(2);
+    expect(ourStderr(bad.stderr)).toEqual([expect.stringMatching(/^hmmlab: EINVAL: .*3000/)]);
+    const none = await hmmlab(['bench', 'copy', '--managed', '--policy', 'none']);
+    expect(none.code).toBe(2);
+    expect(ourStderr(none.stderr)).toEqual([
+      expect.stringMatching(/^hmmlab: EINVAL: bad --policy "none": "none" is not a policy with a device/),
+    ]);
   });
 
   it('--adapter nope exits non-zero with one line and no stack trace', async () => {

@@ -231,3 +231,22 @@ test('--max-file-size lifts the 1 GiB limit (the backing file is sparse); past 8
     ['hmmlab: EINVAL: bad --max-file-size "9T": at most 8 TiB (8T)'],
   ]);
 });
+
+test('replay --replay-policy: each of the four prints what the model says (the log checked), a bad one exits 2', async () => {
+  const log = new URL('../../examples/dev.jsonl', import.meta.url).pathname;
+  const outs: string[] = [];
+  for (const policy of ['block', 'batch', 'batch-flush', 'once']) {
+    // Batches of 2 pages: the policies replay at different points of every fault-driven op.
+    const r = await hmmlab(['replay', log, '--json', '--check', '--batch', '2', '--replay-policy', policy]);
+    expect(r.code, `${policy}: ${r.stderr}`).toBe(0);
+    outs.push(r.stdout);
+  }
+  expect(new Set(outs).size).toBe(1);
+  const bad = await hmmlab(['replay', log, '--replay-policy', 'sometimes']);
+  expect([bad.code, ourStderr(bad.stderr)]).toEqual([
+    2,
+    [
+      'hmmlab: EINVAL: bad --replay-policy "sometimes": expected one of block, batch, batch-flush, once (NVIDIA UVM\'s fault replay policies)',
+    ],
+  ]);
+});
