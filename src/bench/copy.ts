@@ -19,6 +19,7 @@ import {
 import type { GpuDevice } from '../gpu/device.ts';
 import { fillRandom, firstDifference } from './random.ts';
 import { gbps, summarize } from './stats.ts';
+import { formatTable } from './table.ts';
 import { formatBytes } from './units.ts';
 
 export const COPY_PATHS = [
@@ -266,13 +267,7 @@ export function formatCopyTable(rows: readonly CopyBenchRow[]): string {
     formatRate(r.max),
     `${r.samples}x${r.copies}`,
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => (i < 2 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
-      .join('  ')
-      .trimEnd();
-  return [line(head), ...body.map(line)].join('\n') + '\n';
+  return formatTable(head, body, (i) => i < 2);
 }
 
 /** A managed row as the chart draws it (src/bench/managed.ts ManagedRow). */

@@ -43,6 +43,7 @@ import { createDevicePolicy, DEVICE_POLICY_NAMES, type DevicePolicyName } from '
 import { benchCopy } from './copy.ts';
 import { firstDifference } from './random.ts';
 import { gbps, median, summarize } from './stats.ts';
+import { formatTable } from './table.ts';
 import { formatBytes, numberOf, parseCount, parsePageSize } from './units.ts';
 
 export const FAULT_MODES = [
@@ -754,13 +755,7 @@ export function formatFaultTable(rows: readonly FaultBenchRow[]): string {
     Number.isNaN(r.vsPrefetch) ? '-' : r.vsPrefetch.toFixed(2),
     r.verified ? 'yes' : 'NO',
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
-      .join('  ')
-      .trimEnd();
-  return [line(head), ...body.map(line)].join('\n') + '\n';
+  return formatTable(head, body, (i) => i === 0);
 }
 
 /** The targets as lines: name, measured against target, met or by how much missed. */

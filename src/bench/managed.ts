@@ -23,6 +23,7 @@ import { createDevicePolicy, DEVICE_POLICY_NAMES, type DevicePolicyName } from '
 import type { CopyBenchRow } from './copy.ts';
 import { firstDifference } from './random.ts';
 import { gbps, summarize } from './stats.ts';
+import { formatTable } from './table.ts';
 import { formatBytes } from './units.ts';
 
 export const MANAGED_PATHS = ['managed-h2d', 'managed-d2h'] as const;
@@ -163,8 +164,8 @@ export async function benchManaged(
           );
           const s = await gpu.scoped(`bench copy ${path}`, () =>
             path === 'managed-h2d'
-              ? sampleH2d(dir, pageSize, size, policy, dm)
-              : sampleD2h(dir, pageSize, size, policy, dm),
+              ? sampleH2d({ dir, pageSize, size, policy, dm })
+              : sampleD2h({ dir, pageSize, size, policy, dm }),
           );
           verified &&= s.verified;
           if (i >= warmup) rates.push(gbps(size, s.ms));
@@ -225,16 +226,29 @@ async function writeFile(dir: string, pageSize: number, size: number): Promise<v
   }
 }
 
-/** One managed-h2d sample: the cached pages prefetched to the device (timed), then checked there. */
-async function sampleH2d(
-  dir: string,
-  pageSize: number,
-  size: number,
-  policy: DevicePolicyName,
-  dm: DeviceMemory,
-): Promise<{ ms: number; verified: boolean }> {
-  const { fs, f } = await mountCached(dir, pageSize, size, policy, dm);
+/** Where a sample runs: the file's directory, its page size and size, the policy, the device memory. */
+interface SampleAt {
+  dir: string;
+  pageSize: number;
+  size: number;
+  policy: DevicePolicyName;
+  dm: DeviceMemory;
+}
+
+/** A sample's run on a fresh mount with the file cached (the set-up untimed), unmounted after. */
+async function onMount<T>(at: SampleAt, fn: (f: File) => Promise<T>): Promise<T> {
+  const { fs, f } = await mountCached(at.dir, at.pageSize, at.size, at.policy, at.dm);
   try {
+    return await fn(f);
+  } finally {
+    await fs.unmount();
+  }
+}
+
+/** One managed-h2d sample: the cached pages prefetched to the device (timed), then checked there. */
+function sampleH2d(at: SampleAt): Promise<{ ms: number; verified: boolean }> {
+  const { pageSize, size, dm } = at;
+  return onMount(at, async (f) => {
     const t0 = performance.now();
     const r = await f.devicePrefetch(0, size);
     await dm.drain('bench copy managed-h2d'); // the copies have landed
@@ -247,21 +261,13 @@ async function sampleH2d(
       dm.counters.faultsUnique === faults &&
       firstDifference(got, patternBytes(0, size, TAG_FILE)) < 0;
     return { ms, verified };
-  } finally {
-    await fs.unmount();
-  }
+  });
 }
 
 /** One managed-d2h sample: the device writes every page (untimed), read(2) pulls them back (timed). */
-async function sampleD2h(
-  dir: string,
-  pageSize: number,
-  size: number,
-  policy: DevicePolicyName,
-  dm: DeviceMemory,
-): Promise<{ ms: number; verified: boolean }> {
-  const { fs, f } = await mountCached(dir, pageSize, size, policy, dm);
-  try {
+function sampleD2h(at: SampleAt): Promise<{ ms: number; verified: boolean }> {
+  const { size } = at;
+  return onMount(at, async (f) => {
     await f.devicePrefetch(0, size, true);
     await f.deviceWrite(0, size, TAG_DEVICE);
     const out = buffer(size);
@@ -270,9 +276,7 @@ async function sampleD2h(
     const got = await readAll(f, size, out);
     const ms = performance.now() - t0;
     return { ms, verified: firstDifference(got, patternBytes(0, size, TAG_DEVICE)) < 0 };
-  } finally {
-    await fs.unmount();
-  }
+  });
 }
 
 /** The targets of the managed rows: each at least 0.9 of the fastest raw path, at 1 MiB and more. */
@@ -307,11 +311,5 @@ export function formatManagedTable(rows: readonly ManagedRow[]): string {
     `${r.sameRatio.toFixed(2)} ${r.samePath}`,
     r.verified ? 'yes' : 'NO',
   ]);
-  const widths = head.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
-  const line = (cells: string[]) =>
-    cells
-      .map((c, i) => (i < 4 || i >= 8 ? c.padEnd(widths[i]) : c.padStart(widths[i])))
-      .join('  ')
-      .trimEnd();
-  return [line(head), ...body.map(line)].join('\n') + '\n';
+  return formatTable(head, body, (i) => i < 4 || i >= 8);
 }

@@ -28,6 +28,7 @@ import { MirrorPolicy } from '../policy/mirror.ts';
 import { machineInfo } from './machine.ts';
 import { firstDifference } from './random.ts';
 import { currentRss, peakRss, resetPeakRss } from './rss.ts';
+import { formatTable } from './table.ts';
 import { formatBytes } from './units.ts';
 
 export { machineInfo };
@@ -416,10 +417,7 @@ export function formatScaleTable(
     const pages = r.rows[0]?.pages ?? 0;
     return [formatBytes(r.size), String(pages), ...SCALE_OPS.map(cell), mib(r.peakRss), mib(r.baseRss)];
   });
-  const widths = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i].length)));
-  const fmt = (cols: string[]) =>
-    cols.map((c, i) => (i === 0 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join('  ');
-  return `${[fmt(head), ...lines.map(fmt)].join('\n')}\n`;
+  return formatTable(head, lines, (i) => i === 0);
 }
 
 /** A vega-lite chart: wall and CPU time per page against file size (log-log), one line per op; peak RSS. */

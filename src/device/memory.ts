@@ -489,23 +489,14 @@ export class DeviceMemory implements FaultEngineHost {
     hit: number[],
     olds: Uint32Array,
   ): PteChange[] {
-    const pendingBefore = new Map(
-      asked.filter((i) => space.pending.has(i)).map((i) => [i, space.pending.get(i)!]),
-    );
+    const pendingBefore = pendingOf(space, asked);
     for (const i of asked) space.pending.delete(i); // a grant not installed yet is taken back too
     return hit.map((index, i) => {
       const e = space.entries.get(index)!;
       space.entries.delete(index);
       space.dirty.delete(index);
       this.pool.unlist(e.frame);
-      const pending = pendingBefore.get(index);
-      return {
-        index,
-        frame: e.frame,
-        dirty: pteDirty(olds[i]),
-        perm: e.perm as 'ro' | 'rw',
-        ...(pending ? { pending } : {}),
-      };
+      return change(index, e.frame, olds[i], e.perm as 'ro' | 'rw', pendingBefore.get(index));
     });
   }
 
@@ -516,10 +507,7 @@ export class DeviceMemory implements FaultEngineHost {
     hit: number[],
     olds: Uint32Array,
   ): PteChange[] {
-    // restore() puts a pending grant back as it was (writable), so keep a copy before it is narrowed.
-    const pendingBefore = new Map(
-      asked.filter((i) => space.pending.has(i)).map((i) => [i, { ...space.pending.get(i)! }]),
-    );
+    const pendingBefore = pendingOf(space, asked);
     for (const i of asked) {
       const p = space.pending.get(i);
       if (p) p.perm = 'ro'; // granted, not installed: it will be installed read-only
@@ -528,14 +516,7 @@ export class DeviceMemory implements FaultEngineHost {
       const e = space.entries.get(index)!;
       e.perm = 'ro';
       space.dirty.delete(index);
-      const pending = pendingBefore.get(index);
-      return {
-        index,
-        frame: e.frame,
-        dirty: pteDirty(olds[i]),
-        perm: 'rw' as const,
-        ...(pending ? { pending } : {}),
-      };
+      return change(index, e.frame, olds[i], 'rw', pendingBefore.get(index));
     });
   }
 
@@ -1050,3 +1031,27 @@ export class DeviceMemory implements FaultEngineHost {
 }
 
 export type { InstalledPte };
+
+/**
+ * The grants of `asked` not installed yet, copied: a change takes them back (or narrows them to
+ * read-only) and restore() puts them back as they were.
+ */
+function pendingOf(space: DevicePageTable, asked: readonly number[]): Map<number, InstalledPte> {
+  const out = new Map<number, InstalledPte>();
+  for (const i of asked) {
+    const p = space.pending.get(i);
+    if (p) out.set(i, { ...p });
+  }
+  return out;
+}
+
+/** A PteChange: the page, its frame, the DIRTY bit of its old PTE, the permission before, its pending grant. */
+function change(
+  index: number,
+  frame: number,
+  old: number,
+  perm: 'ro' | 'rw',
+  pending?: InstalledPte,
+): PteChange {
+  return { index, frame, dirty: pteDirty(old), perm, ...(pending ? { pending } : {}) };
+}
