@@ -69,9 +69,34 @@ export interface ManagedOptions {
   onProgress?: (done: number, total: number, what: string) => void;
 }
 
-/** The sizes that hold a whole number of pages of every page size asked (others are left out of that page size). */
+/** Whether a size holds a whole number of pages of `pageSize` (other sizes are left out of that page size). */
 function fits(size: number, pageSize: number): boolean {
   return size >= pageSize && size % pageSize === 0;
+}
+
+/** The managed rows start at 1 MiB (the targets' sizes). */
+export const MIN_MANAGED_BYTES = 1 << 20;
+
+/**
+ * The sizes of `sizes` the managed rows measure (1 MiB and more); EINVAL naming the flags when none
+ * is left, or none holds a whole page of any page size asked, before a device is opened.
+ */
+export function managedSizes(sizes: readonly number[], pageSizes: readonly number[]): number[] {
+  const out = sizes.filter((n) => n >= MIN_MANAGED_BYTES);
+  if (out.length === 0) {
+    throw new HmmlabError(
+      'EINVAL',
+      `bench copy --managed: the managed rows are measured at 1 MiB and more; --sizes has no such size (${sizes.map(formatBytes).join(', ')})`,
+    );
+  }
+  if (!out.some((n) => pageSizes.some((ps) => fits(n, ps)))) {
+    throw new HmmlabError(
+      'EINVAL',
+      `bench copy --managed: no size of ${out.map(formatBytes).join(', ')} holds a whole number of pages of ` +
+        `${pageSizes.map(formatBytes).join(', ')} (--sizes, --page-sizes)`,
+    );
+  }
+  return out;
 }
 
 /** Mount `dir` with `policy` on `dm`, the file cached (read whole: clean pages, untimed). */

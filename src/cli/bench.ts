@@ -217,12 +217,14 @@ export function registerBench(program: Command): void {
         // The ratios' base: the raw paths of each direction (the others are no one's ceiling).
         paths = ['h2d-writeBuffer', 'h2d-staging', 'd2h-mapread', 'd2d-copy', 'host-memcpy'];
       }
+      const { managedSizes } = await import('../bench/managed.ts');
+      if (opts.managed && sizes) managedSizes(sizes, pageSizes); // bad sizes fail before the device opens
       await withGpu(cmd, async (gpu) => {
         const rows = await runCopyBench(gpu, { sizes, iters, paths });
         const rawSizes = [...new Set(rows.map((r) => r.bytes))];
         const managed = opts.managed
           ? await runManagedBench(gpu, rows, {
-              sizes: rawSizes.filter((n) => n >= 1 << 20),
+              sizes: managedSizes(rawSizes, pageSizes),
               pageSizes,
               policies,
               iters: opts.iters === undefined ? undefined : iters,

@@ -109,10 +109,22 @@ describe('hmmlab CLI', () => {
     expect(readFileSync(join(out, name.replace(/\.json$/, '.svg')), 'utf8')).toContain('managed-h2d');
   });
 
-  it('bench copy --managed with a bad --page-sizes or --policy exits 2 before the device opens', async () => {
+  it('bench copy --managed with a bad --page-sizes, --policy or sizes under 1 MiB exits 2 before the device opens', async () => {
     const bad = await hmmlab(['bench', 'copy', '--managed', '--page-sizes', '3000']);
     expect(bad.code).toBe(2);
     expect(ourStderr(bad.stderr)).toEqual([expect.stringMatching(/^hmmlab: EINVAL: .*3000/)]);
+    const small = await hmmlab(['bench', 'copy', '--managed', '--sizes', '4K,64K']);
+    expect(small.code).toBe(2);
+    expect(ourStderr(small.stderr)).toEqual([
+      expect.stringMatching(
+        /^hmmlab: EINVAL: bench copy --managed: the managed rows are measured at 1 MiB and more/,
+      ),
+    ]);
+    const odd = await hmmlab(['bench', 'copy', '--managed', '--sizes', '1M', '--page-sizes', '2M']);
+    expect(odd.code).toBe(2);
+    expect(ourStderr(odd.stderr)).toEqual([
+      expect.stringMatching(/^hmmlab: EINVAL: .*no size of 1 MiB holds a whole number of pages of 2 MiB/),
+    ]);
     const none = await hmmlab(['bench', 'copy', '--managed', '--policy', 'none']);
     expect(none.code).toBe(2);
     expect(ourStderr(none.stderr)).toEqual([
