@@ -61,9 +61,27 @@ export interface CpuSyscalls {
   truncate(fd: number, size: number): Promise<void>;
   /** fstat: the file's size in bytes. */
   size(fd: number): Promise<number>;
+  /** O_DIRECT read and write (512-byte aligned). */
+  readDirect(fd: number, off: number, len: number): Promise<Uint8Array>;
+  writeDirect(fd: number, off: number, bytes: Uint8Array): Promise<void>;
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE), and fallocate(KEEP_SIZE): blocks reserved. */
+  punchHole(fd: number, off: number, len: number): Promise<void>;
+  fallocate(fd: number, off: number, len: number): Promise<void>;
 }
 
-const SYSCALLS = ['open', 'close', 'read', 'write', 'fsync', 'truncate', 'size'] as const;
+const SYSCALLS = [
+  'open',
+  'close',
+  'read',
+  'write',
+  'fsync',
+  'truncate',
+  'size',
+  'readDirect',
+  'writeDirect',
+  'punchHole',
+  'fallocate',
+] as const;
 
 /** The syscalls of `to`, as an object of plain functions (comlink serves own properties only). */
 export function forwardSyscalls(to: CpuSyscalls): CpuSyscalls {

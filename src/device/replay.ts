@@ -54,6 +54,14 @@ export interface FaultServiceContext {
   /** Frames for these pages (allocFrames); null where none could be had. Unused ones are freed after. */
   allocFrames(indices: number[]): Promise<(number | null)[]>;
   /**
+   * The servicer committed a grant for page `index` (its records say the device has it): from now
+   * on it stands as pending until the install, so that an invalidation that runs before the
+   * install (a CPU path on the page, once the servicer unlocked it) finds it: a write-protect
+   * makes it read-only, a revoke takes it back. The install then puts in what is left of it.
+   * A servicer that never calls it has its answers installed as they are.
+   */
+  grant(index: number, frame: number, perm: 'ro' | 'rw'): void;
+  /**
    * Service failed part way (a read of the disk, a copy): the faults answered ok are still
    * installed, then the kernel run fails with `error`. The servicer must have left every fault it
    * did not answer ok as it found it (UVM cancels the batch; the next run faults again).
@@ -465,10 +473,12 @@ async function launch(
   const counts = w32.subarray(4 + entryWords, 4 + entryWords + 2 * pages);
   const ptes = w32.subarray(4 + entryWords + 2 * pages);
   ptes.forEach((pte, i) => {
-    if (pteDirty(pte)) space.dirty.add(p0 + i);
-    else space.dirty.delete(p0 + i);
+    // Only for a page still installed: a revoke that ran after the launch took its bits already.
     const e = space.entries.get(p0 + i);
-    if (e) dm.pool.touch(e.frame);
+    if (!e) return;
+    if (pteDirty(pte) && e.perm === 'rw') space.dirty.add(p0 + i);
+    else space.dirty.delete(p0 + i);
+    dm.pool.touch(e.frame);
   });
   let entries: Uint32Array = w32.subarray(4, 4 + 2 * Math.min(unique, entryWords / 2));
   if (unique > entryWords / 2) {
@@ -513,6 +523,8 @@ async function serviceBatch(
     }
   }
   const allocated = new Set<number>();
+  /** Pages whose grant the servicer registered (ctx.grant): space.pending holds what is left of it. */
+  const granted = new Set<number>();
   let failed = 0;
   let retried = 0;
   let deferred: { error: unknown } | undefined;
@@ -528,6 +540,10 @@ async function serviceBatch(
     fail: (error) => {
       deferred ??= { error };
     },
+    grant: (index, frame, perm) => {
+      granted.add(index);
+      space.pending.set(index, { frame, perm });
+    },
   };
   try {
     const seq = space.readBegin();
@@ -535,47 +551,58 @@ async function serviceBatch(
     if (results.length !== batch.length) {
       throw new HmmlabError('EINVAL', `fault servicer answered ${results.length} of ${batch.length} faults`);
     }
-    if (dm.inject.should_fail('race-invalidate')) {
-      // As a CPU write to a page of the batch would, between the start of service and the install.
-      const k = results.findIndex((r) => r.ok);
-      space.invalidate([batch[Math.max(0, k)].index]);
-    }
-    const raced = space.readRetry(
-      seq,
-      batch.map((f) => f.index),
-    );
     const installs: MapEntry[] = [];
     const fails: DeviceFault[] = [];
-    batch.forEach((f, i) => {
-      const r = results[i];
-      if (r.ok && !raced.has(f.index)) {
-        installs.push({ index: f.index, frame: r.frame, perm: r.perm });
-      } else if (r.ok) {
-        // mmu_interval_read_retry said no: not installed now; the grant stands (the servicer's
-        // records name the frame) and the replay faults the page again and installs it.
-        space.pending.set(f.index, { frame: r.frame, perm: r.perm });
-        allocated.delete(r.frame);
-        retried++;
-        c.mmuIntervalRetries++;
-      } else if ('retry' in r) {
-        retried++;
-      } else {
-        failed++;
-        fails.push(f);
-        const key = `${f.index}${f.write ? 'w' : 'r'}`;
-        if (!failedPages.has(key)) {
-          failedPages.set(key, {
-            space: space.id,
-            index: f.index,
-            write: f.write,
-            code: r.code,
-            message: r.message,
-            items: 0,
-          });
-        }
+    // mmu_interval_read_retry and the install under the page-table lock: an invalidation of a page
+    // of the batch ran before this (it is seen) or runs after the install (it invalidates the PTE).
+    await space.lock.run(async () => {
+      if (dm.inject.should_fail('race-invalidate')) {
+        // As a CPU write to a page of the batch would, between the start of service and the install.
+        const k = results.findIndex((r) => r.ok);
+        space.invalidate([batch[Math.max(0, k)].index]);
       }
+      const raced = space.readRetry(
+        seq,
+        batch.map((f) => f.index),
+      );
+      batch.forEach((f, i) => {
+        const r = results[i];
+        // A registered grant is what an invalidation since left of it; none left: it was revoked
+        // (its frame went with it), and the access faults again.
+        const g = r.ok && granted.has(f.index) ? space.pending.get(f.index) : r.ok ? r : undefined;
+        if (r.ok && !g) {
+          allocated.delete(r.frame);
+          retried++;
+          c.mmuIntervalRetries++;
+        } else if (g && !raced.has(f.index)) {
+          installs.push({ index: f.index, frame: g.frame, perm: g.perm as 'ro' | 'rw' });
+        } else if (g) {
+          // mmu_interval_read_retry said no: not installed now; the grant stands (the servicer's
+          // records name the frame) and the replay faults the page again and installs it.
+          space.pending.set(f.index, { frame: g.frame, perm: g.perm });
+          allocated.delete(g.frame);
+          retried++;
+          c.mmuIntervalRetries++;
+        } else if (!r.ok && 'retry' in r) {
+          retried++;
+        } else if (!r.ok) {
+          failed++;
+          fails.push(f);
+          const key = `${f.index}${f.write ? 'w' : 'r'}`;
+          if (!failedPages.has(key)) {
+            failedPages.set(key, {
+              space: space.id,
+              index: f.index,
+              write: f.write,
+              code: r.code,
+              message: r.message,
+              items: 0,
+            });
+          }
+        }
+      });
+      await dm.mapLocked(space, installs);
     });
-    await dm.map(space, installs);
     for (const e of installs) {
       allocated.delete(e.frame);
       space.pending.delete(e.index);

@@ -5,7 +5,7 @@
  */
 import { page_cache_alloc, readpage } from './filemap.ts';
 import type { Mapping } from './mapping.ts';
-import { trylock_page, unlock_page } from './page.ts';
+import { trylock_entry, trylock_page, unlock_entry, unlock_page } from './page.ts';
 import type { DeviceEntry, Page } from './types.ts';
 import { PG_uptodate } from './types.ts';
 
@@ -85,7 +85,20 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
     for (let i = start; i < end; i++) {
       const e = m.i_pages.get(i);
       if (e?.kind === 'device' && m.policy.readpagesFromDevice) {
-        fromDevice.push(await page_cache_alloc(m, i)); // locked; it replaces the entry
+        // Readahead takes what it can: an entry another task holds is left to its own readpage.
+        if (!trylock_entry(m, e)) continue;
+        let page: Page | null;
+        try {
+          page = await page_cache_alloc(m, i, e); // locked; it replaces the entry
+        } catch (err) {
+          unlock_entry(e);
+          throw err;
+        }
+        if (!page) {
+          unlock_entry(e);
+          continue;
+        }
+        fromDevice.push(page);
         entries.push(e);
         continue;
       }
@@ -109,6 +122,7 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
     throw err;
   } finally {
     for (const p of fromDevice) unlock_page(p);
+    for (const e of entries) unlock_entry(e);
   }
   if (stale.length === 0) return;
   try {
@@ -124,9 +138,10 @@ async function ra_readpages_from_device(m: Mapping, entries: DeviceEntry[], page
   for (const [k, p] of pages.entries()) if (!ok[k]) await readpage(m, p);
 }
 
-/** One absent page read from disk by readahead, unlocked at once. */
+/** One absent page read from disk by readahead, unlocked at once (none if another task made it meanwhile). */
 async function ra_readpage(m: Mapping, i: number): Promise<void> {
-  const page = await page_cache_alloc(m, i);
+  const page = await page_cache_alloc(m, i, undefined);
+  if (!page) return;
   try {
     await readpage(m, page);
   } catch (err) {

@@ -9,9 +9,9 @@
 import type { InvalidateWhy } from '../policy/policy.ts';
 import { delete_from_page_cache, read_cache_page_locked } from './filemap.ts';
 import { asMapping } from './mapping.ts';
-import { lock_page, unlock_page } from './page.ts';
-import { try_to_unmap } from './rmap.ts';
-import type { AddressSpace } from './types.ts';
+import { lock_entry, lock_page, unlock_entry, unlock_page } from './page.ts';
+import { tlb_finish_mmu, tlb_gather_mmu, try_to_unmap } from './rmap.ts';
+import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 
 /**
  * truncate_inode_pages_range: every page and device entry of [first, last] leaves the cache.
@@ -25,24 +25,42 @@ export async function truncate_inode_pages_range(
 ): Promise<number> {
   const m = asMapping(mapping);
   const inRange = (i: number) => i >= first && i <= last;
-  for (const [i, e] of m.i_pages) if (inRange(i) && e.kind === 'page' && e.mapcount > 0) try_to_unmap(e);
-  await m.policy.invalidateRange(m, first, last, why);
+  // Every page and device entry of the range locked first, in index order, each rechecked: no
+  // other path (writeback, reclaim, device eviction, fault service) is then halfway through one,
+  // and the policy's copies of the range are all ours to revoke.
+  const pages: Page[] = [];
+  const entries: DeviceEntry[] = [];
   let dropped = 0;
-  for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
-    const e = m.i_pages.get(i);
-    if (!e) continue;
-    if (e.kind === 'device') {
-      m.i_pages.delete(i);
-      continue;
+  try {
+    for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
+      const e = m.i_pages.get(i);
+      if (!e) continue;
+      if (e.kind === 'device') {
+        await lock_entry(m, e);
+        if (m.i_pages.get(i) === e) entries.push(e);
+        else unlock_entry(e);
+        continue;
+      }
+      await lock_page(e);
+      if (m.i_pages.get(i) === e) pages.push(e);
+      else unlock_page(e);
     }
-    await lock_page(e);
-    if (m.i_pages.get(i) !== e) {
-      unlock_page(e);
-      continue;
+    // CPU PTEs first, and the shootdown, before the device copies and the pages go.
+    const tlb = tlb_gather_mmu();
+    for (const p of pages) if (p.mapcount > 0) try_to_unmap(p, tlb);
+    await tlb_finish_mmu(m.host, tlb);
+    await m.policy.invalidateRange(m, first, last, why);
+    for (const e of entries.splice(0)) {
+      if (m.i_pages.get(e.index) === e) m.i_pages.delete(e.index);
+      unlock_entry(e);
     }
-    if (e.mapcount > 0) try_to_unmap(e); // a fault mapped it again while we waited
-    delete_from_page_cache(e);
-    dropped++;
+    for (const p of pages.splice(0)) {
+      delete_from_page_cache(p); // unlocks it
+      dropped++;
+    }
+  } finally {
+    for (const p of pages) unlock_page(p);
+    for (const e of entries) unlock_entry(e);
   }
   for (const i of [...m.shadows]) if (inRange(i)) m.shadows.delete(i);
   m.host.vmstat.count('pginvalidate', dropped);
@@ -64,9 +82,16 @@ export async function zero_page_range(
   const e = m.i_pages.get(index);
   if (!e || from >= to) return;
   if (e.kind === 'device' && m.policy.bounceWrite) {
-    const [done] = await m.policy.bounceWrite(m, [
-      { entry: e, offset: from, bytes: new Uint8Array(to - from) },
-    ]);
+    await lock_entry(m, e);
+    let done = false;
+    try {
+      if (m.i_pages.get(index) === e)
+        [done] = await m.policy.bounceWrite(m, [
+          { entry: e, offset: from, bytes: new Uint8Array(to - from) },
+        ]);
+    } finally {
+      unlock_entry(e);
+    }
     if (done) return;
   }
   const page = await read_cache_page_locked(m, index);

@@ -9,6 +9,7 @@
  * no shadow entries (and clears those of earlier reclaim): only a page that reclaim evicted counts
  * as a refault when it is read again.
  */
+import { planted } from '../inject/planted.ts';
 import { delete_from_page_cache, replace_page_cache_entry } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
 import {
@@ -21,7 +22,7 @@ import {
   unlock_page,
 } from './page.ts';
 import type { PageCache } from './pagecache.ts';
-import { try_to_unmap } from './rmap.ts';
+import { tlb_finish_mmu, tlb_gather_mmu, try_to_unmap } from './rmap.ts';
 import type { Page } from './types.ts';
 import { PG_referenced } from './types.ts';
 import { writepage_locked } from './writeback.ts';
@@ -39,7 +40,12 @@ export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolea
   // S (dirty, not uptodate): the device holds the data; it never goes to disk from here.
   const stale = PageDirty(page) && !PageUptodate(page);
   if (PageDirty(page) && !stale && !writeDirty) return false;
-  if (page.mapcount > 0) try_to_unmap(page);
+  if (page.mapcount > 0) {
+    // No CPU thread may still be inside an access to the page once its slot is written or freed.
+    const tlb = tlb_gather_mmu();
+    try_to_unmap(page, tlb);
+    if (!planted('no-shootdown')) await tlb_finish_mmu(m.host, tlb);
+  }
   if (PageDirty(page) && !stale) await writepage_locked(page);
   const decision = m.policy.reclaimDecision(m, page);
   if (decision === 'keep') return false;

@@ -8,8 +8,16 @@
 import { HmmlabError } from '../errors.ts';
 import { batchPages } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
-import { lock_page, PageDirty, PageUptodate, unlock_page } from './page.ts';
-import { page_mkclean } from './rmap.ts';
+import {
+  end_page_writeback,
+  lock_entry,
+  lock_page,
+  PageDirty,
+  PageUptodate,
+  unlock_entry,
+  unlock_page,
+} from './page.ts';
+import { page_mkclean, tlb_finish_mmu, tlb_gather_mmu } from './rmap.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
 
@@ -24,7 +32,11 @@ export async function writepage_locked(page: Page): Promise<void> {
   if (!PageUptodate(page)) {
     throw new HmmlabError('EIO', `writepage: page ${page.index} of ${m.name} is dirty but not uptodate`);
   }
-  page_mkclean(page);
+  // folio_clear_dirty_for_io: write-protect the CPU mappings, and wait until no CPU thread is
+  // still storing through one, before the bytes are written: a later store faults and re-dirties.
+  const tlb = tlb_gather_mmu();
+  page_mkclean(page, tlb);
+  await tlb_finish_mmu(m.host, tlb);
   page.flags = (page.flags & ~PG_dirty) | PG_writeback;
   try {
     const len = bytes_below_eof(m, page.index);
@@ -33,7 +45,7 @@ export async function writepage_locked(page: Page): Promise<void> {
     page.flags |= PG_dirty; // keep the data: it is still only here
     throw err;
   } finally {
-    page.flags &= ~PG_writeback;
+    end_page_writeback(page);
   }
   m.host.vmstat.count('nr_written');
   m.host.vmstat.count('pgpgout', m.pageSize / 1024);
@@ -76,11 +88,14 @@ export async function filemap_write_and_wait_range(
     const pages: Page[] = [];
     const entries: DeviceEntry[] = [];
     try {
+      // Pages and device entries of the batch, each locked in index order and rechecked.
       for (const i of indices.slice(k, k + batch)) {
         const e = m.i_pages.get(i);
         if (!e) continue;
         if (e.kind === 'device') {
-          entries.push(e);
+          await lock_entry(m, e);
+          if (m.i_pages.get(i) !== e) unlock_entry(e);
+          else entries.push(e);
           continue;
         }
         if (!PageDirty(e)) continue;
@@ -101,6 +116,7 @@ export async function filemap_write_and_wait_range(
       }
     } finally {
       for (const p of pages) unlock_page(p);
+      for (const e of entries) unlock_entry(e);
     }
   }
   return written;

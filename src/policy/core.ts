@@ -35,6 +35,7 @@ import {
 } from '../device/index.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import type { FaultInjector } from '../inject/inject.ts';
+import { planted } from '../inject/planted.ts';
 import {
   type AddressSpace,
   batchPages,
@@ -44,6 +45,7 @@ import {
   folio_mark_dirty,
   folio_mark_uptodate,
   host_state,
+  lock_entry,
   type Page,
   PageDirty,
   PageUptodate,
@@ -52,8 +54,12 @@ import {
   page_mkwrite,
   read_cache_page_locked,
   replace_page_cache_entry,
+  tlb_finish_mmu,
+  tlb_gather_mmu,
   try_to_unmap,
+  trylock_entry,
   trylock_page,
+  unlock_entry,
   unlock_page,
   writepage_bounce,
 } from '../mm/index.ts';
@@ -190,8 +196,8 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
   protected readonly c: Record<string, number>;
   /** Why the device is gone ('detached', or the loss); the policy is host-only from then on. */
   private gone: string | null = null;
-  /** A kernel run is in flight: a loss now may have written any device-writable page. */
-  private running = false;
+  /** Kernel runs in flight: a loss now may have written any device-writable page. */
+  private running = 0;
   private serialize: Serialize = (fn) => fn();
 
   constructor(
@@ -320,6 +326,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
   ): Promise<void> {
     const recs = this.records(m);
     const locked = new Set<Page>();
+    const lockedEntries = new Set<DeviceEntry>();
     const ready: {
       i: number;
       index: number;
@@ -330,15 +337,25 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     }[] = [];
     try {
       for (const [j, f] of faults.entries()) {
-        const rec = recs.get(f.index);
-        const frame = rec?.frame ?? frameOf.get(f.index);
-        if (frame == null) continue; // no frame now: it faults again on the replay
+        const rec0 = recs.get(f.index);
+        if ((rec0?.frame ?? frameOf.get(f.index)) == null) continue; // no frame now: it faults again on the replay
         const e = m.i_pages.get(f.index);
         let page: Page | null = null;
         if (e?.kind !== 'device') {
           page = await read_cache_page_locked(m, f.index); // readpage if absent
           locked.add(page);
-        } else if (!rec) {
+        } else {
+          // A device entry has no host page: its own lock, and it must still stand once we have it.
+          await lock_entry(m, e);
+          lockedEntries.add(e);
+          if (m.i_pages.get(f.index) !== e) continue; // pulled back meanwhile: it faults again
+        }
+        // The record as it is now that the page is ours: a CPU path may have revoked or replaced
+        // it while we waited for the lock; then the frame is no longer ours and the access faults again.
+        const rec = recs.get(f.index);
+        const frame = rec?.frame ?? frameOf.get(f.index);
+        if (rec !== rec0 || frame == null) continue;
+        if (!page && !rec) {
           throw new Error(`${this.name}: device entry ${f.index} of ${m.name} without a device copy`);
         }
         const it = this.plan(m, f.index, page, f.write ? 'device-write-fault' : 'device-read-fault');
@@ -371,10 +388,14 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       );
       const go = ready.filter((r) => !raced.has(r.index));
       const has = (r: (typeof go)[number], w: Work) => r.page !== null && r.it.t.work.includes(w);
+      // The CPU's access goes (or loses write) before A is copied or the device may write it: once
+      // no CPU thread is inside an access under the old PTEs (the shootdown).
+      const tlb = tlb_gather_mmu();
       for (const r of go) {
-        if (has(r, 'page_mkclean')) page_mkclean(r.page!);
-        if (has(r, 'try_to_unmap')) try_to_unmap(r.page!);
+        if (has(r, 'page_mkclean')) page_mkclean(r.page!, tlb);
+        if (has(r, 'try_to_unmap')) try_to_unmap(r.page!, tlb);
       }
+      await tlb_finish_mmu(asMapping(m).host, tlb);
       const copies = go.filter((r) => has(r, 'copy-to-device'));
       if (copies.length) {
         // one writeBuffer per run of frames; the data is copied at the call
@@ -403,10 +424,12 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
           this.movedToDevice(r.index);
         }
         recs.set(r.index, copy);
+        ctx.grant(r.index, r.frame, perm);
         out[r.i] = { ok: true, frame: r.frame, perm };
       }
     } finally {
       for (const p of locked) unlock_page(p);
+      for (const e of lockedEntries) unlock_entry(e);
     }
   }
 
@@ -421,14 +444,14 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
   ): Promise<DeviceKernelResult> {
     this.checkUsable(`device ${kind} on ${m.name}`);
     const space = this.space(m);
-    this.running = true;
+    this.running++;
     let r: Awaited<ReturnType<DeviceMemory['runKernel']>>;
     try {
       r = await this.dm.runKernel(kind, space, params, this.servicer(m), sink);
     } catch (e) {
       throw this.lossOr(e); // while `running`: a loss counts every device-writable page as written
     } finally {
-      this.running = false;
+      this.running--;
     }
     const c = r.counters;
     const run: DeviceRun = {
@@ -459,7 +482,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     if (!this.live()) return this.afterLoss();
     const event: DeviceEvent = why === 'fault' ? 'cpu-write-fault' : 'cpu-write';
     const items = pages.filter((p) => this.record(m, p.index)).map((p) => this.plan(m, p.index, p, event));
-    await this.guarded(() => this.pullBack(m, items, ['readpage']));
+    await this.guarded(() => this.pullBack(m, items, ['readpage'], why === 'fault'));
   }
 
   reclaimDecision(m: AddressSpace, page: Page): 'free' | 'device-entry' | 'keep' {
@@ -594,7 +617,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
    * records and frames. A copy that fails puts every permission and DIRTY bit back: nothing is lost.
    * `leave`: the rows' work the caller does itself.
    */
-  protected async pullBack(m: AddressSpace, items: Item[], leave: Work[]): Promise<void> {
+  protected async pullBack(m: AddressSpace, items: Item[], leave: Work[], forFault = false): Promise<void> {
     const mine: Work[] = ['device-protect', 'copy-back', 'device-revoke'];
     const todo = items.filter((it) => it.t.work.some((w) => mine.includes(w)));
     this.checkWork(todo, mine, leave);
@@ -620,10 +643,12 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
         taken.push(...changes);
       }
       if (revoking.length) {
-        const changes = await this.dm.revoke(
-          space,
-          revoking.map((it) => it.index),
-        );
+        const indices = revoking.map((it) => it.index);
+        // The planted bug (src/inject/planted.ts): a CPU fault's revoke never reaches the GPU.
+        const changes =
+          forFault && planted('no-revoke')
+            ? this.forgetWithoutRevoke(space, indices)
+            : await this.dm.revoke(space, indices);
         for (const ch of changes) wrote.set(ch.index, ch.dirty);
         taken.push(...changes);
       }
@@ -667,6 +692,24 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       for (const it of revoking) recs.delete(it.index);
       this.dm.freeFrames(frames);
     }
+  }
+
+  /**
+   * HMMLAB_PLANTED_BUG=no-revoke only: what a revoke does on the host (the device layer's shadow
+   * forgets the PTE, the frame leaves the LRU) without the GPU's PTE update and shootdown: the
+   * device keeps mapping a frame the policy frees. Tests show that the checks catch it.
+   */
+  private forgetWithoutRevoke(space: DevicePageTable, indices: number[]): PteChange[] {
+    const out: PteChange[] = [];
+    for (const index of indices) {
+      const e = space.entries.get(index);
+      if (!e) continue;
+      space.entries.delete(index);
+      space.dirty.delete(index);
+      this.dm.pool.unlist(e.frame);
+      out.push({ index, frame: e.frame, dirty: false, perm: e.perm as 'ro' | 'rw' });
+    }
+    return out;
   }
 
   /** Mark the records of the pages whose DIRTY bit `changes` took as on their way back (or not). */
@@ -714,6 +757,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     const work: EvictWork[] = [];
     const kept: EvictedFrame[] = [];
     const locked: Page[] = [];
+    const lockedEntries: DeviceEntry[] = [];
     const undo = (ws: EvictWork[]) => {
       for (const w of ws) {
         if (!w.fresh || !w.it.page) continue;
@@ -735,6 +779,13 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
             continue;
           }
           locked.push(page);
+        } else if (e?.kind === 'device') {
+          // A device entry is busy too while another path holds it (writeback, a bounce, readpage).
+          if (!trylock_entry(m, e)) {
+            kept.push(v);
+            continue;
+          }
+          lockedEntries.push(e);
         }
         const state = this.stateOf(m, v.index, page);
         const how = this.evictionOf(m, v.index, page);
@@ -796,6 +847,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       return { kept };
     } finally {
       for (const p of locked) unlock_page(p);
+      for (const e of lockedEntries) unlock_entry(e);
     }
   }
 
@@ -887,7 +939,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       const gone: number[] = [];
       for (const [index, rec] of recs) {
         const e = m.i_pages.get(index);
-        const wrote = rec.copyBack === true || (rec.perm === 'rw' && (this.running || dirty.has(index)));
+        const wrote = rec.copyBack === true || (rec.perm === 'rw' && (this.running > 0 || dirty.has(index)));
         if (e?.kind === 'device') {
           if (wrote || rec.diskStale) gone.push(index);
           m.i_pages.delete(index);
