@@ -16,6 +16,7 @@ import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import { formatFired } from '../inject/inject.ts';
 import { formatOp } from '../oplog/schema.ts';
 import type { ReplaySetup, StressFailure, StressReplaySetup, StressResult } from '../oplog/stress.ts';
+import { CONCURRENT_DEFAULTS, runConcurrent } from './concurrent.ts';
 import { debugEnabled, errorCode, setReproduceHint } from './exit.ts';
 import { checkBackingDir, checkOutputFile } from './paths.ts';
 import { POLICY_HELP, parsePolicy, policyHasDevice } from './policy.ts';
@@ -44,6 +45,10 @@ interface StressCliOptions {
   stats?: boolean;
   statsJson?: string;
   injectRate?: string;
+  cpuThreads?: string;
+  concurrent?: boolean;
+  deviceThreads?: string;
+  duration?: string;
   [name: string]: unknown;
 }
 
@@ -326,6 +331,26 @@ export function registerStress(program: Command): void {
       'write every counter and the fault batches (in time order, each with its run and op line) to FILE as JSON',
     )
     .option(
+      '--cpu-threads <n>',
+      'run the ops from N CPU worker threads (syscalls and mapping accesses from the workers; while one ' +
+        'runs an op the others load stable pages through their mappings and check them); with --concurrent: ' +
+        `the CPU threads beside the kernels (default ${CONCURRENT_DEFAULTS.cpuThreads})`,
+    )
+    .option(
+      '--concurrent',
+      'device kernels and CPU worker threads on the same pages at once for --duration seconds: atomic ' +
+        'increments of counters and stores to per-thread slots from both sides, with reclaim, device ' +
+        'eviction and fsync beside them; every counter, slot and the disk checked at the end',
+    )
+    .option(
+      '--device-threads <n>',
+      `with --concurrent: device threads of each kernel (default ${CONCURRENT_DEFAULTS.deviceThreads})`,
+    )
+    .option(
+      '--duration <seconds>',
+      `with --concurrent: how long it runs (default ${CONCURRENT_DEFAULTS.durationS})`,
+    )
+    .option(
       '--inject-rate <p>',
       'fail every attempt at a transient fault-injection point with probability p (seeded with the ' +
         "run's seed); each op a fault failed is run again until it passes, the checks are those of a run " +
@@ -334,9 +359,19 @@ export function registerStress(program: Command): void {
   addOpMixOptions(stress)
     .addHelpText(
       'after',
-      '\nExample:\n  hmmlab stress --ops 500 --runs 3 --seed 7 --host-pages 8 --device-pages 8 --no-dio',
+      '\nExamples:\n  hmmlab stress --ops 500 --runs 3 --seed 7 --host-pages 8 --device-pages 8 --no-dio\n' +
+        '  hmmlab stress --seed 1 --ops 2000 --cpu-threads 2\n' +
+        '  hmmlab stress --concurrent --device-threads 20000 --cpu-threads 2 --duration 15 --policy migrate',
     )
     .action(async (opts: StressCliOptions, cmd: Command) => {
+      if (opts.concurrent) return runConcurrent(opts, cmd);
+      for (const flag of ['deviceThreads', 'duration'] as const) {
+        if (opts[flag] !== undefined)
+          throw new HmmlabError(
+            'EINVAL',
+            `--${flag === 'duration' ? 'duration' : 'device-threads'} goes with --concurrent`,
+          );
+      }
       const a = parseStressArgs(opts, cmd.getOptionValueSource('device') === 'cli');
       // Loaded here so that other commands do not load the page cache or the GPU.
       const { defaultFailurePath, RATE_RETRIES, replayCommand, saveOplog, shrunkPath, stressRuns } =

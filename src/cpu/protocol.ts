@@ -13,6 +13,8 @@
  * leaving thread calls Atomics.notify only when the owner waits on it, as a futex waiters bit).
  */
 import type { MessagePort } from 'node:worker_threads';
+import type { WorkerStressParams, WorkerStressResult } from './stressLoop.ts';
+import type { WatchRange, WatchResult } from './watch.ts';
 
 /** Int32 words per CPU slot: 16 words = 64 bytes, one cache line. */
 export const CPU_SLOT_WORDS = 16;
@@ -137,4 +139,8 @@ export interface CpuWorkerApi extends CpuSyscalls {
   /** Test hook: see CpuMm.armStall. */
   armStall(vmaId: number, index: number, ctl: SharedArrayBuffer): void;
   stats(): CpuAccessStats;
+  /** Load and compare `ranges` through mapping `vmaId` again and again until the stop word (watch.ts). */
+  watch(vmaId: number, ranges: WatchRange[], ctl: SharedArrayBuffer): Promise<WatchResult>;
+  /** hmmlab stress --concurrent: the worker's loop (stressLoop.ts), until the owner sets the stop word. */
+  concurrentStress(o: WorkerStressParams): Promise<WorkerStressResult>;
 }

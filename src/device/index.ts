@@ -85,7 +85,9 @@ export {
   patternBytes,
   planChunks,
   planKernel,
+  SLOT_TAG_MASK,
   SOFTWARE_CHUNK_BYTES,
+  slotValue,
   wordChecksum,
 } from './kernels.ts';
 export {

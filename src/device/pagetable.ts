@@ -58,6 +58,8 @@ export class DevicePageTable {
   readonly pending = new Map<number, InstalledPte>();
   /** The device page-table lock. */
   readonly lock = new Mutex(DEVICE_PT_LOCK);
+  /** The invalidation sequence right after the last install of fault service (replay.ts). */
+  installedAt = -1;
   private seq = 0;
   private readonly invalidatedAt = new Map<number, number>();
   /** readRetry for a sequence older than this cannot tell which pages were hit: it says all of them. */

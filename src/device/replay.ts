@@ -29,6 +29,7 @@ import {
 } from './fault.ts';
 import {
   encodeParams,
+  isThreadKernel,
   type KernelChunk,
   type KernelKind,
   type KernelParams,
@@ -188,7 +189,7 @@ export async function runKernel(
           }
         }
       }
-      if (kind === 'atomic' && run.failedPages.size) await countFailedThreads(dm, plan, chunk, run);
+      if (isThreadKernel(kind) && run.failedPages.size) await countFailedThreads(dm, plan, chunk, run);
     }
     dm.counters.kernels++;
     const result: KernelResult = {
@@ -208,7 +209,7 @@ export async function runKernel(
       launchMs: run.launchMs,
     };
     if (run.failedPages.size) {
-      if (kind !== 'atomic') countFailedWords(plan, run.failedPages);
+      if (!isThreadKernel(kind)) countFailedWords(plan, run.failedPages);
       result.failed = [...run.failedPages.values()].sort((a, b) => a.index - b.index);
       result.error = failedError(kind, result.failed);
     }
@@ -255,6 +256,8 @@ async function runChunk(
   let lastSignature = '';
   let stuck = 0;
   let lastGrantedAll = false;
+  /** The space's invalidation sequence at the last install: a CPU path that took a page back since is progress too. */
+  let seqAtInstall = -1;
   for (let launchNo = 1; ; launchNo++) {
     if (space.pte !== boundPte) {
       // The servicer mapped a page past the table's end: the table grew, bind the new buffers.
@@ -280,7 +283,9 @@ async function runChunk(
     // The same faults again although the last service granted each one and evicted nothing: the
     // servicer's answer does not let the access through, and replaying would never end.
     const signature = faults.map((f) => `${f.index}${f.write ? 'w' : 'r'}`).join(',');
-    stuck = signature === lastSignature && lastGrantedAll ? stuck + 1 : 0;
+    // Unless an invalidation ran since (a concurrent CPU path took a page back: it faults again).
+    const untouched = space.readBegin() === seqAtInstall;
+    stuck = signature === lastSignature && lastGrantedAll && untouched ? stuck + 1 : 0;
     lastSignature = signature;
     if (stuck >= 3) {
       throw new HmmlabError(
@@ -303,6 +308,7 @@ async function runChunk(
       granted += rec.faultsUnique - rec.failed - rec.retried;
     }
     lastGrantedAll = granted === faults.length && dm.counters.evictions === evictionsBefore;
+    seqAtInstall = space.installedAt;
   }
 }
 
@@ -602,6 +608,7 @@ async function serviceBatch(
         }
       });
       await dm.mapLocked(space, installs);
+      space.installedAt = space.readBegin();
     });
     for (const e of installs) {
       allocated.delete(e.frame);

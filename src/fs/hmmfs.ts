@@ -641,6 +641,18 @@ export class File {
     return r?.run ?? emptyRun();
   }
 
+  /**
+   * `threads` device threads each store one u32, its slot value (kernels.ts slotValue(tag, t)), to
+   * the word t * floor(words / threads) of the `words` u32 words at off: a slot a thread.
+   */
+  async deviceSlotStore(off: number, words: number, threads: number, tag: number): Promise<DeviceRun> {
+    checkOffset('deviceSlotStore words', words);
+    checkOffset('deviceSlotStore tag', tag);
+    const r = await this.device('deviceSlotStore', 'slots', { off, len: words * 4, threads, tag });
+    if (r?.run.failed.length) throw refusedError('slot store', this.name, r.run.failed);
+    return r?.run ?? emptyRun();
+  }
+
   /** Per-page wrapping sums of the u32 words of [off, off + len), computed on the GPU. */
   async deviceChecksum(off: number, len: number): Promise<number[]> {
     const r = await this.device('deviceChecksum', 'checksum', { off, len });

@@ -701,7 +701,9 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
    */
   private forgetWithoutRevoke(space: DevicePageTable, indices: number[]): PteChange[] {
     const out: PteChange[] = [];
+    space.invalidate(indices);
     for (const index of indices) {
+      space.pending.delete(index);
       const e = space.entries.get(index);
       if (!e) continue;
       space.entries.delete(index);
