@@ -14,6 +14,7 @@
  * (--dir: its oplog.dat is kept afterwards, and an existing one is not replaced without
  * --overwrite). --stats and --snapshot report a failed run too, as it stood when it failed.
  */
+
 import { readFile } from 'node:fs/promises';
 import type { Command } from 'commander';
 import { peakRss } from '../bench/rss.ts';
@@ -22,6 +23,7 @@ import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import type { HmmFs } from '../fs/hmmfs.ts';
 import { FaultInjector, formatInjected, INJECT_POINTS, parseInjectSpecs } from '../inject/inject.ts';
 import { DEFAULT_MAX_FILE_SIZE } from '../mm/args.ts';
+import { formatTraceEvent, PageTracer, parsePageSet } from '../mm/trace.ts';
 import { parseOplog } from '../oplog/parse.ts';
 import type { ReplayRecord } from '../oplog/replay.ts';
 import { formatOp, isDeviceOp } from '../oplog/schema.ts';
@@ -51,6 +53,7 @@ interface ReplayCliOptions {
   inject?: string;
   retries?: string;
   maxFileSize?: string;
+  trace?: string;
 }
 
 async function readLog(path: string): Promise<string> {
@@ -132,6 +135,11 @@ export function registerReplay(program: Command): void {
         'Each fault prints a line on stderr; an op it fails is reported and run again, so --json ' +
         'prints what the run without --inject prints; device-lost ends the run (exit 1). See docs/fault-injection.md',
     )
+    .option(
+      '--trace <pages>',
+      "one line on stderr per event that touches these pages (e.g. 0-3,7): the op line, the event, the page's " +
+        "state before and after in the scheme tables' letters (A host, A' device, CPU) and the work done",
+    )
     .option('--retries <n>', 'with --inject: times an op that an injected fault failed is run again', '1')
     .addHelpText(
       'after',
@@ -147,6 +155,7 @@ export function registerReplay(program: Command): void {
       const maxFileSize = parseMaxFileSize(opts.maxFileSize, DEFAULT_MAX_FILE_SIZE);
       const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
       const retries = parseCount('--retries', opts.retries, 1, 0);
+      const tracePages = opts.trace === undefined ? null : parsePageSet(opts.trace);
       if (opts.overwrite && opts.dir === undefined) {
         throw new HmmlabError('EINVAL', '--overwrite goes with --dir (the backing file it would replace)');
       }
@@ -205,8 +214,10 @@ export function registerReplay(program: Command): void {
         const inject = specs.length
           ? new FaultInjector({ specs, onFire: (f) => err(formatInjected(f)) })
           : undefined;
+        const trace = tracePages ? new PageTracer(tracePages, (e) => err(formatTraceEvent(e))) : undefined;
         try {
           result = await replayOplog(log.ops, {
+            trace,
             inject,
             retries,
             onRetry: (line, _op, e) =>

@@ -10,10 +10,12 @@
  * log saved next to it (FILE.min.jsonl) with its own command; exit status 1. Output paths are
  * checked before the first run. With --json, stdout carries one JSON summary object and nothing else.
  */
+
 import type { Command } from 'commander';
 import { formatBytes, parseCount, parsePageSize, plural } from '../bench/units.ts';
 import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import { formatFired } from '../inject/inject.ts';
+import { formatTraceEvent, type PageSet, parsePageSet } from '../mm/trace.ts';
 import { formatOp } from '../oplog/schema.ts';
 import type { ReplaySetup, StressFailure, StressReplaySetup, StressResult } from '../oplog/stress.ts';
 import { CONCURRENT_DEFAULTS, runConcurrent } from './concurrent.ts';
@@ -49,6 +51,7 @@ interface StressCliOptions {
   concurrent?: boolean;
   deviceThreads?: string;
   duration?: string;
+  trace?: string;
   [name: string]: unknown;
 }
 
@@ -78,6 +81,8 @@ export interface StressArgs {
   statsJson?: string;
   /** Probability that each attempt at a transient fault-injection point fails (0: none). */
   injectRate: number;
+  /** --trace: the pages whose events are printed on stderr (null: none). */
+  trace: PageSet | null;
 }
 
 /** The host-page and device-frame budgets are small by default: reclaim and eviction run all the time. */
@@ -131,6 +136,7 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
     stats: o.stats === true,
     statsJson: o.statsJson,
     injectRate: parseRate(o.injectRate),
+    trace: o.trace === undefined ? null : parsePageSet(o.trace),
   };
 }
 
@@ -351,6 +357,11 @@ export function registerStress(program: Command): void {
       `with --concurrent: how long it runs (default ${CONCURRENT_DEFAULTS.durationS})`,
     )
     .option(
+      '--trace <pages>',
+      'one line on stderr per event that touches these pages of each run (e.g. 0-3,7): the seed, op line, ' +
+        "event, the page's state before and after (A host, A' device, CPU) and the work done",
+    )
+    .option(
       '--inject-rate <p>',
       'fail every attempt at a transient fault-injection point with probability p (seeded with the ' +
         "run's seed); each op a fault failed is run again until it passes, the checks are those of a run " +
@@ -443,6 +454,11 @@ export function registerStress(program: Command): void {
               };
             },
             onProgress: bar ? (done, _total, seed) => bar.tick(done, seed) : undefined,
+            trace: a.trace ?? undefined,
+            onTrace: (e, seed) => {
+              bar?.clearLine();
+              process.stderr.write(`${formatTraceEvent(e, `seed ${seed} `)}\n`);
+            },
             beforeOp: (run, seed, line, op) => {
               batches.opStarts(line, op, { run, seed });
               setReproduceHint(

@@ -97,6 +97,11 @@ export interface PteChange {
   dirty: boolean;
   /** The permission before the change (what restore() puts back). */
   perm: 'ro' | 'rw';
+  /**
+   * A grant for the page not installed yet (its install lost a race: a permission upgrade whose
+   * replay is to come), which the change took back too; restore() puts it back with the PTE.
+   */
+  pending?: InstalledPte;
 }
 
 export interface MapEntry {
@@ -401,6 +406,9 @@ export class DeviceMemory {
           true,
         );
         this.counters.writeProtects += hit.length;
+        const pendingBefore = new Map(
+          indices.filter((i) => space.pending.has(i)).map((i) => [i, { ...space.pending.get(i)! }]),
+        );
         for (const i of indices) {
           const p = space.pending.get(i);
           if (p) p.perm = 'ro'; // granted, not installed: it will be installed read-only
@@ -409,7 +417,14 @@ export class DeviceMemory {
           const e = space.entries.get(index)!;
           e.perm = 'ro';
           if (opts.cleanDirty) space.dirty.delete(index);
-          return { index, frame: e.frame, dirty: pteDirty(olds![i]), perm: 'rw' as const };
+          const pending = pendingBefore.get(index);
+          return {
+            index,
+            frame: e.frame,
+            dirty: pteDirty(olds![i]),
+            perm: 'rw' as const,
+            ...(pending ? { pending } : {}),
+          };
         });
       }),
     );
@@ -435,13 +450,23 @@ export class DeviceMemory {
       true,
     );
     this.counters.revocations += hit.length;
+    const pendingBefore = new Map(
+      indices.filter((i) => space.pending.has(i)).map((i) => [i, space.pending.get(i)!]),
+    );
     for (const i of indices) space.pending.delete(i); // a grant not installed yet is taken back too
     return hit.map((index, i) => {
       const e = space.entries.get(index)!;
       space.entries.delete(index);
       space.dirty.delete(index);
       this.pool.unlist(e.frame);
-      return { index, frame: e.frame, dirty: pteDirty(olds![i]), perm: e.perm as 'ro' | 'rw' };
+      const pending = pendingBefore.get(index);
+      return {
+        index,
+        frame: e.frame,
+        dirty: pteDirty(olds![i]),
+        perm: e.perm as 'ro' | 'rw',
+        ...(pending ? { pending } : {}),
+      };
     });
   }
 
@@ -476,6 +501,7 @@ export class DeviceMemory {
     for (const c of changes) {
       space.entries.set(c.index, { frame: c.frame, perm: c.perm });
       if (c.dirty) space.dirty.add(c.index);
+      if (c.pending) space.pending.set(c.index, { ...c.pending });
       this.pool.list(c.frame);
     }
   }

@@ -41,6 +41,7 @@ import { PageCache } from '../mm/pagecache.ts';
 import { pte_none, pte_write } from '../mm/pte.ts';
 import { type CpuTlbShootdown, tlb_finish_mmu, tlb_gather_mmu } from '../mm/rmap.ts';
 import { page_snapshot } from '../mm/snapshot.ts';
+import type { PageTracer } from '../mm/trace.ts';
 import { punch_hole, truncate_inode_pages_range, truncate_setsize } from '../mm/truncate.ts';
 import type { PageSnapshot } from '../mm/types.ts';
 import { PG_dirty } from '../mm/types.ts';
@@ -75,6 +76,8 @@ export interface MountOptions {
   policy?: CoherencePolicy;
   /** Fault injection for the backing files and the policy's device (default: none). */
   inject?: FaultInjector;
+  /** --trace: the pages whose every event is reported (src/mm/trace.ts). */
+  trace?: PageTracer;
 }
 
 /** A snapshot row: the page cache's columns and the device's (docs/DESIGN.md's state letters). */
@@ -106,7 +109,7 @@ const LAST_PAGE = Number.MAX_SAFE_INTEGER;
 
 function checkMountOptions(
   o: MountOptions,
-): Required<Omit<MountOptions, 'dir' | 'blocks' | 'inject'>> & { blocks: number } {
+): Required<Omit<MountOptions, 'dir' | 'blocks' | 'inject' | 'trace'>> & { blocks: number } {
   const pageSize = o.pageSize ?? 4096;
   if (
     !Number.isInteger(pageSize) ||
@@ -141,6 +144,8 @@ export class HmmFs {
   readonly maxFileSize: number;
   readonly policy: CoherencePolicy;
   readonly inject: FaultInjector;
+  /** --trace's tracer, carried over every remount (null: nothing traced). */
+  readonly tracer: PageTracer | null;
   private readonly blockLimit: number;
   /** The mount (s_umount): operations shared; remount, unmount, checks and detach exclusive. */
   private readonly mount_lock = new RwSemaphore(MOUNT_LOCK);
@@ -155,9 +160,21 @@ export class HmmFs {
   /** Bumped at every unmount: File handles of an older mount are closed. */
   private generation = 0;
 
-  private constructor(dir: string, o: ReturnType<typeof checkMountOptions>, inject: FaultInjector) {
+  private constructor(
+    dir: string,
+    o: ReturnType<typeof checkMountOptions>,
+    inject: FaultInjector,
+    tracer: PageTracer | null,
+  ) {
     this.dir = dir;
     this.inject = inject;
+    this.tracer = tracer;
+    // A page's state as the tables write it: host and CPU from the page cache, device from the policy.
+    tracer?.setStateOf((m, index) => {
+      const r = page_snapshot(m, index, index)[0];
+      const dev = isDevicePolicy(o.policy) ? o.policy.devicePage(m, index).dev : '-';
+      return { host: r.host, dev, cpu: r.cpu };
+    });
     this.pageSize = o.pageSize;
     this.hostPages = o.hostPages;
     this.maxFileSize = o.maxFileSize;
@@ -170,7 +187,7 @@ export class HmmFs {
     const dir = opts.dir ?? fs.mkdtempSync(path.join(os.tmpdir(), 'hmmlab-'));
     if (!fs.existsSync(dir)) throw new HmmlabError('ENOENT', `mount: directory ${dir} does not exist`);
     if (!fs.statSync(dir).isDirectory()) throw new HmmlabError('ENOTDIR', `mount: ${dir} is not a directory`);
-    const hfs = new HmmFs(dir, o, opts.inject ?? NO_INJECT);
+    const hfs = new HmmFs(dir, o, opts.inject ?? NO_INJECT, opts.trace ?? null);
     if (isDevicePolicy(o.policy)) {
       o.policy.setSerializer((fn) => hfs.exclusive('device detach', fn));
       if (opts.inject) o.policy.setInjector(opts.inject);
@@ -182,6 +199,7 @@ export class HmmFs {
   private setup(): void {
     this.host = new PageCache(this.pageSize, this.hostPages, this.policy, this.host?.vmstat);
     this.host.tlb = this.cpuTlb;
+    this.host.tracer = this.tracer;
     this.budget = { used: 0, limit: this.blockLimit };
     this.inodes = new Map();
     this.mounted = true;

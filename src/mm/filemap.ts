@@ -3,6 +3,7 @@
  * the cache. Every path works a small batch of pages at a time (locked while it works on them),
  * so that a host-page budget of a few pages still serves a read or write of any length.
  */
+
 import { HmmlabError } from '../errors.ts';
 import type { BounceWrite } from '../policy/policy.ts';
 import { asMapping, type Mapping } from './mapping.ts';
@@ -21,6 +22,7 @@ import {
 } from './page.ts';
 import type { PageCache } from './pagecache.ts';
 import { page_cache_sync_readahead } from './readahead.ts';
+import { trace_begin } from './trace.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 import { PG_dirty, PG_lru, PG_referenced, PG_uptodate } from './types.ts';
 import { try_to_free_pages } from './vmscan.ts';
@@ -128,10 +130,12 @@ export function replace_page_cache_entry(page: Page, entry: DeviceEntry): void {
 
 /** readpage: real pread of the page from the backing file. */
 export async function readpage(m: Mapping, page: Page): Promise<void> {
+  const tr = trace_begin(m, [page.index]);
   if (m.shadows.delete(page.index)) m.host.vmstat.count('workingset_refault_file');
   await m.a_ops.readpage(page.index, page.data);
   m.host.vmstat.count('pgpgin', m.pageSize / 1024);
   page.flags |= PG_uptodate;
+  tr?.end('readpage', ['readpage']);
 }
 
 /**
@@ -182,11 +186,15 @@ export async function read_cache_page(
 
 /** Fill a new page from the device entry it replaced, else from the disk; on failure drop it. */
 async function readpage_or_drop(m: Mapping, page: Page, entry: DeviceEntry | null): Promise<void> {
+  // The device entry goes back in the page's place on a failure, unless the policy said it no
+  // longer holds the data (the entry would then name nothing: the page reads the disk next time).
+  let held = entry !== null;
   try {
     if (entry && (await m.policy.readpageFromDevice(m, entry, page))) return;
+    held = false;
     await readpage(m, page);
   } catch (err) {
-    if (entry && m.i_pages.get(page.index) === page && !PageUptodate(page)) m.i_pages.set(page.index, entry);
+    if (held && m.i_pages.get(page.index) === page && !PageUptodate(page)) m.i_pages.set(page.index, entry!);
     else if (m.i_pages.get(page.index) === page) m.i_pages.delete(page.index);
     m.host.lru.delete(page);
     m.host.pool.release(page.slot);
@@ -352,6 +360,9 @@ async function bounce_write(
   return done;
 }
 
+/** [first, first + n). */
+const range = (first: number, n: number): number[] => Array.from({ length: n }, (_, k) => first + k);
+
 /**
  * generic_perform_write: write(2) through the cache. Blocks for the whole range are reserved first
  * (ENOSPC before anything changes); a page the write covers whole is not read in; a partial page
@@ -378,19 +389,29 @@ export async function generic_perform_write(
     const bounced = await bounce_write(m, idx, n, off, bytes);
     const pages: Page[] = [];
     const partial: Page[] = [];
+    const fresh = new Set<number>();
+    const dropped = new Set<Page>();
+    // The write as one event per page, from the state before any of it (readpage and the policy's
+    // rows are traced on their own on the way).
+    const tr = trace_begin(
+      m,
+      range(idx, n).filter((i) => !bounced.has(i)),
+    );
     try {
       for (let i = idx; i < idx + n; i++) {
         if (bounced.has(i)) continue;
         const pageStart = i * ps;
         const whole = off <= pageStart && end >= pageStart + ps;
-        const fresh =
+        const p =
           !m.i_pages.has(i) && (whole || pageStart >= m.size)
             ? await page_cache_alloc(m, i, undefined)
             : null;
-        if (fresh) {
-          // grab_cache_page_write_begin: nothing to read, the page starts as zeros.
-          fresh.flags |= PG_uptodate;
-          pages.push(fresh);
+        if (p) {
+          // grab_cache_page_write_begin: nothing to read, the page starts as zeros. It is
+          // uptodate only once the write's bytes are in it (write_end): until then it is not
+          // the file's data, and a write that fails before drops it.
+          pages.push(p);
+          fresh.add(i);
         } else {
           const p = await read_cache_page_locked(m, i);
           pages.push(p);
@@ -406,8 +427,17 @@ export async function generic_perform_write(
         folio_mark_dirty(p);
         mark_page_accessed(p);
       }
+      tr?.end('cpu-write', (i) => (fresh.has(i) ? ['alloc-page', 'write'] : ['write']));
+    } catch (err) {
+      // The pages allocated for the write and never filled leave the cache as they came.
+      for (const p of pages) {
+        if (!fresh.has(p.index) || PageUptodate(p) || m.i_pages.get(p.index) !== p) continue;
+        delete_from_page_cache(p); // unlocks it
+        dropped.add(p);
+      }
+      throw err;
     } finally {
-      for (const p of pages) unlock_page(p);
+      for (const p of pages) if (!dropped.has(p)) unlock_page(p);
     }
     m.size = Math.max(m.size, Math.min(end, (idx + n) * ps));
   }

@@ -13,6 +13,7 @@
  * and stores (VmArea.load, VmArea.store) check the PTE and copy in one synchronous step, faulting
  * until the PTE grants the access, as a CPU thread's access does (src/cpu/access.ts).
  */
+
 import { HmmlabError } from '../errors.ts';
 import { planted } from '../inject/planted.ts';
 import type { RwSemaphore } from '../lock/rwsem.ts';
@@ -29,6 +30,7 @@ import { PageLocked, PageUptodate, unlock_page } from './page.ts';
 import { mk_pte, pte_none, pte_slot, pte_write } from './pte.ts';
 import { page_cache_sync_readahead } from './readahead.ts';
 import { i_mmap_locked, type TlbGather, tlb_finish_mmu, tlb_gather_mmu } from './rmap.ts';
+import { trace_begin } from './trace.ts';
 import type { Page } from './types.ts';
 
 /** fault_around_bytes, as Linux defaults it. */
@@ -274,16 +276,19 @@ export async function filemap_fault(vma: VmArea, index: number, write: boolean):
     const pte = Atomics.load(vma.pte, index);
     if (!pte_none(pte) && pte_slot(pte) === page.slot && (!write || pte_write(pte))) return 'spurious';
     await m.policy.cpuNeedsData(m, [page], 'fault');
+    // page_mkwrite: the filesystem is told the page will be written (its block), and the page is
+    // dirtied once the device's access is gone. The planted bug skips both: the store is lost.
+    const mkwrite = write && !planted('no-mkwrite');
     if (write) {
-      // page_mkwrite: the filesystem is told the page will be written (its block), and the page
-      // is dirtied once the device's access is gone.
-      const mkwrite = !planted('no-mkwrite');
       if (mkwrite) await do_page_mkwrite(m, page);
       await m.policy.cpuWillWrite(m, [page], 'fault');
-      if (mkwrite) folio_mark_dirty(page);
     }
+    // The policy traced its own rows above; the CPU side of the fault (the PTE) is the page cache's.
+    const tr = trace_begin(m, [index]);
+    if (mkwrite) folio_mark_dirty(page);
     set_pte(vma, page, write);
     mark_page_accessed(page);
+    tr?.end(write ? 'cpu-write-fault' : 'cpu-read-fault', write ? ['page_mkwrite'] : []);
   } catch (err) {
     if (err instanceof HmmlabError && err.code === 'ENOSPC') {
       throw new HmmlabError(
@@ -322,7 +327,9 @@ export function filemap_map_pages(vma: VmArea, index: number): number {
     if (i === index || !pte_none(Atomics.load(vma.pte, i)) || vma.holes.has(i)) continue;
     const e = m.i_pages.get(i);
     if (e?.kind !== 'page' || PageLocked(e) || !PageUptodate(e)) continue;
+    const tr = trace_begin(m, [i]);
     set_pte(vma, e, false);
+    tr?.end('fault-around', []);
     mapped++;
   }
   m.host.vmstat.count('fault_around_pages', mapped);

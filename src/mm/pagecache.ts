@@ -5,11 +5,13 @@
  * Lock order: docs/ARCHITECTURE.md (src/lock/order.ts). Reclaim only trylocks, so it never waits
  * on a page the caller holds. `tlb` is the CPU threads' TLB shootdown, when the mount has them.
  */
+
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { PageLru } from './lru.ts';
 import type { Mapping } from './mapping.ts';
 import { PagePool } from './pool.ts';
 import type { CpuTlbShootdown } from './rmap.ts';
+import type { PageTracer } from './trace.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
 import { VmStat } from './vmstat.ts';
 
@@ -30,6 +32,9 @@ export class PageCache {
   ) {
     this.pool = new PagePool(hostPages, pageSize);
   }
+
+  /** --trace: the mount's page tracer (null: nothing traced). */
+  tracer: PageTracer | null = null;
 
   /** The /proc/vmstat view: events plus gauges computed from the pages themselves. */
   snapshotVmstat(): Record<string, number> {

@@ -114,7 +114,8 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
     fromDevice.forEach((p, k) => {
       if (m.i_pages.get(p.index) !== p) return;
       if (p.flags & PG_uptodate) return;
-      m.i_pages.set(p.index, entries[k]);
+      if (gone.has(entries[k])) m.i_pages.delete(p.index);
+      else m.i_pages.set(p.index, entries[k]);
       m.host.lru.delete(p);
       m.host.pool.release(p.slot);
     });
@@ -135,8 +136,15 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
 /** The batch of device entries: from the device, and from the disk where it no longer has them. */
 async function ra_readpages_from_device(m: Mapping, entries: DeviceEntry[], pages: Page[]): Promise<void> {
   const ok = await m.policy.readpagesFromDevice!(m, entries, pages);
-  for (const [k, p] of pages.entries()) if (!ok[k]) await readpage(m, p);
+  for (const [k, p] of pages.entries()) {
+    if (ok[k]) continue;
+    gone.add(entries[k]); // the device no longer holds it: on a failure the entry does not come back
+    await readpage(m, p);
+  }
 }
+
+/** Device entries whose data the policy said it no longer holds (readpagesFromDevice answered false). */
+const gone = new WeakSet<DeviceEntry>();
 
 /** One absent page read from disk by readahead, unlocked at once (none if another task made it meanwhile). */
 async function ra_readpage(m: Mapping, i: number): Promise<void> {

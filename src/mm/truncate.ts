@@ -7,10 +7,11 @@
  */
 
 import type { InvalidateWhy } from '../policy/policy.ts';
-import { delete_from_page_cache, read_cache_page_locked } from './filemap.ts';
+import { delete_from_page_cache, folio_mark_dirty, read_cache_page_locked } from './filemap.ts';
 import { asMapping } from './mapping.ts';
 import { lock_entry, lock_page, unlock_entry, unlock_page } from './page.ts';
 import { tlb_finish_mmu, tlb_gather_mmu, try_to_unmap } from './rmap.ts';
+import { trace_begin } from './trace.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 
 /**
@@ -25,6 +26,9 @@ export async function truncate_inode_pages_range(
 ): Promise<number> {
   const m = asMapping(mapping);
   const inRange = (i: number) => i >= first && i <= last;
+  const tr = trace_begin(m, [...m.i_pages.keys()].filter(inRange));
+  const unmapped = new Set<number>();
+  const gone = new Set<number>();
   // Every page and device entry of the range locked first, in index order, each rechecked: no
   // other path (writeback, reclaim, device eviction, fault service) is then halfway through one,
   // and the policy's copies of the range are all ours to revoke.
@@ -47,21 +51,30 @@ export async function truncate_inode_pages_range(
     }
     // CPU PTEs first, and the shootdown, before the device copies and the pages go.
     const tlb = tlb_gather_mmu();
-    for (const p of pages) if (p.mapcount > 0) try_to_unmap(p, tlb);
+    for (const p of pages) {
+      if (p.mapcount === 0) continue;
+      try_to_unmap(p, tlb);
+      unmapped.add(p.index);
+    }
     await tlb_finish_mmu(m.host, tlb);
     await m.policy.invalidateRange(m, first, last, why);
     for (const e of entries.splice(0)) {
-      if (m.i_pages.get(e.index) === e) m.i_pages.delete(e.index);
+      if (m.i_pages.get(e.index) === e) {
+        m.i_pages.delete(e.index);
+        gone.add(e.index);
+      }
       unlock_entry(e);
     }
     for (const p of pages.splice(0)) {
       delete_from_page_cache(p); // unlocks it
+      gone.add(p.index);
       dropped++;
     }
   } finally {
     for (const p of pages) unlock_page(p);
     for (const e of entries) unlock_entry(e);
   }
+  tr?.end(why, (i) => (gone.has(i) ? [...(unmapped.has(i) ? ['try_to_unmap'] : []), 'drop-page'] : null));
   for (const i of [...m.shadows]) if (inRange(i)) m.shadows.delete(i);
   m.host.vmstat.count('pginvalidate', dropped);
   return dropped;
@@ -98,7 +111,12 @@ export async function zero_page_range(
   try {
     await m.policy.cpuNeedsData(m, [page], 'truncate');
     await m.policy.cpuWillWrite(m, [page], 'truncate');
+    const tr = trace_begin(m, [index]);
     page.data.fill(0, from, to);
+    // The zeros are the page's data now: dirty, so that no reclaim brings the disk's old bytes
+    // back before the truncate or punch has cut the disk too.
+    folio_mark_dirty(page);
+    tr?.end('cpu-write', ['zero-range']);
   } finally {
     unlock_page(page);
   }
@@ -114,15 +132,12 @@ export async function truncate_setsize(mapping: AddressSpace, size: number): Pro
   const ps = m.pageSize;
   const old = m.size;
   if (size < old) {
+    // The tail of the new last page is zeroed first, i_size still the old one: all of the truncate
+    // that can fail (the page read in, or brought back from the device) comes before it cuts
+    // anything, and a writeback that reclaim runs meanwhile still writes the pages past the new
+    // EOF whole. A truncate that fails here has changed nothing; run again, it does it all.
+    if (size % ps !== 0) await zero_page_range(m, Math.floor(size / ps), size % ps, ps);
     m.size = size;
-    try {
-      if (size % ps !== 0) await zero_page_range(m, Math.floor(size / ps), size % ps, ps);
-    } catch (e) {
-      // Nothing was cut yet (the tail is zeroed only once the device gave the page back): the
-      // file keeps its size, so the truncate can simply be run again.
-      m.size = old;
-      throw e;
-    }
     const firstGone = Math.ceil(size / ps);
     await truncate_inode_pages_range(m, firstGone, Number.MAX_SAFE_INTEGER);
     m.a_ops.free_blocks(firstGone, Number.MAX_SAFE_INTEGER);

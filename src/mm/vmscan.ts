@@ -9,6 +9,7 @@
  * no shadow entries (and clears those of earlier reclaim): only a page that reclaim evicted counts
  * as a refault when it is read again.
  */
+
 import { planted } from '../inject/planted.ts';
 import { delete_from_page_cache, replace_page_cache_entry } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
@@ -23,6 +24,7 @@ import {
 } from './page.ts';
 import type { PageCache } from './pagecache.ts';
 import { tlb_finish_mmu, tlb_gather_mmu, try_to_unmap } from './rmap.ts';
+import { trace_begin } from './trace.ts';
 import type { Page } from './types.ts';
 import { PG_referenced } from './types.ts';
 import { writepage_locked } from './writeback.ts';
@@ -40,15 +42,22 @@ export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolea
   // S (dirty, not uptodate): the device holds the data; it never goes to disk from here.
   const stale = PageDirty(page) && !PageUptodate(page);
   if (PageDirty(page) && !stale && !writeDirty) return false;
+  const tr = trace_begin(m, [page.index]);
+  const work: string[] = [];
   if (page.mapcount > 0) {
     // No CPU thread may still be inside an access to the page once its slot is written or freed.
     const tlb = tlb_gather_mmu();
     try_to_unmap(page, tlb);
     if (!planted('no-shootdown')) await tlb_finish_mmu(m.host, tlb);
+    work.push('try_to_unmap');
   }
-  if (PageDirty(page) && !stale) await writepage_locked(page);
+  if (PageDirty(page) && !stale) {
+    await writepage_locked(page);
+    work.push('writepage');
+  }
   const decision = m.policy.reclaimDecision(m, page);
   if (decision === 'keep') return false;
+  const event = why === 'reclaim' ? 'host-reclaim' : 'drop_caches';
   if (decision === 'free') {
     if (stale)
       throw new Error(
@@ -56,11 +65,13 @@ export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolea
       );
     delete_from_page_cache(page);
     if (why === 'reclaim') remember_shadow(m, page.index);
+    tr?.end(event, [...work, 'drop-page']);
     return true;
   }
   // The device copy stays; a device entry takes the page's place in the index.
   replace_page_cache_entry(page, m.policy.makeDeviceEntry(m, page));
   m.host.vmstat.count('workingset_device_entry');
+  tr?.end(event, [...work, 'device-entry']);
   return true;
 }
 

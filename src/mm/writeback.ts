@@ -5,6 +5,7 @@
  * for (not uptodate) is first brought back by the policy; a device entry is written through the
  * policy's bounce buffer.
  */
+
 import { HmmlabError } from '../errors.ts';
 import { batchPages } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
@@ -18,6 +19,7 @@ import {
   unlock_page,
 } from './page.ts';
 import { page_mkclean, tlb_finish_mmu, tlb_gather_mmu } from './rmap.ts';
+import { trace_begin } from './trace.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
 
@@ -32,6 +34,7 @@ export async function writepage_locked(page: Page): Promise<void> {
   if (!PageUptodate(page)) {
     throw new HmmlabError('EIO', `writepage: page ${page.index} of ${m.name} is dirty but not uptodate`);
   }
+  const tr = trace_begin(m, [page.index]);
   // folio_clear_dirty_for_io: write-protect the CPU mappings, and wait until no CPU thread is
   // still storing through one, before the bytes are written: a later store faults and re-dirties.
   const tlb = tlb_gather_mmu();
@@ -49,6 +52,7 @@ export async function writepage_locked(page: Page): Promise<void> {
   }
   m.host.vmstat.count('nr_written');
   m.host.vmstat.count('pgpgout', m.pageSize / 1024);
+  tr?.end('writeback', ['page_mkclean', 'writepage']);
 }
 
 /** Write `data` as page `index` (a bounce buffer: a device entry's data, a device policy's copy). */

@@ -24,6 +24,7 @@
  * come, a chunk at a time (devread: a kernel chunk at a time, through the device's sink); the disk
  * is compared and hashed by streaming the backing file.
  */
+
 import { createHash, type Hash } from 'node:crypto';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -33,6 +34,7 @@ import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { HmmFs } from '../fs/hmmfs.ts';
 import { type FaultInjector, failsOp, NO_INJECT } from '../inject/inject.ts';
 import { checkFileLimit } from '../mm/args.ts';
+import type { PageTracer } from '../mm/trace.ts';
 import { isDevicePolicy } from '../policy/device.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { DEFAULT_FILE_SIZE_LIMIT, sizeAfter } from './eof.ts';
@@ -77,6 +79,8 @@ export interface ReplayOptions {
    */
   inject?: FaultInjector;
   retries?: number;
+  /** --trace: every event of these pages is reported (src/mm/trace.ts); the op line is set here. */
+  trace?: PageTracer;
   /** An attempt failed and will be run again (the CLI prints the error); `line` 0: the final unmount. */
   onRetry?: (line: number, op: Op | null, error: unknown) => void;
   /** Called after an attempt that failed, before it is run again (stress checks the invariants). */
@@ -545,6 +549,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       blocks: options.blocks,
       policy: options.policy,
       inject,
+      trace: options.trace,
     });
     const mountedFs = fs;
     let cpus: ReplayCpus | null = null;
@@ -577,6 +582,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       const op = ops[k];
       const line = lineOf(k);
       inject.line = line;
+      if (options.trace) options.trace.line = line;
       options.beforeOp?.(line, op);
       let got: ReadStream | null = null;
       let failed: HmmlabError | null = null; // failed as its `expect` said: the run goes on

@@ -10,6 +10,7 @@
  * replaying smaller logs the same way, each on a fresh mount. Nothing here prints: the CLI
  * (src/cli/stress.ts) does.
  */
+
 import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +18,7 @@ import { errorMessage, isHmmlabError } from '../errors.ts';
 import type { HmmFs } from '../fs/hmmfs.ts';
 import { FaultInjector, INJECT_POINTS, type InjectPoint } from '../inject/inject.ts';
 import { DEFAULT_MAX_FILE_SIZE } from '../mm/args.ts';
+import { type PageSet, PageTracer, type TraceEvent } from '../mm/trace.ts';
 import { checkInvariants } from '../policy/invariants.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { isGauge } from './counters.ts';
@@ -77,6 +79,9 @@ export interface StressOptions {
   injectRate?: number;
   /** Told about every injected fault as it fires. */
   onInjected?: (point: InjectPoint, line: number) => void;
+  /** --trace: the pages of each run's file whose every event is reported to onTrace. */
+  trace?: PageSet;
+  onTrace?: (e: TraceEvent, seed: number) => void;
   /** Called after every op that passed its checks: ops done over all runs, their total, the run's seed. */
   onProgress?: (done: number, total: number, seed: number) => void;
   /** Called before each op: the run (0-based), its seed, the op's line (the CLI tags fault batches). */
@@ -199,7 +204,7 @@ function failureOf(e: unknown, log: Op[], done: number, seed: number, run: numbe
 }
 
 export async function stressRuns(options: StressOptions): Promise<StressResult> {
-  const { policyFor, onProgress, onInjected, beforeOp, ...rest } = options;
+  const { policyFor, onProgress, onInjected, beforeOp, onTrace, ...rest } = options;
   const injected = Object.fromEntries(INJECT_POINTS.map((p) => [p, 0])) as Record<InjectPoint, number>;
   let retriedOps = 0;
   const t0 = performance.now();
@@ -234,6 +239,7 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
           },
         })
       : undefined;
+    const trace = options.trace ? new PageTracer(options.trace, (e) => onTrace?.(e, seed)) : undefined;
     let before: Record<string, number> = {};
     try {
       const res = await replayOplog(log, {
@@ -246,6 +252,7 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
         policy: held?.policy,
         check: true,
         inject,
+        trace,
         retries: RATE_RETRIES,
         onRetry: () => {
           retriedOps++;

@@ -146,6 +146,8 @@ export interface Item {
   index: number;
   /** The host page A (locked by the caller), or null for a device entry with no page (bounce). */
   page: Page | null;
+  /** The event whose row `t` is (--trace names it). */
+  event: DeviceEvent;
   state: PageState;
   t: Transition;
 }
@@ -254,7 +256,14 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     state?: PageState,
   ): Item {
     const s = state ?? this.stateOf(m, index, page);
-    return { index, page, state: s, t: this.table.transition(s, event) };
+    return { index, page, event, state: s, t: this.table.transition(s, event) };
+  }
+
+  /** --trace: the rows these items' work carried out, each page with its state now. */
+  protected traceItems(m: AddressSpace, items: readonly Item[]): void {
+    const tr = asMapping(m).host.tracer;
+    if (!tr) return;
+    for (const it of items) tr.emit(m, it.index, it.event, it.state, it.t.work);
   }
 
   /** The plan for device entry `index` (no host page), whose record is `rec`. */
@@ -427,6 +436,10 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
         ctx.grant(r.index, r.frame, perm);
         out[r.i] = { ok: true, frame: r.frame, perm };
       }
+      this.traceItems(
+        m,
+        go.map((r) => r.it),
+      );
     } finally {
       for (const p of locked) unlock_page(p);
       for (const e of lockedEntries) unlock_entry(e);
@@ -528,54 +541,64 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       [],
     );
     return this.guarded(
-      async () => {
-        const space = this.space(m);
-        const changes = await this.dm.protect(
-          space,
-          items.filter((x) => x.it.t.work.includes('device-protect')).map((x) => x.index),
-          { cleanDirty: true },
-        );
-        const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
-        const copy = items.filter((x) => wrote.get(x.index) || x.rec.diskStale);
-        const recs = this.records(m);
-        this.markCopyBack(recs, changes, true);
-        let data: Uint8Array[] = [];
-        try {
-          if (copy.length) data = await this.dm.copyFromFrames(copy.map((x) => x.rec.frame));
-        } catch (e) {
-          await this.dm.restore(space, changes);
-          this.markCopyBack(recs, changes, false);
-          throw e;
-        }
-        this.c.device_copybacks += copy.length;
-        const failed = new Set<number>();
-        let error: unknown;
-        for (const [i, x] of copy.entries()) {
-          try {
-            await writepage(x.index, data[i]);
-          } catch (e) {
-            failed.add(x.index);
-            error ??= e;
-            continue;
-          }
-          this.c.device_bounce_writebacks++;
-        }
-        for (const x of items) {
-          if (failed.has(x.index)) continue;
-          x.rec.perm = x.it.t.next.dev as 'ro' | 'rw';
-          x.rec.diskStale = false;
-          x.rec.copyBack = false;
-        }
-        // Spared: writable copies the device never wrote (a clean read-only entry needs nothing).
-        this.c.device_copybacks_spared += items.filter((x) => wrote.has(x.index) && !copy.includes(x)).length;
-        if (failed.size) {
-          const back = changes.filter((c) => failed.has(c.index));
-          await this.dm.restore(space, back);
-          this.markCopyBack(recs, back, false);
-          throw error;
-        }
-        return copy.length;
-      },
+      () =>
+        this.pinned(
+          items.map((x) => x.rec.frame),
+          async () => {
+            const space = this.space(m);
+            const changes = await this.dm.protect(
+              space,
+              items.filter((x) => x.it.t.work.includes('device-protect')).map((x) => x.index),
+              { cleanDirty: true },
+            );
+            const wrote = new Map(changes.map((c) => [c.index, c.dirty]));
+            const copy = items.filter((x) => wrote.get(x.index) || x.rec.diskStale);
+            const recs = this.records(m);
+            this.markCopyBack(recs, changes, true);
+            let data: Uint8Array[] = [];
+            try {
+              if (copy.length) data = await this.dm.copyFromFrames(copy.map((x) => x.rec.frame));
+            } catch (e) {
+              await this.dm.restore(space, changes);
+              this.markCopyBack(recs, changes, false);
+              throw e;
+            }
+            this.c.device_copybacks += copy.length;
+            const failed = new Set<number>();
+            let error: unknown;
+            for (const [i, x] of copy.entries()) {
+              try {
+                await writepage(x.index, data[i]);
+              } catch (e) {
+                failed.add(x.index);
+                error ??= e;
+                continue;
+              }
+              this.c.device_bounce_writebacks++;
+            }
+            for (const x of items) {
+              if (failed.has(x.index)) continue;
+              x.rec.perm = x.it.t.next.dev as 'ro' | 'rw';
+              x.rec.diskStale = false;
+              x.rec.copyBack = false;
+            }
+            this.traceItems(
+              m,
+              items.filter((x) => !failed.has(x.index)).map((x) => x.it),
+            );
+            // Spared: writable copies the device never wrote (a clean read-only entry needs nothing).
+            this.c.device_copybacks_spared += items.filter(
+              (x) => wrote.has(x.index) && !copy.includes(x),
+            ).length;
+            if (failed.size) {
+              const back = changes.filter((c) => failed.has(c.index));
+              await this.dm.restore(space, back);
+              this.markCopyBack(recs, back, false);
+              throw error;
+            }
+            return copy.length;
+          },
+        ),
       () => 0,
     );
   }
@@ -595,6 +618,11 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     await this.guarded(async () => {
       const revoke = items.filter((it) => it.t.work.includes('device-revoke')).map((it) => it.index);
       await this.revoke(m, revoke);
+      // The page cache does the rest of the row (try_to_unmap, drop-page): the device's part here.
+      this.traceItems(
+        m,
+        items.map((it) => ({ ...it, t: { ...it.t, work: it.t.work.filter((w) => w === 'device-revoke') } })),
+      );
     });
     // The whole file is gone from the cache (unmount): forget its address space, on the device
     // too (its page table and fault buffer), or every mount would leave a pair of GPU buffers.
@@ -632,6 +660,8 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     // copy-back: only what the device wrote, unless A is new (E): A's bytes are still valid otherwise.
     const copyBack = (it: Item) =>
       has(it, 'copy-back') && (it.state.host === 'E' || wrote.get(it.index) === true);
+    const frames = todo.map((it) => recs.get(it.index)!.frame);
+    for (const f of frames) this.dm.pool.pin(f); // no eviction of them across the awaits below
     try {
       if (protecting.length) {
         const changes = await this.dm.protect(
@@ -668,6 +698,8 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       if (taken.length) await this.dm.restore(space, taken);
       this.markCopyBack(recs, taken, false);
       throw e;
+    } finally {
+      for (const f of frames) this.dm.pool.unpin(f);
     }
     this.c.device_copybacks_spared += todo.filter(
       (it) => has(it, 'copy-back') && it.state.host !== 'E' && !wrote.get(it.index),
@@ -691,6 +723,21 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       const frames = revoking.map((it) => recs.get(it.index)!.frame);
       for (const it of revoking) recs.delete(it.index);
       this.dm.freeFrames(frames);
+    }
+    this.traceItems(m, todo);
+  }
+
+  /**
+   * Run `fn` with `frames` pinned: while it awaits the GPU, device eviction (another mount's fault
+   * service, on a device that mounts share) may not take them, so a frame read before an await is
+   * still this page's after it.
+   */
+  protected async pinned<T>(frames: readonly number[], fn: () => Promise<T>): Promise<T> {
+    for (const f of frames) this.dm.pool.pin(f);
+    try {
+      return await fn();
+    } finally {
+      for (const f of frames) this.dm.pool.unpin(f);
     }
   }
 
@@ -819,6 +866,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
         this.records(w.m).delete(w.v.index);
         this.c.device_evictions++;
         if (w.v.dirty) this.c.device_evictions_dirty++;
+        this.traceItems(w.m, [w.it]);
       };
       // Host pages first (nothing there can fail), then the disk.
       for (const w of work.filter((x) => x.it.t.work.includes('copy-back'))) {

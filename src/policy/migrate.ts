@@ -18,8 +18,10 @@
  *     device PTE put back with its DIRTY bit, the entry back in A's place).
  *   bounce read/write: one copy; a failure changes nothing.
  */
+
 import type { DeviceMemory } from '../device/index.ts';
 import { type AddressSpace, type DeviceEntry, type Page, page_cache_alloc_nowait } from '../mm/index.ts';
+import { trace_begin } from '../mm/trace.ts';
 import { type DeviceCopy, DevicePolicyCore } from './core.ts';
 import { MIGRATE_TABLE } from './migrateTable.ts';
 import type { BounceWrite } from './policy.ts';
@@ -81,8 +83,13 @@ export class MigratePolicy extends DevicePolicyCore {
     const held = this.held(m, entries, 'cpu-read');
     if (held.length === 0) return none();
     return this.guarded(async () => {
+      const tr = trace_begin(
+        m,
+        held.map((h) => entries[h.k].index),
+      );
       const data = await this.dm.copyFromFrames(held.map((h) => h.rec.frame));
       this.c.device_bounce_reads += held.length;
+      tr?.end('cpu-read', ['bounce-read']);
       const out: (Uint8Array | null)[] = none();
       held.forEach((h, k) => {
         out[h.k] = data[k];
@@ -120,39 +127,52 @@ export class MigratePolicy extends DevicePolicyCore {
       'cpu-read',
     );
     const protect = held.filter((h) => h.work.includes('device-protect'));
-    return this.guarded(async () => {
-      const space = this.space(m);
-      const taken = protect.length
-        ? await this.dm.protect(
-            space,
-            protect.map((h) => writes[h.k].entry.index),
-            { cleanDirty: true },
-          )
-        : [];
-      try {
-        const old = partial.length ? await this.dm.copyFromFrames(partial.map((h) => h.rec.frame)) : [];
-        this.c.device_bounce_reads += partial.length;
-        const images = new Map(partial.map((h, k) => [h.k, old[k]]));
-        const items = held.map((h) => {
-          const w = writes[h.k];
-          const page = images.get(h.k) ?? new Uint8Array(ps);
-          page.set(w.bytes, w.offset);
-          return { frame: h.rec.frame, data: page };
-        });
-        this.dm.copyToFrames(items);
-      } catch (e) {
-        if (taken.length) await this.dm.restore(space, taken);
-        throw e;
-      }
-      this.c.device_bounce_writes += held.length;
-      const out = none();
-      for (const h of held) {
-        h.rec.diskStale = true; // the device's own writes are in A' too: newer than the disk
-        if (h.work.includes('device-protect')) h.rec.perm = 'ro';
-        out[h.k] = true;
-      }
-      return out;
-    }, none);
+    return this.guarded(
+      () =>
+        this.pinned(
+          held.map((h) => h.rec.frame),
+          async () => {
+            const space = this.space(m);
+            const tr = trace_begin(
+              m,
+              held.map((h) => writes[h.k].entry.index),
+            );
+            const taken = protect.length
+              ? await this.dm.protect(
+                  space,
+                  protect.map((h) => writes[h.k].entry.index),
+                  { cleanDirty: true },
+                )
+              : [];
+            try {
+              const old = partial.length ? await this.dm.copyFromFrames(partial.map((h) => h.rec.frame)) : [];
+              this.c.device_bounce_reads += partial.length;
+              const images = new Map(partial.map((h, k) => [h.k, old[k]]));
+              const items = held.map((h) => {
+                const w = writes[h.k];
+                const page = images.get(h.k) ?? new Uint8Array(ps);
+                page.set(w.bytes, w.offset);
+                return { frame: h.rec.frame, data: page };
+              });
+              this.dm.copyToFrames(items);
+            } catch (e) {
+              if (taken.length) await this.dm.restore(space, taken);
+              throw e;
+            }
+            this.c.device_bounce_writes += held.length;
+            const out = none();
+            for (const h of held) {
+              h.rec.diskStale = true; // the device's own writes are in A' too: newer than the disk
+              if (h.work.includes('device-protect')) h.rec.perm = 'ro';
+              out[h.k] = true;
+            }
+            const read = new Set(partial.map((h) => writes[h.k].entry.index));
+            tr?.end('cpu-write', (i) => (read.has(i) ? ['bounce-read', 'bounce-write'] : ['bounce-write']));
+            return out;
+          },
+        ),
+      none,
+    );
   }
 
   /** The entries the device holds, each checked against its row for `event`: a bounce (and a protect). */

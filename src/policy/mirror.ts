@@ -103,6 +103,7 @@ export class MirrorPolicy extends DevicePolicyCore {
     it.page!.data.set(data);
     folio_mark_uptodate(it.page!);
     this.c.device_pulls++;
+    this.traceItems(m, [it]);
     return true;
   }
 }

@@ -45,7 +45,7 @@ afterEach(async () => {
 async function setup(
   policy: DevicePolicyName,
   P: number,
-  o: { hostPages?: number; devicePages?: number; gpu?: GpuDevice } = {},
+  o: { hostPages?: number; devicePages?: number; gpu?: GpuDevice; batchSize?: number } = {},
 ) {
   const inject = new FaultInjector();
   const lab = await mountDevice(o.gpu ?? gpu, {
@@ -53,6 +53,7 @@ async function setup(
     pageSize: P,
     hostPages: o.hostPages ?? 16,
     devicePages: o.devicePages ?? 16,
+    batchSize: o.batchSize,
     inject,
   });
   labs.push(lab);
@@ -479,6 +480,65 @@ describe.each([4096, 65536])("migrate's moves, page size %i: a failed step chang
     expect(lab.fs.vmstat().nr_file_pages).toBe(0);
     await checkInvariants(lab.fs);
     expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 1), 'read run again');
+  });
+});
+
+describe.each(MATRIX)('ops that fail half way change nothing (%s), page size %i', (policy, P) => {
+  it('a truncate whose partial page cannot be brought back loses nothing past the new EOF', async () => {
+    // 3 host pages: bringing the device entry at the new EOF home takes a page, and reclaim then
+    // writes back the dirty page past the new EOF; the copy back fails.
+    const { lab, f, inject } = await setup(policy, P, { hostPages: 3, devicePages: 8 });
+    await f.write(0, pattern(0, 4 * P, 1));
+    await f.fsync();
+    await f.deviceWrite(P, P, 5); // page 1: on the device, written there
+    await lab.fs.dropCaches();
+    await f.write(3 * P, pattern(3 * P, P, 2)); // page 3: dirty on the host
+    await f.read(0, 100);
+    await f.read(2 * P, 100);
+    inject.failNext('copy-from-device');
+    expect((await rejection(f.truncate(P + 100))).code).toBe('ETIMEDOUT');
+    expect(f.size).toBe(4 * P);
+    await checkInvariants(lab.fs);
+    const want = pattern(0, 4 * P, 1);
+    want.set(pattern(P, P, 5), P);
+    want.set(pattern(3 * P, P, 2), 3 * P);
+    expectBytes(await f.read(0, 4 * P), want, 'the file after the failed truncate');
+    await f.truncate(P + 100);
+    expectBytes(await f.read(0, 4 * P), want.subarray(0, P + 100), 'after the truncate ran again');
+  });
+
+  it('a write(2) that fails in its batch leaves no zero page where the disk has data', async () => {
+    const { lab, f, inject } = await setup(policy, P);
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.fsync();
+    await lab.fs.dropCaches();
+    inject.failNext('pread'); // the read of page 1, which the write covers in part
+    expect((await rejection(f.write(0, pattern(0, P + 100, 2)))).code).toBe('EIO');
+    expect(rows(lab, 0, 1)).toEqual(['-/-/-/null/false', '-/-/-/null/false']);
+    await checkInvariants(lab.fs);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 1), 'the file after the failed write');
+    await f.write(1000, pattern(1000, 8, 3));
+    await f.fsync();
+    await lab.fs.dropCaches();
+    const want = pattern(0, 2 * P, 1);
+    want.set(pattern(1000, 8, 3), 1000);
+    expectBytes(await f.read(0, 2 * P), want, 'the file after a later write and fsync');
+  });
+});
+
+describe.each([4096, 65536])('migrate, page size %i: a raced upgrade meets an eviction that fails', (P) => {
+  it('the grant not installed yet comes back with the PTE: record and page table agree', async () => {
+    // One frame, batch 1: page 0's upgrade to rw loses the race (pending), page 1's fault then
+    // evicts page 0's frame, and that eviction's copy fails.
+    const { lab, f, inject } = await setup('migrate', P, { devicePages: 1, batchSize: 1 });
+    await f.write(0, pattern(0, 2 * P, 1));
+    await f.deviceRead(0, P);
+    inject.failNext('race-invalidate', 1);
+    inject.failNext('copy-from-device');
+    expect((await rejection(f.deviceWrite(0, 2 * P, 2))).code).toBe('ETIMEDOUT');
+    await checkInvariants(lab.fs);
+    await f.deviceWrite(0, 2 * P, 2);
+    expectBytes(await f.read(0, 2 * P), pattern(0, 2 * P, 2), 'read after the devwrite ran again');
   });
 });
 

@@ -124,7 +124,7 @@ describe('policy hooks on every CPU path', () => {
     await f.write(0, pattern(0, 10, 5));
     policy.take();
     await lab.fs.unmount();
-    expect(policy.take()).toEqual(['cpuNeedsData:unmount:0', 'invalidateRange:0-end']);
+    expect(policy.take()).toEqual(['cpuNeedsData:unmount:0,1', 'invalidateRange:0-end']);
   });
 });
 
