@@ -54,6 +54,7 @@ interface ReplayCliOptions {
   retries?: string;
   maxFileSize?: string;
   trace?: string;
+  cpuThreads?: string;
 }
 
 async function readLog(path: string): Promise<string> {
@@ -141,6 +142,12 @@ export function registerReplay(program: Command): void {
         "state before and after in the scheme tables' letters (A host, A' device, CPU) and the work done",
     )
     .option('--retries <n>', 'with --inject: times an op that an injected fault failed is run again', '1')
+    .option(
+      '--cpu-threads <n>',
+      'make the file ops from N CPU worker threads (syscalls and loads and stores through their own ' +
+        'mappings, op k from worker k mod N); with --check the other workers load and check pages the ' +
+        "op leaves alone meanwhile. Device ops, drop_caches and remount stay the main thread's",
+    )
     .addHelpText(
       'after',
       `\n${SNAPSHOT_HELP}\n\nExample:\n  hmmlab replay examples/dev.jsonl --check --stats --host-pages 8 --device-pages 64`,
@@ -156,6 +163,7 @@ export function registerReplay(program: Command): void {
       const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
       const retries = parseCount('--retries', opts.retries, 1, 0);
       const tracePages = opts.trace === undefined ? null : parsePageSet(opts.trace);
+      const cpuThreads = opts.cpuThreads === undefined ? 0 : parseCount('--cpu-threads', opts.cpuThreads, 0);
       if (opts.overwrite && opts.dir === undefined) {
         throw new HmmlabError('EINVAL', '--overwrite goes with --dir (the backing file it would replace)');
       }
@@ -234,6 +242,7 @@ export function registerReplay(program: Command): void {
             mount: { maxFileSize },
             dir: opts.dir,
             check: opts.check,
+            cpuThreads: cpuThreads || undefined,
             lines: log.lines,
             onRecord: (r) => out(opts.json ? JSON.stringify(r) : humanLine(r)),
             beforeOp: (line, op) => {
@@ -275,9 +284,13 @@ export function registerReplay(program: Command): void {
           const checked = opts.check
             ? `; every read and ${plural(result.diskChecks, 'disk image')} match the reference model, invariants hold`
             : '';
+          const cpus = cpuThreads
+            ? `; ${plural(result.workerOps, 'op')} made from ${plural(cpuThreads, 'cpu worker thread')}` +
+              (result.watchLoads ? `, ${plural(result.watchLoads, 'watched load')} checked` : '')
+            : '';
           out(
             `replayed ${plural(result.ops, 'op')} (${plural(result.reads.length, 'read')}) in ${result.elapsedMs.toFixed(0)} ms, ` +
-              `page size ${pageSize}, ${plural(hostPages, 'host page')}, policy ${policyName}${checked}`,
+              `page size ${pageSize}, ${plural(hostPages, 'host page')}, policy ${policyName}${checked}${cpus}`,
           );
         }
         if (opts.stats || opts.statsJson !== undefined) {

@@ -83,6 +83,8 @@ export interface StressArgs {
   injectRate: number;
   /** --trace: the pages whose events are printed on stderr (null: none). */
   trace: PageSet | null;
+  /** --cpu-threads: the file ops run from this many CPU worker threads (0: the main thread). */
+  cpuThreads: number;
 }
 
 /** The host-page and device-frame budgets are small by default: reclaim and eviction run all the time. */
@@ -137,6 +139,7 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
     statsJson: o.statsJson,
     injectRate: parseRate(o.injectRate),
     trace: o.trace === undefined ? null : parsePageSet(o.trace),
+    cpuThreads: o.cpuThreads === undefined ? 0 : parseCount('--cpu-threads', o.cpuThreads, 0, 1),
   };
 }
 
@@ -157,9 +160,10 @@ function setupText(a: StressArgs): string {
   const blocks = a.blocks === undefined ? '' : `, ${plural(a.blocks, 'block')}`;
   const without = a.without.length ? `, without ${a.without.join(', ')}` : '';
   const inject = a.injectRate > 0 ? `, injecting faults at rate ${a.injectRate}` : '';
+  const cpus = a.cpuThreads > 0 ? `, file ops from ${plural(a.cpuThreads, 'cpu worker thread')}` : '';
   return (
     `${plural(a.runs, 'run')} of ${plural(a.ops, 'op')}, ${device}, page size ${formatBytes(a.pageSize)}, ` +
-    `${plural(a.hostPages, 'host page')}${blocks}, max file size ${formatBytes(a.maxFileSize)}${without}${inject}`
+    `${plural(a.hostPages, 'host page')}${blocks}, max file size ${formatBytes(a.maxFileSize)}${without}${inject}${cpus}`
   );
 }
 
@@ -178,6 +182,10 @@ function summaryText(a: StressArgs, r: StressResult): string {
     'match the reference model, invariants held after every op\n' +
     `host reclaim ${plural(c.pgsteal_direct, 'page')}, refaults ${c.workingset_refault_file}, device entries ${c.workingset_device_entry}; ` +
     `cpu faults ${c.pgfault} (major ${c.pgmajfault})${device}` +
+    (a.cpuThreads > 0
+      ? `\ncpu worker threads: ${plural(r.workerOps, 'op')} made from ${plural(a.cpuThreads, 'worker')}, ` +
+        `${plural(r.watchLoads, 'load')} of pages the op left alone checked by the others meanwhile`
+      : '') +
     (a.injectRate > 0
       ? `\ninjected faults: ${formatFired(r.injected)}; ${plural(r.retriedOps, 'failed attempt')} run again`
       : '')
@@ -238,6 +246,9 @@ function summaryJson(
     injectRate: a.injectRate,
     injected: r.injected,
     retriedOps: r.retriedOps,
+    cpuThreads: a.cpuThreads,
+    workerOps: r.workerOps,
+    watchLoads: r.watchLoads,
     results: r.runs.map(({ elapsedMs, ...x }) => ({ ...x, elapsedMs: Math.round(elapsedMs) })),
     saved: saved ?? null,
     failure: f
@@ -415,6 +426,7 @@ export function registerStress(program: Command): void {
         hostPages: a.hostPages,
         blocks: a.blocks,
         injectRate: a.injectRate,
+        cpuThreads: a.cpuThreads || undefined,
       };
       const replaySetup = {
         policy: a.policy,
@@ -425,6 +437,7 @@ export function registerStress(program: Command): void {
         blocks: a.blocks,
         maxFileSize: a.maxFileSize,
         retries: a.injectRate > 0 ? RATE_RETRIES : undefined,
+        cpuThreads: a.cpuThreads || undefined,
       };
       const bar = opsProgressBar('stress', a.runs * a.ops);
       let result: StressResult;

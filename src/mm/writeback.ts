@@ -14,6 +14,7 @@ import {
   lock_entry,
   lock_page,
   PageDirty,
+  PageLocked,
   PageUptodate,
   unlock_entry,
   unlock_page,
@@ -92,23 +93,34 @@ export async function filemap_write_and_wait_range(
     const pages: Page[] = [];
     const entries: DeviceEntry[] = [];
     try {
-      // Pages and device entries of the batch, each locked in index order and rechecked.
+      // Pages and device entries of the batch, each locked in index order and rechecked. What
+      // another task put at the index while we waited for the lock is looked at again: a CPU
+      // fault that pulled a device entry's data into a page leaves it dirty there, and it was
+      // dirty (on the device) when the writeback began, so this writeback owes it to the disk.
       for (const i of indices.slice(k, k + batch)) {
-        const e = m.i_pages.get(i);
-        if (!e) continue;
-        if (e.kind === 'device') {
-          await lock_entry(m, e);
-          if (m.i_pages.get(i) !== e) unlock_entry(e);
-          else entries.push(e);
-          continue;
-        }
-        if (!PageDirty(e)) continue;
-        await lock_page(e);
-        if (m.i_pages.get(i) !== e || !PageDirty(e)) {
+        for (;;) {
+          const e = m.i_pages.get(i);
+          if (!e) break;
+          if (e.kind === 'device') {
+            await lock_entry(m, e);
+            if (m.i_pages.get(i) === e) {
+              entries.push(e);
+              break;
+            }
+            unlock_entry(e);
+            continue;
+          }
+          // A locked page not uptodate yet is being filled (from the device, maybe: then it will
+          // be dirty): wait for it. Any other clean page has nothing for the disk.
+          if (!PageDirty(e) && (PageUptodate(e) || !PageLocked(e))) break;
+          await lock_page(e);
+          if (m.i_pages.get(i) === e) {
+            if (PageDirty(e)) pages.push(e);
+            else unlock_page(e);
+            break;
+          }
           unlock_page(e);
-          continue;
         }
-        pages.push(e);
       }
       written += await writeback_device_entries(m, entries);
       if (pages.length === 0) continue;

@@ -127,6 +127,10 @@ export interface ReplayResult {
   ops: number;
   /** Disk comparisons made (check mode: after each fsync, remount and at the end). */
   diskChecks: number;
+  /** Ops whose file ops came from a CPU worker thread (ReplayOptions.cpuThreads; 0 without). */
+  workerOps: number;
+  /** Loads of watched pages the other workers made and checked meanwhile (0 without). */
+  watchLoads: number;
   elapsedMs: number;
 }
 
@@ -616,6 +620,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
         );
       }
       if (!failed) expectMet(op, line);
+      if (cpus && !isDeviceOp(op) && op.op !== 'dropcaches' && op.op !== 'remount') cpus.workerOps++;
       // A read changes nothing in the model: its bytes were checked as they came.
       if (model && !isReadOp(op)) modelApply(model, op, line, failed, fs.pageSize);
       size = sizeAfter(op, size, failed !== null);
@@ -666,6 +671,8 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       vmstat: fs.vmstat(),
       ops: ops.length,
       diskChecks,
+      workerOps: cpus?.workerOps ?? 0,
+      watchLoads: cpus?.watchLoads ?? 0,
       elapsedMs: performance.now() - t0,
     };
   } catch (e) {

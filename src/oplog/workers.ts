@@ -37,6 +37,11 @@ const WATCHED_PAGES = 4;
 export class ReplayCpus {
   private readonly fds = new Map<number, number>();
   private readonly vmas = new Map<number, number>();
+  /** Ops whose file ops a worker made (the owner's device ops, drop_caches and remount not counted). */
+  workerOps = 0;
+  /** Loads of watched ranges the watchers made and checked. */
+  watchLoads = 0;
+  private closed = false;
 
   private constructor(
     readonly threads: CpuThreads,
@@ -111,8 +116,9 @@ export class ReplayCpus {
     }
     return async () => {
       Atomics.store(new Int32Array(ctl), 0, 1);
-      for (const { cpu, r } of await Promise.all(watchers))
-        if (r.mismatch) return { cpu, mismatch: r.mismatch };
+      const seen = await Promise.all(watchers);
+      for (const { r } of seen) this.watchLoads += r.loads;
+      for (const { cpu, r } of seen) if (r.mismatch) return { cpu, mismatch: r.mismatch };
       return null;
     };
   }
@@ -123,8 +129,11 @@ export class ReplayCpus {
     this.vmas.clear();
   }
 
-  close(): Promise<void> {
-    return this.threads.close();
+  /** Terminate the workers (once: the error path closes them too). */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    this.closed = true;
+    await this.threads.close();
   }
 }
 
@@ -159,15 +168,19 @@ export function stableRanges(
   const { from, to, bound } = affected(op, size);
   const first = Math.floor(from / pageSize);
   const last = to > from ? Math.floor((to - 1) / pageSize) : -1;
-  const pages: number[] = [];
-  for (let p = 0; p * pageSize < bound; p++) if (p < first || p > last) pages.push(p);
-  const out: WatchRange[] = [];
+  const nr = Math.ceil(bound / pageSize);
+  // Drawn, not listed: a file may have billions of pages (--max-file-size up to 8 TiB).
+  const pages = new Set<number>();
   let x = (line * 0x9e3779b1) >>> 0 || 1;
-  for (let n = 0; n < WATCHED_PAGES && pages.length > 0; n++) {
+  for (let tries = 0; tries < 8 * WATCHED_PAGES && pages.size < WATCHED_PAGES && nr > 0; tries++) {
     x ^= x << 13;
     x ^= x >>> 17;
     x ^= x << 5;
-    const [p] = pages.splice((x >>> 0) % pages.length, 1);
+    const p = (x >>> 0) % nr;
+    if (p < first || p > last) pages.add(p);
+  }
+  const out: WatchRange[] = [];
+  for (const p of pages) {
     const off = p * pageSize;
     const len = Math.min(pageSize, bound - off);
     out.push({ off, bytes: model.readInto(new Uint8Array(len), off) });
