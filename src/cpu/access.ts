@@ -172,6 +172,45 @@ export class CpuMm {
   }
 
   /**
+   * A load of [off, off + len) (within one page) held under one PTE check for up to `holdMs`:
+   * `look` sees the page's bytes in place, round after round, until it returns false or the time
+   * is up. As a TLB keeps a translation for many instructions: a shootdown that takes the page
+   * away waits for the hold to end, and a reclaim that does not wait lets `look` see the slot's
+   * next page. Returns the rounds looked.
+   */
+  async hold(
+    vmaId: number,
+    off: number,
+    len: number,
+    holdMs: number,
+    look: (bytes: Uint8Array) => boolean,
+  ): Promise<number> {
+    const v = await this.range(vmaId, 'hold', off, len);
+    const ps = v.desc.pageSize;
+    const index = Math.floor(off / ps);
+    if (len === 0 || Math.floor((off + len - 1) / ps) !== index)
+      throw new HmmlabError('EINVAL', `hold: ${off}+${len} is not within one page`);
+    for (let tries = 1; ; tries++) {
+      const pte = this.access(v, index, false);
+      if (pte === 0) {
+        await this.fault(v, index, false, tries);
+        continue;
+      }
+      const from = pte_slot(pte) * ps + (off - index * ps);
+      const bytes = v.bytes.subarray(from, from + len);
+      const until = performance.now() + holdMs;
+      let rounds = 0;
+      try {
+        do rounds++;
+        while (look(bytes) && performance.now() < until);
+      } finally {
+        this.leave();
+      }
+      return rounds;
+    }
+  }
+
+  /**
    * Enter an access to page `index` and check its PTE. Non-zero: the PTE word, which grants the
    * access; the thread is inside the access and the caller copies through that word (never a
    * second load of it), then leave()s. Zero: no permission, the access already left.

@@ -16,6 +16,7 @@
 import { HmmlabError } from '../errors.ts';
 import type { CpuMm } from './access.ts';
 import type { CpuSyscalls } from './protocol.ts';
+import { HOLD_MS } from './watch.ts';
 
 /** The stop word and the kernels-in-flight word of the control buffer (Int32 each). */
 export const CTL_STOP = 0;
@@ -144,18 +145,19 @@ export async function runWorkerStress(
       const words = new DataView(got.buffer, got.byteOffset, got.byteLength);
       for (const w of span) check('read(2)', w, words.getUint32(slotOff(w) - from, true));
     } else {
-      // A load through the mapping of a whole page of slots (one access: a page's copy), and of
-      // this worker's slots in it, each checked (the device's words change under it: not checked).
+      // Loads of this worker's slots on a page of slots through the mapping, the translation held
+      // a while (CpuMm.hold), each checked every round (the device's words change under it: not
+      // checked). A reclaim that frees the page without waiting for the shootdown shows here.
       const w = mine[pick(mine.length)];
       const first = Math.floor(slotOff(w) / ps) * ps;
       const end = Math.min(first + ps, slotOff(o.slotWords));
-      const got = await mm.load(o.vmaId, first, end - first);
-      const words = new DataView(got.buffer, got.byteOffset, got.byteLength);
-      for (const x of mine) {
-        const at = slotOff(x) - first;
-        if (at >= 0 && at < got.byteLength) check('load', x, words.getUint32(at, true));
-      }
-      made = 1;
+      const own = mine.filter((x) => slotOff(x) >= first && slotOff(x) < end);
+      made = await mm.hold(o.vmaId, first, end - first, HOLD_MS, (got) => {
+        const words = new DataView(got.buffer, got.byteOffset, got.byteLength);
+        const stale = staleReads.length;
+        for (const x of own) check('load', x, words.getUint32(slotOff(x) - first, true));
+        return staleReads.length === stale;
+      });
     }
     accesses += made;
     if (kernels || Atomics.load(ctl, CTL_KERNELS) > 0) during += made;
