@@ -38,6 +38,9 @@ export type ShrinkReason = 'reclaim' | 'drop_caches';
 /** Try to take `page` (locked by the caller) out of the host cache. True when the page is gone. */
 export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolean> {
   const m = asMapping(page.mapping);
+  // A caller that walked a list it made before an await (drop_caches) may hold a page that left
+  // the cache meanwhile (reclaimed, replaced by a device entry): nothing of it is left to take.
+  if (m.i_pages.get(page.index) !== page) return false;
   const writeDirty = why === 'reclaim';
   // S (dirty, not uptodate): the device holds the data; it never goes to disk from here.
   const stale = PageDirty(page) && !PageUptodate(page);

@@ -174,6 +174,18 @@ export async function runConcurrentStress(o: ConcurrentOptions): Promise<Concurr
   let drops = 0;
   let checks = 0;
   let invariantViolations = 0;
+  /** The invariant checker, once (the mount held exclusive): false, and a violation, if it fired. */
+  const invariantsHold = async (): Promise<boolean> => {
+    checks++;
+    try {
+      await checkInvariants(hfs);
+      return true;
+    } catch (e) {
+      invariantViolations++;
+      fail('invariant', errorMessage(e), pageInMessage(e, o.pageSize));
+      return false;
+    }
+  };
   const t0 = performance.now();
   const deadline = t0 + o.durationMs;
   const ctl = new Int32Array(new SharedArrayBuffer(CTL_WORDS * 4));
@@ -263,14 +275,7 @@ export async function runConcurrentStress(o: ConcurrentOptions): Promise<Concurr
           drops++;
           nextDrop = now + DROP_CACHES_EVERY_MS * (0.5 + rand());
         } else if (now >= nextCheck) {
-          checks++;
-          try {
-            await checkInvariants(hfs);
-          } catch (e) {
-            invariantViolations++;
-            fail('invariant', errorMessage(e), pageInMessage(e, o.pageSize));
-            stop();
-          }
+          if (!(await invariantsHold())) stop();
           nextCheck = performance.now() + CHECK_EVERY_MS;
         } else {
           await sleep(Math.min(20, Math.max(1, Math.min(nextFsync, nextDrop, nextCheck) - now)));
@@ -298,13 +303,7 @@ export async function runConcurrentStress(o: ConcurrentOptions): Promise<Concurr
       const got = u32(await file.read(0, L.size));
       mismatches = compareImage(got, image, L, 'the page cache', fail);
     }
-    checks++;
-    try {
-      await checkInvariants(hfs);
-    } catch (e) {
-      invariantViolations++;
-      fail('invariant', errorMessage(e), pageInMessage(e, o.pageSize));
-    }
+    await invariantsHold();
   } catch (e) {
     fail('error', isHmmlabError(e) ? `${e.code}: ${e.message}` : errorMessage(e));
   } finally {
