@@ -30,7 +30,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { firstDifference } from '../bench/random.ts';
-import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import { HmmFs } from '../fs/hmmfs.ts';
 import { type FaultInjector, failsOp, NO_INJECT } from '../inject/inject.ts';
 import { checkFileLimit } from '../mm/args.ts';
@@ -593,7 +593,10 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       // From the workers: op k from worker k mod N, the others watching pages it leaves alone.
       const worker = cpus ? k % cpus.count : -1;
       t.io = cpus ? cpus.io(worker) : t.ownerIo();
-      const watched = cpus && model && cpus.count > 1 ? stableRanges(op, line, size, fs.pageSize, model) : [];
+      // Not under fault injection: the watchers' faults would draw from the injector, and which
+      // attempt K fails would be the machine's, not the log's.
+      const watch = cpus && model && cpus.count > 1 && !options.inject;
+      const watched = watch ? stableRanges(op, line, size, fs.pageSize, model) : [];
       const stopWatching = cpus ? await cpus.watch(worker, watched) : null;
       let seen: Awaited<ReturnType<NonNullable<typeof stopWatching>>> = null;
       try {
@@ -609,7 +612,16 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
         // The watchers stop whatever the op did (an op's own error goes first).
         seen = (await stopWatching?.()) ?? null;
       }
-      if (seen) {
+      if (seen?.error) {
+        const e = seen.error;
+        throw new HmmlabError(
+          isHmmlabError(e) ? e.code : 'EIO',
+          `line ${line} (${describeOp(op)}): cpu worker ${seen.cpu}, loading a page this op leaves alone ` +
+            `while worker ${worker} ran it, failed: ${errorMessage(e)}`,
+          { cause: e },
+        );
+      }
+      if (seen?.mismatch) {
         const { cpu, mismatch: x } = seen;
         throw new ReplayMismatch(
           line,

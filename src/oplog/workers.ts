@@ -30,6 +30,13 @@ export interface FileIo {
   mapStore(off: number, bytes: Uint8Array): Promise<void>;
 }
 
+/** What a watcher found: a difference from the model, or an error of its loads (their faults). */
+export interface WatchSeen {
+  cpu: number;
+  mismatch: WatchResult['mismatch'];
+  error?: unknown;
+}
+
 /** Pages a watcher loads at most while an op runs. */
 const WATCHED_PAGES = 4;
 
@@ -96,12 +103,10 @@ export class ReplayCpus {
    * Every worker but `busy` watches `ranges` until the returned stop() is called; stop() resolves
    * with the first difference one of them found (worker and what), or null.
    */
-  async watch(
-    busy: number,
-    ranges: WatchRange[],
-  ): Promise<() => Promise<{ cpu: number; mismatch: NonNullable<WatchResult['mismatch']> } | null>> {
+  async watch(busy: number, ranges: WatchRange[]): Promise<() => Promise<WatchSeen | null>> {
     const ctl = new SharedArrayBuffer(4);
-    const watchers: Promise<{ cpu: number; r: WatchResult }>[] = [];
+    // Settled at once, a failure too: a watcher's error must not go unhandled until stop().
+    const watchers: Promise<{ cpu: number; r: WatchResult; error?: unknown }>[] = [];
     if (ranges.length > 0) {
       for (let k = 0; k < this.count; k++) {
         if (k === busy) continue;
@@ -110,7 +115,10 @@ export class ReplayCpus {
           this.threads
             .worker(k)
             .api.watch(vma, ranges, ctl)
-            .then((r) => ({ cpu: k, r })),
+            .then(
+              (r) => ({ cpu: k, r }),
+              (error: unknown) => ({ cpu: k, r: { loads: 0, mismatch: null }, error }),
+            ),
         );
       }
     }
@@ -118,7 +126,10 @@ export class ReplayCpus {
       Atomics.store(new Int32Array(ctl), 0, 1);
       const seen = await Promise.all(watchers);
       for (const { r } of seen) this.watchLoads += r.loads;
-      for (const { cpu, r } of seen) if (r.mismatch) return { cpu, mismatch: r.mismatch };
+      for (const { cpu, r, error } of seen) {
+        if (error !== undefined) return { cpu, mismatch: null, error };
+        if (r.mismatch) return { cpu, mismatch: r.mismatch };
+      }
       return null;
     };
   }

@@ -64,3 +64,24 @@ test("fsync-race.jsonl: fsync writes back the device entry a worker's fault pull
     expect(r.stdout).toMatch(/every read and 2 disk images match the reference model/);
   }
 });
+
+test('stress --cpu-threads 2 --inject-rate: the workers meet the faults, each op run again passes', async () => {
+  const seed = SEED + 13;
+  const r = await hmmlab([
+    'stress',
+    ...RUN,
+    '--seed',
+    `${seed}`,
+    '--cpu-threads',
+    '2',
+    '--inject-rate',
+    '0.02',
+  ]);
+  expect(r.code, ourStderr(r.stderr).join('\n')).toBe(0);
+  const j = JSON.parse(r.stdout);
+  expect(j).toMatchObject({ failure: null, cpuThreads: 2 });
+  expect(j.retriedOps).toBeGreaterThan(0);
+  expect(j.workerOps).toBeGreaterThan(150);
+  // The watchers stand down under injection: their faults would draw from the injector.
+  expect(j.watchLoads).toBe(0);
+});
