@@ -171,15 +171,9 @@ export async function runConcurrent(opts: Record<string, unknown>, cmd: Command)
   if (a.json) process.stderr.write(`${header}\n`);
   else process.stdout.write(`${header}\n`);
   setReproduceHint(concurrentCommand(a));
-  const { openPolicy } = await import('./policy.ts');
-  const { gpuOptionsOf } = await import('./info.ts');
+  const { openCommandPolicy } = await import('./policy.ts');
   const { runConcurrentStress } = await import('../stress/concurrent.ts');
-  const host = await openPolicy(a.policy, {
-    gpuOptions: gpuOptionsOf(cmd),
-    devicePages: a.devicePages,
-    pageSize: a.pageSize,
-    batch: a.batch,
-  });
+  const host = await openCommandPolicy(cmd, a.policy, a);
   const total = Math.ceil(a.durationS);
   const bar = stepsProgressBar('concurrent', 's', total);
   let r: ConcurrentResult;

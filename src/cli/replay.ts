@@ -197,14 +197,8 @@ export function registerReplay(program: Command): void {
       // Loaded here so that other commands do not load the page cache or the GPU.
       const { replayOplog } = await import('../oplog/replay.ts');
       const { checkInvariants } = await import('../policy/invariants.ts');
-      const { openPolicy } = await import('./policy.ts');
-      const { gpuOptionsOf } = await import('./info.ts');
-      const host = await openPolicy(policyName, {
-        gpuOptions: gpuOptionsOf(cmd),
-        devicePages,
-        pageSize,
-        batch: batchSize,
-      });
+      const { openCommandPolicy } = await import('./policy.ts');
+      const host = await openCommandPolicy(cmd, policyName, { devicePages, pageSize, batch: batchSize });
       const batches = new FaultBatchCollector(pageSize);
       // The file system as the run left it, before its final unmount (also when it failed).
       let lastFs: HmmFs | null = null;

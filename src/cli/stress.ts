@@ -411,15 +411,9 @@ export function registerStress(program: Command): void {
       if (a.json) process.stderr.write(`${header}\n`);
       else process.stdout.write(`${header}\n`);
 
-      const { openPolicy } = await import('./policy.ts');
-      const { gpuOptionsOf } = await import('./info.ts');
+      const { openCommandPolicy } = await import('./policy.ts');
       // One GPU for all runs; each run (and each replay of the shrinking) gets fresh device memory.
-      const host = await openPolicy(a.policy, {
-        gpuOptions: gpuOptionsOf(cmd),
-        devicePages: a.devicePages,
-        pageSize: a.pageSize,
-        batch: a.batch,
-      });
+      const host = await openCommandPolicy(cmd, a.policy, a);
       const batches = new FaultBatchCollector(a.pageSize);
       const setup = {
         pageSize: a.pageSize,
