@@ -7,6 +7,7 @@
  *
  * The GPU modules are loaded only when a policy needs them, so that host-only commands need no GPU.
  */
+import type { Command } from 'commander';
 import type { DeviceMemory } from '../device/index.ts';
 import type { ReplayPolicy } from '../device/replayPolicy.ts';
 import type { FaultBatchRecord } from '../device/stats.ts';
@@ -93,4 +94,18 @@ export async function openPolicy(name: PolicyName, o: PolicyOptions): Promise<Po
       if (owned) gpu.destroy();
     },
   };
+}
+
+/**
+ * openPolicy as replay, stress and stress --concurrent open it: the command's GPU options
+ * (--adapter, --backend) and its device budget (--device-pages, --page-size, --batch).
+ */
+export async function openCommandPolicy(
+  cmd: Command,
+  name: PolicyName,
+  o: { devicePages: number; pageSize: number; batch: number; replayPolicy?: ReplayPolicy },
+): Promise<PolicyHost> {
+  const { gpuOptionsOf } = await import('./info.ts');
+  const { devicePages, pageSize, batch, replayPolicy } = o; // only these: callers pass their whole parsed options
+  return openPolicy(name, { gpuOptions: gpuOptionsOf(cmd), devicePages, pageSize, batch, replayPolicy });
 }

@@ -56,6 +56,7 @@ interface ReplayCliOptions {
   retries?: string;
   maxFileSize?: string;
   trace?: string;
+  cpuThreads?: string;
 }
 
 async function readLog(path: string): Promise<string> {
@@ -150,6 +151,12 @@ export function registerReplay(program: Command): void {
         "state before and after in the scheme tables' letters (A host, A' device, CPU) and the work done",
     )
     .option('--retries <n>', 'with --inject: times an op that an injected fault failed is run again', '1')
+    .option(
+      '--cpu-threads <n>',
+      'make the file ops from N CPU worker threads (syscalls and loads and stores through their own ' +
+        'mappings, op k from worker k mod N); with --check the other workers load and check pages the ' +
+        "op leaves alone meanwhile. Device ops, drop_caches and remount stay the main thread's",
+    )
     .addHelpText(
       'after',
       `\n${SNAPSHOT_HELP}\n\nExample:\n  hmmlab replay examples/dev.jsonl --check --stats --host-pages 8 --device-pages 64`,
@@ -166,6 +173,8 @@ export function registerReplay(program: Command): void {
       const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
       const retries = parseCount('--retries', opts.retries, 1, 0);
       const tracePages = opts.trace === undefined ? null : parsePageSet(opts.trace);
+      const cpuThreads =
+        opts.cpuThreads === undefined ? 0 : parseCount('--cpu-threads', opts.cpuThreads, 0, 1);
       if (opts.overwrite && opts.dir === undefined) {
         throw new HmmlabError('EINVAL', '--overwrite goes with --dir (the backing file it would replace)');
       }
@@ -198,10 +207,8 @@ export function registerReplay(program: Command): void {
       // Loaded here so that other commands do not load the page cache or the GPU.
       const { replayOplog } = await import('../oplog/replay.ts');
       const { checkInvariants } = await import('../policy/invariants.ts');
-      const { openPolicy } = await import('./policy.ts');
-      const { gpuOptionsOf } = await import('./info.ts');
-      const host = await openPolicy(policyName, {
-        gpuOptions: gpuOptionsOf(cmd),
+      const { openCommandPolicy } = await import('./policy.ts');
+      const host = await openCommandPolicy(cmd, policyName, {
         devicePages,
         pageSize,
         batch: batchSize,
@@ -245,6 +252,7 @@ export function registerReplay(program: Command): void {
             mount: { maxFileSize },
             dir: opts.dir,
             check: opts.check,
+            cpuThreads: cpuThreads || undefined,
             lines: log.lines,
             onRecord: (r) => out(opts.json ? JSON.stringify(r) : humanLine(r)),
             beforeOp: (line, op) => {
@@ -286,9 +294,13 @@ export function registerReplay(program: Command): void {
           const checked = opts.check
             ? `; every read and ${plural(result.diskChecks, 'disk image')} match the reference model, invariants hold`
             : '';
+          const cpus = cpuThreads
+            ? `; ${plural(result.workerOps, 'op')} made from ${plural(cpuThreads, 'cpu worker thread')}` +
+              (result.watchLoads ? `, ${plural(result.watchLoads, 'watched load')} checked` : '')
+            : '';
           out(
             `replayed ${plural(result.ops, 'op')} (${plural(result.reads.length, 'read')}) in ${result.elapsedMs.toFixed(0)} ms, ` +
-              `page size ${pageSize}, ${plural(hostPages, 'host page')}, policy ${policyName}${checked}`,
+              `page size ${pageSize}, ${plural(hostPages, 'host page')}, policy ${policyName}${checked}${cpus}`,
           );
         }
         if (opts.stats || opts.statsJson !== undefined) {

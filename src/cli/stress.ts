@@ -18,6 +18,7 @@ import { formatFired } from '../inject/inject.ts';
 import { formatTraceEvent, type PageSet, parsePageSet } from '../mm/trace.ts';
 import { formatOp } from '../oplog/schema.ts';
 import type { ReplaySetup, StressFailure, StressReplaySetup, StressResult } from '../oplog/stress.ts';
+import { CONCURRENT_DEFAULTS, runConcurrent } from './concurrent.ts';
 import { debugEnabled, errorCode, setReproduceHint } from './exit.ts';
 import { checkBackingDir, checkOutputFile } from './paths.ts';
 import { POLICY_HELP, parsePolicy, policyHasDevice } from './policy.ts';
@@ -46,6 +47,10 @@ interface StressCliOptions {
   stats?: boolean;
   statsJson?: string;
   injectRate?: string;
+  cpuThreads?: string;
+  concurrent?: boolean;
+  deviceThreads?: string;
+  duration?: string;
   trace?: string;
   [name: string]: unknown;
 }
@@ -78,6 +83,8 @@ export interface StressArgs {
   injectRate: number;
   /** --trace: the pages whose events are printed on stderr (null: none). */
   trace: PageSet | null;
+  /** --cpu-threads: the file ops run from this many CPU worker threads (0: the main thread). */
+  cpuThreads: number;
 }
 
 /** The host-page and device-frame budgets are small by default: reclaim and eviction run all the time. */
@@ -132,6 +139,7 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
     statsJson: o.statsJson,
     injectRate: parseRate(o.injectRate),
     trace: o.trace === undefined ? null : parsePageSet(o.trace),
+    cpuThreads: o.cpuThreads === undefined ? 0 : parseCount('--cpu-threads', o.cpuThreads, 0, 1),
   };
 }
 
@@ -152,9 +160,10 @@ function setupText(a: StressArgs): string {
   const blocks = a.blocks === undefined ? '' : `, ${plural(a.blocks, 'block')}`;
   const without = a.without.length ? `, without ${a.without.join(', ')}` : '';
   const inject = a.injectRate > 0 ? `, injecting faults at rate ${a.injectRate}` : '';
+  const cpus = a.cpuThreads > 0 ? `, file ops from ${plural(a.cpuThreads, 'cpu worker thread')}` : '';
   return (
     `${plural(a.runs, 'run')} of ${plural(a.ops, 'op')}, ${device}, page size ${formatBytes(a.pageSize)}, ` +
-    `${plural(a.hostPages, 'host page')}${blocks}, max file size ${formatBytes(a.maxFileSize)}${without}${inject}`
+    `${plural(a.hostPages, 'host page')}${blocks}, max file size ${formatBytes(a.maxFileSize)}${without}${inject}${cpus}`
   );
 }
 
@@ -173,6 +182,10 @@ function summaryText(a: StressArgs, r: StressResult): string {
     'match the reference model, invariants held after every op\n' +
     `host reclaim ${plural(c.pgsteal_direct, 'page')}, refaults ${c.workingset_refault_file}, device entries ${c.workingset_device_entry}; ` +
     `cpu faults ${c.pgfault} (major ${c.pgmajfault})${device}` +
+    (a.cpuThreads > 0
+      ? `\ncpu worker threads: ${plural(r.workerOps, 'op')} made from ${plural(a.cpuThreads, 'worker')}, ` +
+        `${plural(r.watchLoads, 'load')} of pages the op left alone checked by the others meanwhile`
+      : '') +
     (a.injectRate > 0
       ? `\ninjected faults: ${formatFired(r.injected)}; ${plural(r.retriedOps, 'failed attempt')} run again`
       : '')
@@ -233,6 +246,9 @@ function summaryJson(
     injectRate: a.injectRate,
     injected: r.injected,
     retriedOps: r.retriedOps,
+    cpuThreads: a.cpuThreads,
+    workerOps: r.workerOps,
+    watchLoads: r.watchLoads,
     results: r.runs.map(({ elapsedMs, ...x }) => ({ ...x, elapsedMs: Math.round(elapsedMs) })),
     saved: saved ?? null,
     failure: f
@@ -332,6 +348,26 @@ export function registerStress(program: Command): void {
       'write every counter and the fault batches (in time order, each with its run and op line) to FILE as JSON',
     )
     .option(
+      '--cpu-threads <n>',
+      'run the ops from N CPU worker threads (syscalls and mapping accesses from the workers; while one ' +
+        'runs an op the others load stable pages through their mappings and check them); with --concurrent: ' +
+        `the CPU threads beside the kernels (default ${CONCURRENT_DEFAULTS.cpuThreads})`,
+    )
+    .option(
+      '--concurrent',
+      'device kernels and CPU worker threads on the same pages at once for --duration seconds: atomic ' +
+        'increments of counters and stores to per-thread slots from both sides, with reclaim, device ' +
+        'eviction and fsync beside them; every counter, slot and the disk checked at the end',
+    )
+    .option(
+      '--device-threads <n>',
+      `with --concurrent: device threads of each kernel (default ${CONCURRENT_DEFAULTS.deviceThreads})`,
+    )
+    .option(
+      '--duration <seconds>',
+      `with --concurrent: how long it runs (default ${CONCURRENT_DEFAULTS.durationS})`,
+    )
+    .option(
       '--trace <pages>',
       'one line on stderr per event that touches these pages of each run (e.g. 0-3,7): the seed, op line, ' +
         "event, the page's state before and after (A host, A' device, CPU) and the work done",
@@ -345,9 +381,19 @@ export function registerStress(program: Command): void {
   addOpMixOptions(stress)
     .addHelpText(
       'after',
-      '\nExample:\n  hmmlab stress --ops 500 --runs 3 --seed 7 --host-pages 8 --device-pages 8 --no-dio',
+      '\nExamples:\n  hmmlab stress --ops 500 --runs 3 --seed 7 --host-pages 8 --device-pages 8 --no-dio\n' +
+        '  hmmlab stress --seed 1 --ops 2000 --cpu-threads 2\n' +
+        '  hmmlab stress --concurrent --device-threads 20000 --cpu-threads 2 --duration 15 --policy migrate',
     )
     .action(async (opts: StressCliOptions, cmd: Command) => {
+      if (opts.concurrent) return runConcurrent(opts, cmd);
+      for (const flag of ['deviceThreads', 'duration'] as const) {
+        if (opts[flag] !== undefined)
+          throw new HmmlabError(
+            'EINVAL',
+            `--${flag === 'duration' ? 'duration' : 'device-threads'} goes with --concurrent`,
+          );
+      }
       const a = parseStressArgs(opts, cmd.getOptionValueSource('device') === 'cli');
       // Loaded here so that other commands do not load the page cache or the GPU.
       const { defaultFailurePath, RATE_RETRIES, replayCommand, saveOplog, shrunkPath, stressRuns } =
@@ -365,21 +411,16 @@ export function registerStress(program: Command): void {
       if (a.json) process.stderr.write(`${header}\n`);
       else process.stdout.write(`${header}\n`);
 
-      const { openPolicy } = await import('./policy.ts');
-      const { gpuOptionsOf } = await import('./info.ts');
+      const { openCommandPolicy } = await import('./policy.ts');
       // One GPU for all runs; each run (and each replay of the shrinking) gets fresh device memory.
-      const host = await openPolicy(a.policy, {
-        gpuOptions: gpuOptionsOf(cmd),
-        devicePages: a.devicePages,
-        pageSize: a.pageSize,
-        batch: a.batch,
-      });
+      const host = await openCommandPolicy(cmd, a.policy, a);
       const batches = new FaultBatchCollector(a.pageSize);
       const setup = {
         pageSize: a.pageSize,
         hostPages: a.hostPages,
         blocks: a.blocks,
         injectRate: a.injectRate,
+        cpuThreads: a.cpuThreads || undefined,
       };
       const replaySetup = {
         policy: a.policy,
@@ -390,6 +431,7 @@ export function registerStress(program: Command): void {
         blocks: a.blocks,
         maxFileSize: a.maxFileSize,
         retries: a.injectRate > 0 ? RATE_RETRIES : undefined,
+        cpuThreads: a.cpuThreads || undefined,
       };
       const bar = opsProgressBar('stress', a.runs * a.ops);
       let result: StressResult;

@@ -141,10 +141,13 @@ export class CpuMm {
   }
 
   /**
-   * Atomics.add of `delta` to the u32 at `off` (4-aligned), `times` times, each its own access
-   * needing write permission (an atomic RMW is a write). Returns the last old value.
+   * Atomics.add of `delta` to the u32 at `off` (4-aligned), `times` times, each access needing
+   * write permission (an atomic RMW is a write). Returns the last old value. `perAccess` adds run
+   * in one access under one PTE check (default 1: each its own access): a run of them through one
+   * cached translation, as a CPU's TLB holds one for many instructions, and a shootdown that takes
+   * the permission away waits for the run to end.
    */
-  async atomicAdd(vmaId: number, off: number, delta: number, times = 1): Promise<number> {
+  async atomicAdd(vmaId: number, off: number, delta: number, times = 1, perAccess = 1): Promise<number> {
     const v = await this.range(vmaId, 'atomicAdd', off, 4);
     if (off % 4 !== 0) throw new HmmlabError('EINVAL', `atomicAdd: offset ${off} is not a multiple of 4`);
     const ps = v.desc.pageSize;
@@ -158,12 +161,53 @@ export class CpuMm {
         await this.fault(v, index, true, ++tries);
         continue;
       }
-      old = Atomics.add(v.words, ((pte_slot(pte) * ps) >>> 2) + word, delta);
+      const at = ((pte_slot(pte) * ps) >>> 2) + word;
+      const run = Math.max(1, Math.min(perAccess, times - n));
+      for (let k = 0; k < run; k++) old = Atomics.add(v.words, at, delta);
       this.leave();
-      n++;
+      n += run;
       tries = 0;
     }
     return old;
+  }
+
+  /**
+   * A load of [off, off + len) (within one page) held under one PTE check for up to `holdMs`:
+   * `look` sees the page's bytes in place, round after round, until it returns false or the time
+   * is up. As a TLB keeps a translation for many instructions: a shootdown that takes the page
+   * away waits for the hold to end, and a reclaim that does not wait lets `look` see the slot's
+   * next page. Returns the rounds looked.
+   */
+  async hold(
+    vmaId: number,
+    off: number,
+    len: number,
+    holdMs: number,
+    look: (bytes: Uint8Array) => boolean,
+  ): Promise<number> {
+    const v = await this.range(vmaId, 'hold', off, len);
+    const ps = v.desc.pageSize;
+    const index = Math.floor(off / ps);
+    if (len === 0 || Math.floor((off + len - 1) / ps) !== index)
+      throw new HmmlabError('EINVAL', `hold: ${off}+${len} is not within one page`);
+    for (let tries = 1; ; tries++) {
+      const pte = this.access(v, index, false);
+      if (pte === 0) {
+        await this.fault(v, index, false, tries);
+        continue;
+      }
+      const from = pte_slot(pte) * ps + (off - index * ps);
+      const bytes = v.bytes.subarray(from, from + len);
+      const until = performance.now() + holdMs;
+      let rounds = 0;
+      try {
+        do rounds++;
+        while (look(bytes) && performance.now() < until);
+      } finally {
+        this.leave();
+      }
+      return rounds;
+    }
   }
 
   /**

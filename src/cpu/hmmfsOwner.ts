@@ -1,14 +1,15 @@
 /**
- * The owner API (protocol.ts) over an HmmFs, through its public methods: File.read/write/fsync/
- * truncate, File.mmap, VmArea.unmap, and filemap_fault for a CPU fault, run under the mount's
- * mutex as every public operation is (phase 2 of issue 9 replaces the mutex by page locks and
- * makes the page cache implement CpuOwnerApi itself). Descriptors and mappings live here, keyed
- * by fd and vma_id, as in the kernel's files_struct and mm.
+ * The owner API (protocol.ts) of one process over an HmmFs: its descriptors and mappings, keyed by
+ * fd and vma_id, as the kernel's files_struct and mm (the mm's mmap_lock is the mount's). Every
+ * call is a public operation of the page cache, each a task of its own that runs beside the others
+ * (File.read/write/fsync/..., File.mmap, VmArea.unmap) and a CPU fault is the page cache's
+ * handle_mm_fault (HmmFs), which takes the locks of the fault path. `attachTlb` is how CpuThreads
+ * tells the page cache whose TLB to shoot down.
  */
 import { HmmlabError } from '../errors.ts';
 import type { File, HmmFs } from '../fs/hmmfs.ts';
-import { filemap_fault, type VmArea } from '../mm/memory.ts';
-import { pte_none, pte_write } from '../mm/pte.ts';
+import type { VmArea } from '../mm/memory.ts';
+import type { CpuTlbShootdown } from '../mm/rmap.ts';
 import type { CpuOwnerApi, VmaDesc } from './protocol.ts';
 import { vma_id } from './tlb.ts';
 
@@ -21,6 +22,28 @@ export class HmmFsCpuOwner implements CpuOwnerApi {
   spuriousFaults = 0;
 
   constructor(readonly fs: HmmFs) {}
+
+  /** The CPU threads' TLB: every PTE change of the page cache waits for its shootdown. */
+  attachTlb(tlb: CpuTlbShootdown | null): void {
+    this.fs.attachTlb(tlb);
+  }
+
+  /** Read-write syscalls past the basic ones: O_DIRECT, punch, fallocate (fsx from the workers). */
+  readDirect(fd: number, off: number, len: number): Promise<Uint8Array> {
+    return this.file(fd).readDirect(off, len);
+  }
+
+  writeDirect(fd: number, off: number, bytes: Uint8Array): Promise<void> {
+    return this.file(fd).writeDirect(off, bytes);
+  }
+
+  punchHole(fd: number, off: number, len: number): Promise<void> {
+    return this.file(fd).punchHole(off, len);
+  }
+
+  fallocate(fd: number, off: number, len: number): Promise<void> {
+    return this.file(fd).fallocate(off, len);
+  }
 
   async open(name: string, create = false): Promise<number> {
     const f = await this.fs.open(name, { create });
@@ -77,30 +100,14 @@ export class HmmFsCpuOwner implements CpuOwnerApi {
   }
 
   /**
-   * A worker's CPU fault. Under the mount's mutex: recheck the PTE first (another thread may have
-   * made it present since this one looked: a spurious fault, and a read fault must not downgrade
-   * a writable PTE, as finish_fault leaves a PTE someone else installed), then filemap_fault.
+   * A worker's CPU fault: the page cache's handle_mm_fault, which looks at the PTE again under its
+   * locks (another thread's fault may have made it present since this one looked: a spurious
+   * fault, and a read fault must not downgrade a writable PTE, as finish_fault leaves a PTE someone
+   * else installed).
    */
-  fault(vmaId: number, index: number, write: boolean): Promise<void> {
-    return this.fs.serialize(async () => {
-      const vma = this.lookup(vmaId, 'fault');
-      const m = vma.mapping;
-      if (vma.closed || index >= vma.nrPages) {
-        throw new HmmlabError('EFAULT', `fault on page ${index} of ${m.name} outside its mapping (SIGSEGV)`);
-      }
-      if (index * m.pageSize >= m.size) {
-        throw new HmmlabError(
-          'EFAULT',
-          `fault on page ${index} of ${m.name} (offset ${index * m.pageSize}) past EOF ${m.size} (SIGBUS)`,
-        );
-      }
-      const pte = Atomics.load(vma.pte, index);
-      if (!pte_none(pte) && (!write || pte_write(pte))) {
-        this.spuriousFaults++;
-        return;
-      }
-      await filemap_fault(vma, index, write);
-    });
+  async fault(vmaId: number, index: number, write: boolean): Promise<void> {
+    const vma = this.lookup(vmaId, 'fault');
+    if ((await this.fs.handle_mm_fault(vma, index, write)) === 'spurious') this.spuriousFaults++;
   }
 
   private file(fd: number): File {

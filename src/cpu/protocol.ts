@@ -13,6 +13,8 @@
  * leaving thread calls Atomics.notify only when the owner waits on it, as a futex waiters bit).
  */
 import type { MessagePort } from 'node:worker_threads';
+import type { WorkerStressParams, WorkerStressResult } from './stressLoop.ts';
+import type { WatchRange, WatchResult } from './watch.ts';
 
 /** Int32 words per CPU slot: 16 words = 64 bytes, one cache line. */
 export const CPU_SLOT_WORDS = 16;
@@ -61,9 +63,27 @@ export interface CpuSyscalls {
   truncate(fd: number, size: number): Promise<void>;
   /** fstat: the file's size in bytes. */
   size(fd: number): Promise<number>;
+  /** O_DIRECT read and write (512-byte aligned). */
+  readDirect(fd: number, off: number, len: number): Promise<Uint8Array>;
+  writeDirect(fd: number, off: number, bytes: Uint8Array): Promise<void>;
+  /** fallocate(PUNCH_HOLE | KEEP_SIZE), and fallocate(KEEP_SIZE): blocks reserved. */
+  punchHole(fd: number, off: number, len: number): Promise<void>;
+  fallocate(fd: number, off: number, len: number): Promise<void>;
 }
 
-const SYSCALLS = ['open', 'close', 'read', 'write', 'fsync', 'truncate', 'size'] as const;
+const SYSCALLS = [
+  'open',
+  'close',
+  'read',
+  'write',
+  'fsync',
+  'truncate',
+  'size',
+  'readDirect',
+  'writeDirect',
+  'punchHole',
+  'fallocate',
+] as const;
 
 /** The syscalls of `to`, as an object of plain functions (comlink serves own properties only). */
 export function forwardSyscalls(to: CpuSyscalls): CpuSyscalls {
@@ -119,4 +139,8 @@ export interface CpuWorkerApi extends CpuSyscalls {
   /** Test hook: see CpuMm.armStall. */
   armStall(vmaId: number, index: number, ctl: SharedArrayBuffer): void;
   stats(): CpuAccessStats;
+  /** Load and compare `ranges` through mapping `vmaId` again and again until the stop word (watch.ts). */
+  watch(vmaId: number, ranges: WatchRange[], ctl: SharedArrayBuffer): Promise<WatchResult>;
+  /** hmmlab stress --concurrent: the worker's loop (stressLoop.ts), until the owner sets the stop word. */
+  concurrentStress(o: WorkerStressParams): Promise<WorkerStressResult>;
 }

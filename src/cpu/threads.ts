@@ -19,6 +19,11 @@ import { CpuTlb, type CpuTlbStats, type PteChange } from './tlb.ts';
 
 const WORKER_URL = new URL('./worker.mjs', import.meta.url);
 
+/** An owner that tells its page cache whose TLB to shoot down (HmmFsCpuOwner). */
+interface TlbAttach {
+  attachTlb(tlb: CpuTlb | null): void;
+}
+
 export interface CpuThreadsOptions {
   /** Worker threads to start (M). */
   threads: number;
@@ -113,6 +118,8 @@ export class CpuThreads {
       for (let cpu = 0; cpu < o.threads; cpu++) t.threads.push(t.spawn(cpu));
       const startTimeout = o.startTimeoutMs ?? 30_000;
       await Promise.all(t.threads.map((w) => t.hello(w, startTimeout)));
+      // From now on every PTE change the page cache makes waits for these threads' shootdown.
+      (owner as Partial<TlbAttach>).attachTlb?.(t.tlb);
     } catch (e) {
       await t.close();
       throw e;
@@ -185,6 +192,7 @@ export class CpuThreads {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    (this.owner as Partial<TlbAttach>).attachTlb?.(null);
     await Promise.all(
       this.threads.map(async (w) => {
         w.ownerPort.close();

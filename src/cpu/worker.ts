@@ -8,6 +8,8 @@ import { parentPort, threadId, workerData } from 'node:worker_threads';
 import { CpuMm } from './access.ts';
 import { Comlink, endpoint } from './comlink.ts';
 import { type CpuOwnerApi, type CpuWorkerApi, type CpuWorkerInit, forwardSyscalls } from './protocol.ts';
+import { runWorkerStress } from './stressLoop.ts';
+import { watchRanges } from './watch.ts';
 
 const init = workerData as CpuWorkerInit;
 const owner = Comlink.wrap<CpuOwnerApi>(endpoint(init.port));
@@ -33,6 +35,11 @@ const api: CpuWorkerApi = {
   atomicAdd: (vmaId, off, delta, times) => mm.atomicAdd(vmaId, off, delta, times),
   armStall: (vmaId, index, ctl) => mm.armStall(vmaId, index, ctl),
   stats: () => mm.stats(),
+  watch: (vmaId, ranges, ctl) => watchRanges(mm, vmaId, ranges, ctl),
+  async concurrentStress(o) {
+    const r = await runWorkerStress(mm, owner, o);
+    return Comlink.transfer(r, [r.perWord.buffer]);
+  },
 };
 
 Comlink.expose(api, endpoint(parentPort!));

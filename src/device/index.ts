@@ -92,7 +92,9 @@ export {
   patternBytes,
   planChunks,
   planKernel,
+  SLOT_TAG_MASK,
   SOFTWARE_CHUNK_BYTES,
+  slotValue,
   wordChecksum,
 } from './kernels.ts';
 export {

@@ -8,15 +8,27 @@ import type { GpuDevice } from '../gpu/device.ts';
 import { loadShader } from '../gpu/shader.ts';
 import { MAX_FRAME_BUFFERS } from './frames.ts';
 
-export type KernelKind = 'devwrite' | 'devread' | 'atomic' | 'checksum';
-export const KERNEL_KINDS: readonly KernelKind[] = ['devwrite', 'devread', 'atomic', 'checksum'];
+export type KernelKind = 'devwrite' | 'devread' | 'atomic' | 'checksum' | 'slots';
+export const KERNEL_KINDS: readonly KernelKind[] = ['devwrite', 'devread', 'atomic', 'checksum', 'slots'];
 
 const SHADER: Record<KernelKind, string> = {
   devwrite: 'devwrite.wgsl',
   devread: 'devread.wgsl',
   atomic: 'atomic_inc.wgsl',
   checksum: 'checksum.wgsl',
+  slots: 'slot_store.wgsl',
 };
+
+/** Kernels whose work items are logical threads (a slice of them a chunk), not words. */
+export const isThreadKernel = (kind: KernelKind): boolean => kind === 'atomic' || kind === 'slots';
+
+/** The bits of a slot value that hold the run's tag (slots: (tag << 20) | thread). */
+export const SLOT_TAG_MASK = 0xfff;
+
+/** What the slots kernel's thread t stores for `tag` (the host's reference). */
+export function slotValue(tag: number, t: number): number {
+  return (((tag & SLOT_TAG_MASK) << 20) | (t & 0xfffff)) >>> 0;
+}
 
 export const WORKGROUP_SIZE = 256;
 /** Most invocations one launch dispatches; larger work is grid-strided over them. */
@@ -47,9 +59,9 @@ export interface KernelParams {
   off: number;
   /** Bytes; a positive multiple of 4. */
   len: number;
-  /** devwrite: the op's tag (byte(x) = (x + 7 * tag) mod 251). */
+  /** devwrite: the op's tag (byte(x) = (x + 7 * tag) mod 251); slots: the value's tag (12 bits). */
   tag?: number;
-  /** atomic: logical threads (default 16,384). */
+  /** atomic, slots: logical threads (default 16,384). */
   threads?: number;
   /** atomic: increments per logical thread (default 64). */
   k?: number;
@@ -65,7 +77,7 @@ export interface KernelPlan {
   write: boolean;
   firstPage: number;
   lastPage: number;
-  /** The op's tag reduced: (7 * tag) mod 251 (devwrite). */
+  /** The op's tag reduced: (7 * tag) mod 251 (devwrite); tag & SLOT_TAG_MASK (slots). */
   tagMod: number;
   k: number;
   nwords: number;
@@ -113,8 +125,8 @@ function checkRange(kind: string, off: number, len: number, pageSize: number): v
       `${kind}: range ${off}+${len} ends past page ${MAX_DEVICE_PAGES - 1}, the device's address limit`,
     );
   }
-  if (kind === 'atomic' && len > MAX_ATOMIC_BYTES) {
-    throw new HmmlabError('EINVAL', `atomic: length ${len} is over 4 GiB, the atomic kernel's range limit`);
+  if ((kind === 'atomic' || kind === 'slots') && len > MAX_ATOMIC_BYTES) {
+    throw new HmmlabError('EINVAL', `${kind}: length ${len} is over 4 GiB, the ${kind} kernel's range limit`);
   }
 }
 
@@ -166,6 +178,16 @@ export function planKernel(kind: KernelKind, params: KernelParams, pageSize: num
       const spread = Math.max(1, Math.floor(words / items));
       return { ...base, items, write: true, k, spread };
     }
+    case 'slots': {
+      // One store a thread (k 1), thread t on word t * spread: the range holds a slot a thread.
+      const items = positiveInt(kind, 'threads', params.threads ?? MIN_THREADS, 1 << 20);
+      const tag = params.tag ?? 0;
+      if (!Number.isSafeInteger(tag) || tag < 0) {
+        throw new HmmlabError('EINVAL', `slots: tag ${tag} is not a non-negative integer`);
+      }
+      const spread = Math.max(1, Math.floor(words / items));
+      return { ...base, items, write: true, k: 1, spread, tagMod: tag & SLOT_TAG_MASK };
+    }
   }
 }
 
@@ -187,7 +209,7 @@ export function chunkBytesFor(
  */
 export function* planChunks(plan: KernelPlan, chunkBytes: number): Generator<KernelChunk> {
   const pw = plan.pageWords;
-  if (plan.kind === 'atomic') {
+  if (isThreadKernel(plan.kind)) {
     const per = Math.max(1, Math.floor(chunkBytes / 4));
     const w0 = plan.firstWord % pw; // the range's word 0 within its first page
     for (let index = 0, a = 0; a < plan.items; index++, a += per) {
@@ -203,7 +225,7 @@ export function* planChunks(plan: KernelPlan, chunkBytes: number): Generator<Ker
         firstPage: whole ? plan.firstPage : plan.firstPage + Math.floor((w0 + lo) / pw),
         lastPage: whole ? plan.lastPage : plan.firstPage + Math.floor((w0 + hi) / pw),
         firstWord: w0,
-        patternBase: 0,
+        patternBase: plan.kind === 'slots' ? plan.tagMod : 0,
         outWords: 0,
         slots: items,
       };

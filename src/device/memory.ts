@@ -10,6 +10,11 @@
  * copy back) and at the end of each fault batch. A permission is only taken away once the GPU has
  * done everything queued before the change (shootdown): the map of a readback submitted after it
  * says so, and `pull` puts the change and the copy back in one submit and one map.
+ *
+ * Locking: every change of a device page table (map, protect, revoke, pull, restore) runs under
+ * that table's lock (DevicePageTable.lock, innermost in the lock order), and so do fault service's
+ * mmu_interval_read_retry and install (replay.ts) and a device eviction from its revoke to its
+ * put-back: an eviction and a CPU path's write-protect or revoke of the same page never interleave.
  */
 import { type Errno, errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
@@ -363,27 +368,34 @@ export class DeviceMemory implements FaultEngineHost {
     let error: unknown;
     for (const [id, indices] of bySpace) {
       const space = this.space(id);
-      const changes = await this.revoke(space, indices);
-      const victims = changes.map((c) => ({ space: id, index: c.index, frame: c.frame, dirty: c.dirty }));
-      const hook = (this.evictionHooks.get(id) ?? this.defaultHook)!;
-      let outcome: EvictionOutcome | undefined;
-      try {
-        outcome = await hook(victims, this);
-      } catch (e) {
-        outcome = { kept: victims, error: e };
-      }
-      const kept = new Set((outcome?.kept ?? []).map((v) => v.frame));
-      if (kept.size)
-        await this.restore(
-          space,
-          changes.filter((c) => kept.has(c.frame)),
-        );
-      for (const v of victims) {
-        if (kept.has(v.frame)) continue;
+      // The page-table lock from the revoke to the put-back: no write-protect or revoke of a
+      // victim by a CPU path runs between them (it would find the page gone, then put back).
+      const outcome = await space.lock.run(async () => {
+        const changes = await this.guard('revoke device pages', () => this.revokeLocked(space, indices));
+        const victims = changes.map((c) => ({ space: id, index: c.index, frame: c.frame, dirty: c.dirty }));
+        const hook = (this.evictionHooks.get(id) ?? this.defaultHook)!;
+        let out: EvictionOutcome | undefined;
+        try {
+          out = await hook(victims, this);
+        } catch (e) {
+          out = { kept: victims, error: e };
+        }
+        const kept = new Set((out?.kept ?? []).map((v) => v.frame));
+        if (kept.size)
+          await this.guard('restore device pages', () =>
+            this.restoreLocked(
+              space,
+              changes.filter((c) => kept.has(c.frame)),
+            ),
+          );
+        return { victims, kept, error: out?.error };
+      });
+      for (const v of outcome.victims) {
+        if (outcome.kept.has(v.frame)) continue;
         this.pool.release(v.frame);
         evicted.push(v);
       }
-      if (outcome?.error !== undefined && error === undefined) error = outcome.error;
+      if (outcome.error !== undefined && error === undefined) error = outcome.error;
       if (error !== undefined) break;
     }
     this.counters.evictions += evicted.length;
@@ -399,35 +411,38 @@ export class DeviceMemory implements FaultEngineHost {
    * change that takes a permission away or moves a page to another frame waits for a shootdown.
    */
   map(space: DevicePageTable, entries: MapEntry[]): Promise<void> {
-    return this.guard('map device pages', async () => {
-      this.own(space, 'map device pages');
-      checkIndices(
-        'map device pages',
-        entries.map((e) => e.index),
-      );
-      let shootdown = false;
-      const ops: PteOp[] = entries.map((e) => {
-        const owner = this.pool.owner(e.frame);
-        if (!owner || owner.space !== space.id || owner.index !== e.index) {
-          throw new HmmlabError('EINVAL', `map page ${e.index}: frame ${e.frame} was not allocated for it`);
-        }
-        const old = space.entries.get(e.index);
-        if (old && (old.frame !== e.frame || (old.perm === 'rw' && e.perm === 'ro'))) shootdown = true;
-        // Same frame: keep the DIRTY bit a kernel set; a new frame starts clean.
-        const clear = old && old.frame === e.frame ? (PTE_ALL & ~PTE_DIRTY) >>> 0 : PTE_ALL;
-        return { index: e.index, clear, set: pteEncode(e.frame, e.perm) };
-      });
-      if (shootdown) space.invalidate(entries.map((e) => e.index));
-      await this.pteOps(space, ops, shootdown, false);
-      for (const e of entries) {
-        const old = space.entries.get(e.index);
-        // A page moved to another frame: its old frame is no one's now.
-        if (old && old.frame !== e.frame) this.pool.release(old.frame);
-        space.entries.set(e.index, { frame: e.frame, perm: e.perm });
-        space.pending.delete(e.index);
-        this.pool.list(e.frame);
+    return this.guard('map device pages', () => space.lock.run(() => this.mapLocked(space, entries)));
+  }
+
+  /** @internal map() with the page-table lock held (fault service's install, replay.ts). */
+  async mapLocked(space: DevicePageTable, entries: MapEntry[]): Promise<void> {
+    this.own(space, 'map device pages');
+    checkIndices(
+      'map device pages',
+      entries.map((e) => e.index),
+    );
+    let shootdown = false;
+    const ops: PteOp[] = entries.map((e) => {
+      const owner = this.pool.owner(e.frame);
+      if (!owner || owner.space !== space.id || owner.index !== e.index) {
+        throw new HmmlabError('EINVAL', `map page ${e.index}: frame ${e.frame} was not allocated for it`);
       }
+      const old = space.entries.get(e.index);
+      if (old && (old.frame !== e.frame || (old.perm === 'rw' && e.perm === 'ro'))) shootdown = true;
+      // Same frame: keep the DIRTY bit a kernel set; a new frame starts clean.
+      const clear = old && old.frame === e.frame ? (PTE_ALL & ~PTE_DIRTY) >>> 0 : PTE_ALL;
+      return { index: e.index, clear, set: pteEncode(e.frame, e.perm) };
     });
+    if (shootdown) space.invalidate(entries.map((e) => e.index));
+    await this.pteOps(space, ops, shootdown, false);
+    for (const e of entries) {
+      const old = space.entries.get(e.index);
+      // A page moved to another frame: its old frame is no one's now.
+      if (old && old.frame !== e.frame) this.pool.release(old.frame);
+      space.entries.set(e.index, { frame: e.frame, perm: e.perm });
+      space.pending.delete(e.index);
+      this.pool.list(e.frame);
+    }
   }
 
   /**
@@ -440,25 +455,27 @@ export class DeviceMemory implements FaultEngineHost {
     indices: number[],
     opts: { cleanDirty?: boolean } = {},
   ): Promise<PteChange[]> {
-    return this.guard('write-protect device pages', async () => {
-      this.own(space, 'write-protect device pages');
-      checkIndices('write-protect device pages', indices);
-      const hit = indices.filter((i) => space.entries.get(i)?.perm === 'rw');
-      const clear = opts.cleanDirty ? (PTE_WRITE | PTE_DIRTY) >>> 0 : PTE_WRITE;
-      // mm/hmm.c invalidates the whole range: a page in fault service, not installed yet, is hit too.
-      space.invalidate(indices);
-      const olds = await this.pteOps(
-        space,
-        hit.map((index) => ({ index, clear, set: 0 })),
-        true,
-        true,
-      );
-      this.counters.writeProtects += hit.length;
-      const changes = this.takeProtected(space, indices, hit, olds!);
-      // Without cleanDirty the DIRTY bit stays on the (now read-only) PTE: the host's shadow keeps it.
-      if (!opts.cleanDirty) for (const ch of changes) if (ch.dirty) space.dirty.add(ch.index);
-      return changes;
-    });
+    return this.guard('write-protect device pages', () =>
+      space.lock.run(async () => {
+        this.own(space, 'write-protect device pages');
+        checkIndices('write-protect device pages', indices);
+        const hit = indices.filter((i) => space.entries.get(i)?.perm === 'rw');
+        const clear = opts.cleanDirty ? (PTE_WRITE | PTE_DIRTY) >>> 0 : PTE_WRITE;
+        // mm/hmm.c invalidates the whole range: a page in fault service, not installed yet, is hit too.
+        space.invalidate(indices);
+        const olds = await this.pteOps(
+          space,
+          hit.map((index) => ({ index, clear, set: 0 })),
+          true,
+          true,
+        );
+        this.counters.writeProtects += hit.length;
+        const changes = this.takeProtected(space, indices, hit, olds!);
+        // Without cleanDirty the DIRTY bit stays on the (now read-only) PTE: the host's shadow keeps it.
+        if (!opts.cleanDirty) for (const ch of changes) if (ch.dirty) space.dirty.add(ch.index);
+        return changes;
+      }),
+    );
   }
 
   /**
@@ -466,20 +483,22 @@ export class DeviceMemory implements FaultEngineHost {
    * the LRU) so the caller can copy dirty ones back; then it frees them (freeFrames), or keeps them.
    */
   revoke(space: DevicePageTable, indices: number[]): Promise<PteChange[]> {
-    return this.guard('revoke device pages', async () => {
-      this.own(space, 'revoke device pages');
-      checkIndices('revoke device pages', indices);
-      const hit = indices.filter((i) => space.entries.has(i));
-      space.invalidate(indices);
-      const olds = await this.pteOps(
-        space,
-        hit.map((index) => ({ index, clear: PTE_ALL, set: 0 })),
-        true,
-        true,
-      );
-      this.counters.revocations += hit.length;
-      return this.takeRevoked(space, indices, hit, olds!);
-    });
+    return this.guard('revoke device pages', () => space.lock.run(() => this.revokeLocked(space, indices)));
+  }
+
+  private async revokeLocked(space: DevicePageTable, indices: number[]): Promise<PteChange[]> {
+    this.own(space, 'revoke device pages');
+    checkIndices('revoke device pages', indices);
+    const hit = indices.filter((i) => space.entries.has(i));
+    space.invalidate(indices);
+    const olds = await this.pteOps(
+      space,
+      hit.map((index) => ({ index, clear: PTE_ALL, set: 0 })),
+      true,
+      true,
+    );
+    this.counters.revocations += hit.length;
+    return this.takeRevoked(space, indices, hit, olds!);
   }
 
   /** The host's shadow after a revoke of `hit` (of the `asked` pages) whose old PTEs are `olds`. */
@@ -531,7 +550,11 @@ export class DeviceMemory implements FaultEngineHost {
    * DIRTY bit) before the error is thrown: nothing was taken.
    */
   pull(space: DevicePageTable, req: PullRequest): Promise<PullResult> {
-    return this.guard('copy device pages back', async () => {
+    return this.guard('copy device pages back', () => space.lock.run(() => this.pullLocked(space, req)));
+  }
+
+  private async pullLocked(space: DevicePageTable, req: PullRequest): Promise<PullResult> {
+    {
       this.own(space, 'copy device pages back');
       const protect = req.protect ?? [];
       const revoke = req.revoke ?? [];
@@ -622,11 +645,11 @@ export class DeviceMemory implements FaultEngineHost {
             }
             taken();
           }
-          await this.restore(space, changes).catch(() => {});
+          await this.restoreLocked(space, changes).catch(() => {});
         }
         throw e;
       }
-    });
+    }
   }
 
   private copyTimedOut(): never {
@@ -645,32 +668,34 @@ export class DeviceMemory implements FaultEngineHost {
    * only gives permission back, so it needs no shootdown.
    */
   restore(space: DevicePageTable, changes: PteChange[]): Promise<void> {
-    return this.guard('restore device pages', async () => {
-      this.own(space, 'restore device pages');
-      if (changes.length === 0) return;
-      for (const c of changes) {
-        const owner = this.pool.owner(c.frame);
-        if (!owner || owner.space !== space.id || owner.index !== c.index) {
-          throw new HmmlabError('EINVAL', `restore page ${c.index}: frame ${c.frame} is no longer its own`);
-        }
+    return this.guard('restore device pages', () => space.lock.run(() => this.restoreLocked(space, changes)));
+  }
+
+  private async restoreLocked(space: DevicePageTable, changes: PteChange[]): Promise<void> {
+    this.own(space, 'restore device pages');
+    if (changes.length === 0) return;
+    for (const c of changes) {
+      const owner = this.pool.owner(c.frame);
+      if (!owner || owner.space !== space.id || owner.index !== c.index) {
+        throw new HmmlabError('EINVAL', `restore page ${c.index}: frame ${c.frame} is no longer its own`);
       }
-      await this.pteOps(
-        space,
-        changes.map((c) => ({
-          index: c.index,
-          clear: PTE_ALL,
-          set: (pteEncode(c.frame, c.perm) | (c.dirty ? PTE_DIRTY : 0)) >>> 0,
-        })),
-        false,
-        false,
-      );
-      for (const c of changes) {
-        space.entries.set(c.index, { frame: c.frame, perm: c.perm });
-        if (c.dirty) space.dirty.add(c.index);
-        if (c.pending) space.pending.set(c.index, { ...c.pending });
-        this.pool.list(c.frame);
-      }
-    });
+    }
+    await this.pteOps(
+      space,
+      changes.map((c) => ({
+        index: c.index,
+        clear: PTE_ALL,
+        set: (pteEncode(c.frame, c.perm) | (c.dirty ? PTE_DIRTY : 0)) >>> 0,
+      })),
+      false,
+      false,
+    );
+    for (const c of changes) {
+      space.entries.set(c.index, { frame: c.frame, perm: c.perm });
+      if (c.dirty) space.dirty.add(c.index);
+      if (c.pending) space.pending.set(c.index, { ...c.pending });
+      this.pool.list(c.frame);
+    }
   }
 
   /** Pages in [first, last] whose DIRTY bit is set now. */

@@ -12,9 +12,16 @@
  * invalidation bumps, recording which pages it hit; fault service takes the sequence first
  * (readBegin) and, before installing PTEs, asks which of its pages were invalidated since
  * (readRetry) and leaves those to be faulted again.
+ *
+ * `lock` is the device page-table lock (the driver lock of lib/test_hmm.c), innermost in the lock
+ * order: invalidations (write-protect, revoke, restore) and fault service's readRetry + install run
+ * under it (DeviceMemory), so an install either sees an invalidation that ran before it or is
+ * invalidated by one that runs after; device eviction holds it from its revoke to its put-back.
  */
 import { HmmlabError } from '../errors.ts';
 import type { GpuDevice } from '../gpu/device.ts';
+import { Mutex } from '../lock/mutex.ts';
+import { DEVICE_PT_LOCK } from '../lock/order.ts';
 import type { DevicePerm } from './pte.ts';
 
 const MIN_PAGES = 64;
@@ -56,6 +63,10 @@ export class DevicePageTable {
    * (mmu_interval_read_retry). The frame stays the page's; the replay's fault installs it.
    */
   readonly pending = new Map<number, InstalledPte>();
+  /** The device page-table lock. */
+  readonly lock = new Mutex(DEVICE_PT_LOCK);
+  /** The invalidation sequence right after the last install of fault service (replay.ts). */
+  installedAt = -1;
   private seq = 0;
   private readonly invalidatedAt = new Map<number, number>();
   /** readRetry for a sequence older than this cannot tell which pages were hit: it says all of them. */

@@ -46,6 +46,7 @@ import {
 import type { FramePool } from './frames.ts';
 import {
   encodeParams,
+  isThreadKernel,
   type KernelChunk,
   type KernelKind,
   type KernelParams,
@@ -76,6 +77,8 @@ export interface FaultEngineHost {
   allocFrames(space: DevicePageTable, indices: number[]): Promise<(number | null)[]>;
   freeFrames(frames: number[]): void;
   map(space: DevicePageTable, entries: MapEntry[]): Promise<void>;
+  /** map() for a caller that holds the table's lock (fault service's install). */
+  mapLocked(space: DevicePageTable, entries: MapEntry[]): Promise<void>;
   markFailed(space: DevicePageTable, pages: { index: number; write: boolean }[], on: boolean): Promise<void>;
   /** Host pages into frames, staged: submitted by `flushCopies` (or any later read of frames). */
   stageToFrames(items: FrameWrite[]): Promise<void>;
@@ -100,6 +103,14 @@ export interface FaultServiceContext {
    * copies before its PTEs are installed. Fails (copy-to-device) before anything is copied.
    */
   copyToFrames(items: FrameWrite[]): Promise<void>;
+  /**
+   * The servicer committed a grant for page `index` (its records say the device has it): from now
+   * on it stands as pending until the install, so that an invalidation that runs before the
+   * install (a CPU path on the page, once the servicer unlocked it) finds it: a write-protect
+   * makes it read-only, a revoke takes it back. The install then puts in what is left of it.
+   * A servicer that never calls it has its answers installed as they are.
+   */
+  grant(index: number, frame: number, perm: 'ro' | 'rw'): void;
   /**
    * Service failed part way (a read of the disk, a copy): the faults answered ok are still
    * installed, then the kernel run fails with `error`. The servicer must have left every fault it
@@ -349,7 +360,7 @@ export async function runKernel(
           }
         }
       }
-      if (kind === 'atomic' && run.failedPages.size) await countFailedThreads(host.gpu, plan, chunk, run);
+      if (isThreadKernel(kind) && run.failedPages.size) await countFailedThreads(host.gpu, plan, chunk, run);
     }
     host.counters.kernels++;
     const result: KernelResult = {
@@ -370,7 +381,7 @@ export async function runKernel(
       gpuMs: bufs.timestamps ? run.gpuMs : undefined,
     };
     if (run.failedPages.size) {
-      if (kind !== 'atomic') countFailedWords(plan, run.failedPages);
+      if (!isThreadKernel(kind)) countFailedWords(plan, run.failedPages);
       result.failed = [...run.failedPages.values()].sort((a, b) => a.index - b.index);
       result.error = failedError(kind, result.failed);
     }
@@ -473,6 +484,8 @@ async function runChunk(
   let stuck = 0;
   const c = host.counters;
   const policy = host.replayPolicy;
+  /** The space's invalidation sequence at the last install: a CPU path that took a page back since is progress too. */
+  let seqAtInstall = -1;
   for (let launchNo = 1; ; launchNo++) {
     if (space.pte !== boundPte) {
       // The servicer mapped a page past the table's end: the table grew, bind the new buffers.
@@ -517,7 +530,9 @@ async function runChunk(
     // servicer's answer does not let the access through, and replaying would never end.
     const faulted = new Set(fetched.map((f) => f.index));
     const again = lastGranted.size > 0 && [...lastGranted].every((i) => faulted.has(i));
-    stuck = again && c.evictions === evictionsAtGrant ? stuck + 1 : 0;
+    // Unless an invalidation ran since (a concurrent CPU path took a page back: it faults again).
+    const untouched = space.readBegin() === seqAtInstall;
+    stuck = again && untouched && c.evictions === evictionsAtGrant ? stuck + 1 : 0;
     if (stuck >= 3) {
       throw new HmmlabError(
         'EGPU',
@@ -542,6 +557,7 @@ async function runChunk(
       for (const i of granted) lastGranted.add(i);
     }
     evictionsAtGrant = c.evictions;
+    seqAtInstall = space.installedAt;
   }
 }
 
@@ -692,10 +708,12 @@ async function launch(
   const counts = w32.subarray(4 + entryWords, 4 + entryWords + 2 * pages);
   const ptes = w32.subarray(4 + entryWords + 2 * pages);
   ptes.forEach((pte, i) => {
-    if (pteDirty(pte)) space.dirty.add(p0 + i);
-    else space.dirty.delete(p0 + i);
+    // Only for a page still installed: a revoke that ran after the launch took its bits already.
     const e = space.entries.get(p0 + i);
-    if (e) host.pool.touch(e.frame);
+    if (!e) return;
+    if (pteDirty(pte) && e.perm === 'rw') space.dirty.add(p0 + i);
+    else space.dirty.delete(p0 + i);
+    host.pool.touch(e.frame);
   });
   let entries: Uint32Array = w32.subarray(4, 4 + 2 * Math.min(unique, entryWords / 2));
   if (unique > entryWords / 2) {
@@ -738,6 +756,8 @@ async function serviceBatch(
     }
   }
   const allocated = new Set<number>();
+  /** Pages whose grant the servicer registered (ctx.grant): space.pending holds what is left of it. */
+  const registered = new Set<number>();
   let failed = 0;
   let retried = 0;
   const granted: number[] = [];
@@ -755,6 +775,10 @@ async function serviceBatch(
     fail: (error) => {
       deferred ??= { error };
     },
+    grant: (index, frame, perm) => {
+      registered.add(index);
+      space.pending.set(index, { frame, perm });
+    },
   };
   try {
     const seq = space.readBegin();
@@ -762,50 +786,62 @@ async function serviceBatch(
     if (results.length !== batch.length) {
       throw new HmmlabError('EINVAL', `fault servicer answered ${results.length} of ${batch.length} faults`);
     }
-    if (host.inject.should_fail('race-invalidate')) {
-      // As a CPU write to a page of the batch would, between the start of service and the install.
-      const k = results.findIndex((r) => r.ok);
-      space.invalidate([batch[Math.max(0, k)].index]);
-    }
-    const raced = space.readRetry(
-      seq,
-      batch.map((f) => f.index),
-    );
     const installs: MapEntry[] = [];
     const fails: DeviceFault[] = [];
-    batch.forEach((f, i) => {
-      const r = results[i];
-      if (r.ok && !raced.has(f.index)) {
-        installs.push({ index: f.index, frame: r.frame, perm: r.perm });
-      } else if (r.ok) {
-        // mmu_interval_read_retry said no: not installed now; the grant stands (the servicer's
-        // records name the frame) and the replay faults the page again and installs it.
-        space.pending.set(f.index, { frame: r.frame, perm: r.perm });
-        allocated.delete(r.frame);
-        retried++;
-        c.mmuIntervalRetries++;
-      } else if ('retry' in r) {
-        retried++;
-      } else {
-        failed++;
-        fails.push(f);
-        const key = `${f.index}${f.write ? 'w' : 'r'}`;
-        if (failedPages && !failedPages.has(key)) {
-          failedPages.set(key, {
-            space: space.id,
-            index: f.index,
-            write: f.write,
-            code: r.code,
-            message: r.message,
-            items: 0,
-          });
-        }
-      }
-    });
     // The batch's staged copies reach the frames before its PTEs (and go on while the next batch
     // is serviced).
     host.flushCopies();
-    await host.map(space, installs);
+    // mmu_interval_read_retry and the install under the page-table lock: an invalidation of a page
+    // of the batch ran before this (it is seen) or runs after the install (it invalidates the PTE).
+    await space.lock.run(async () => {
+      if (host.inject.should_fail('race-invalidate')) {
+        // As a CPU write to a page of the batch would, between the start of service and the install.
+        const k = results.findIndex((r) => r.ok);
+        space.invalidate([batch[Math.max(0, k)].index]);
+      }
+      const raced = space.readRetry(
+        seq,
+        batch.map((f) => f.index),
+      );
+      batch.forEach((f, i) => {
+        const r = results[i];
+        // A registered grant is what an invalidation since left of it; none left: it was revoked
+        // (its frame went with it), and the access faults again.
+        const g = r.ok && registered.has(f.index) ? space.pending.get(f.index) : r.ok ? r : undefined;
+        if (r.ok && !g) {
+          allocated.delete(r.frame);
+          retried++;
+          c.mmuIntervalRetries++;
+        } else if (g && !raced.has(f.index)) {
+          installs.push({ index: f.index, frame: g.frame, perm: g.perm as 'ro' | 'rw' });
+        } else if (g) {
+          // mmu_interval_read_retry said no: not installed now; the grant stands (the servicer's
+          // records name the frame) and the replay faults the page again and installs it.
+          space.pending.set(f.index, { frame: g.frame, perm: g.perm });
+          allocated.delete(g.frame);
+          retried++;
+          c.mmuIntervalRetries++;
+        } else if (!r.ok && 'retry' in r) {
+          retried++;
+        } else if (!r.ok) {
+          failed++;
+          fails.push(f);
+          const key = `${f.index}${f.write ? 'w' : 'r'}`;
+          if (failedPages && !failedPages.has(key)) {
+            failedPages.set(key, {
+              space: space.id,
+              index: f.index,
+              write: f.write,
+              code: r.code,
+              message: r.message,
+              items: 0,
+            });
+          }
+        }
+      });
+      await host.mapLocked(space, installs);
+      space.installedAt = space.readBegin();
+    });
     for (const e of installs) {
       allocated.delete(e.frame);
       space.pending.delete(e.index);

@@ -1,9 +1,16 @@
 /**
  * HmmFs: a filesystem whose files are real files in a directory, served through hmmlab's page cache
- * (src/mm). One mount owns one host page pool, one LRU, one block budget and one mutex: every public
- * operation (HmmFs, File and VmArea methods) runs under that mutex, in call order. The functions a
- * policy calls from inside a device fault (src/mm/index.ts) do not take it: the fault already runs
- * inside a public operation.
+ * (src/mm). One mount owns one host page pool, one LRU, one block budget and the mm of the process
+ * whose threads map its files (mmap_lock, the CPU TLB shootdown of its CPU threads).
+ *
+ * Operations run concurrently (docs/ARCHITECTURE.md, "Threads and locks"): every public operation
+ * of HmmFs, File and VmArea is a lockdep task holding the mount shared (s_umount); remount, unmount,
+ * the invariant checker and device detach hold it exclusive. Under it each takes the file's locks
+ * its path needs (i_rwsem for the writers of data and size, invalidate_lock shared for the paths
+ * that bring pages in and exclusive for those that take a range out), then page locks. A device
+ * kernel run holds its file's invalidate_lock shared: CPU faults, syscalls, reclaim and writeback
+ * on the same file run beside it, page by page. The functions a policy calls from inside a device
+ * fault (src/mm/index.ts) take only page locks: the fault runs inside the kernel's operation.
  */
 import fs from 'node:fs';
 import os from 'node:os';
@@ -14,6 +21,9 @@ import type { KernelKind, KernelParams } from '../device/kernels.ts';
 import type { DeviceOutputSink } from '../device/replay.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import { type FaultInjector, NO_INJECT } from '../inject/inject.ts';
+import { lockdep } from '../lock/lockdep.ts';
+import { MMAP_LOCK, MOUNT_LOCK } from '../lock/order.ts';
+import { RwSemaphore } from '../lock/rwsem.ts';
 import {
   checkBytes,
   checkDirectAlign,
@@ -25,9 +35,11 @@ import {
 import { dio_read, dio_write } from '../mm/direct.ts';
 import { filemap_read, generic_perform_write } from '../mm/filemap.ts';
 import { Mapping } from '../mm/mapping.ts';
-import { VmArea, zap_vma } from '../mm/memory.ts';
+import { type FaultResult, filemap_fault, VmArea, type VmAreaOwner, zap_vma } from '../mm/memory.ts';
 import { PageLocked, PageWriteback, trylock_page, unlock_page } from '../mm/page.ts';
 import { PageCache } from '../mm/pagecache.ts';
+import { pte_none, pte_write } from '../mm/pte.ts';
+import { type CpuTlbShootdown, tlb_finish_mmu, tlb_gather_mmu } from '../mm/rmap.ts';
 import { page_snapshot } from '../mm/snapshot.ts';
 import type { PageTracer } from '../mm/trace.ts';
 import { punch_hole, truncate_inode_pages_range, truncate_setsize } from '../mm/truncate.ts';
@@ -44,7 +56,6 @@ import {
 } from '../policy/device.ts';
 import { type CoherencePolicy, hostOnlyPolicy } from '../policy/policy.ts';
 import { BackingFile, type BlockBudget } from './backing.ts';
-import { Mutex } from './mutex.ts';
 
 export { DEFAULT_MAX_FILE_SIZE, MAX_FILE_SIZE_LIMIT };
 
@@ -137,7 +148,12 @@ export class HmmFs {
   /** --trace's tracer, carried over every remount (null: nothing traced). */
   readonly tracer: PageTracer | null;
   private readonly blockLimit: number;
-  private readonly lock = new Mutex();
+  /** The mount (s_umount): operations shared; remount, unmount, checks and detach exclusive. */
+  private readonly mount_lock = new RwSemaphore(MOUNT_LOCK);
+  /** The mm's mmap_lock: CPU faults shared, munmap exclusive. */
+  readonly mmap_lock = new RwSemaphore(MMAP_LOCK);
+  /** The CPU threads' TLB shootdown, once CPU threads run on this mount's mappings. */
+  private cpuTlb: CpuTlbShootdown | null = null;
   private host!: PageCache;
   private budget!: BlockBudget;
   private inodes = new Map<string, Inode>();
@@ -174,7 +190,7 @@ export class HmmFs {
     if (!fs.statSync(dir).isDirectory()) throw new HmmlabError('ENOTDIR', `mount: ${dir} is not a directory`);
     const hfs = new HmmFs(dir, o, opts.inject ?? NO_INJECT, opts.trace ?? null);
     if (isDevicePolicy(o.policy)) {
-      o.policy.setSerializer((fn) => hfs.serialize(fn));
+      o.policy.setSerializer((fn) => hfs.exclusive('device detach', fn));
       if (opts.inject) o.policy.setInjector(opts.inject);
     }
     hfs.setup();
@@ -183,6 +199,7 @@ export class HmmFs {
 
   private setup(): void {
     this.host = new PageCache(this.pageSize, this.hostPages, this.policy, this.host?.vmstat);
+    this.host.tlb = this.cpuTlb;
     this.host.tracer = this.tracer;
     this.budget = { used: 0, limit: this.blockLimit };
     this.inodes = new Map();
@@ -199,9 +216,65 @@ export class HmmFs {
     return this.budget.used;
   }
 
-  /** Run `fn` under the mount's mutex (what every public operation does). */
+  /** Run `fn` as one public operation: a lockdep task of its own, the mount held shared. */
+  op<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    return lockdep.task(what, () => this.mount_lock.read(fn));
+  }
+
+  /** Run `fn` with the mount held exclusive: no operation is halfway through while it runs. */
+  exclusive<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    return lockdep.task(what, () => this.mount_lock.write(fn));
+  }
+
+  /** Run `fn` as a public operation (op): tests and the policies run their own work this way. */
   serialize<T>(fn: () => Promise<T>): Promise<T> {
-    return this.lock.run(fn);
+    return this.op('operation', fn);
+  }
+
+  /**
+   * CPU threads run on this mount's mappings: every PTE change that takes a permission away waits
+   * for their TLB shootdown (src/cpu/tlb.ts) before it is relied on.
+   */
+  attachTlb(tlb: CpuTlbShootdown | null): void {
+    this.cpuTlb = tlb;
+    this.host.tlb = tlb;
+  }
+
+  /** What a VmArea of this mount needs: its operations and the mm's mmap_lock. */
+  get vmOwner(): VmAreaOwner {
+    return { op: (fn) => this.op('mapping access', fn), mmap_lock: this.mmap_lock };
+  }
+
+  /**
+   * handle_mm_fault for a CPU thread's access to page `index` of `vma`: under the mount and
+   * mmap_lock shared, SIGSEGV outside the mapping (or once it is unmapped), SIGBUS past EOF, then
+   * filemap_fault under the file's invalidate_lock shared. A fault that finds the PTE already
+   * granting the access (another thread's fault won, or mapped it writable: a read fault never
+   * downgrades it) is spurious and changes nothing.
+   */
+  handle_mm_fault(vma: VmArea, index: number, write: boolean): Promise<FaultResult> {
+    return this.op('cpu fault', () =>
+      this.mmap_lock.read(async () => {
+        const m = vma.mapping;
+        if (vma.closed || index >= vma.nrPages || vma.holes.has(index)) {
+          throw new HmmlabError(
+            'EFAULT',
+            `fault on page ${index} of ${m.name} outside its mapping (SIGSEGV)`,
+          );
+        }
+        const pte = Atomics.load(vma.pte, index);
+        if (!pte_none(pte) && (!write || pte_write(pte))) return 'spurious';
+        return m.invalidate_lock.read(async () => {
+          if (index * m.pageSize >= m.size) {
+            throw new HmmlabError(
+              'EFAULT',
+              `fault on page ${index} of ${m.name} (offset ${index * m.pageSize}) past EOF ${m.size} (SIGBUS)`,
+            );
+          }
+          return filemap_fault(vma, index, write);
+        });
+      }),
+    );
   }
 
   private checkMounted(what: string): void {
@@ -210,7 +283,7 @@ export class HmmFs {
   }
 
   open(name: string, opts: OpenOptions = {}): Promise<File> {
-    return this.serialize(async () => {
+    return this.op('open', async () => {
       this.checkMounted(`open ${name}`);
       if (typeof name !== 'string' || name === '' || name === '.' || name === '..' || /[/\\\0]/.test(name)) {
         throw new HmmlabError(
@@ -245,7 +318,7 @@ export class HmmFs {
    * a page read again after drop_caches is not a workingset refault. Returns the pages dropped.
    */
   dropCaches(): Promise<number> {
-    return this.serialize(async () => {
+    return this.op('drop_caches', async () => {
       this.checkMounted('dropCaches');
       this.host.vmstat.count('drop_pagecache');
       let dropped = 0;
@@ -269,7 +342,7 @@ export class HmmFs {
 
   /** Unmount: everything written back and synced, every mapping torn down, every page dropped. */
   unmount(): Promise<void> {
-    return this.serialize(async () => {
+    return this.exclusive('unmount', async () => {
       if (!this.mounted) return;
       await this.teardown();
     });
@@ -277,7 +350,7 @@ export class HmmFs {
 
   /** Unmount, then mount the same directory again: File handles and mappings of before are closed. */
   remount(): Promise<void> {
-    return this.serialize(async () => {
+    return this.exclusive('remount', async () => {
       this.checkMounted('remount');
       await this.teardown();
       this.setup();
@@ -299,7 +372,9 @@ export class HmmFs {
         lost ??= e;
         await filemap_write_and_wait_range(mapping, 0, LAST_PAGE, 'unmount');
       }
-      for (const vma of [...mapping.i_mmap]) zap_vma(vma);
+      const tlb = tlb_gather_mmu();
+      for (const vma of [...mapping.i_mmap]) zap_vma(vma, tlb);
+      await tlb_finish_mmu(this.host, tlb);
       await truncate_inode_pages_range(mapping, 0, LAST_PAGE, 'unmount');
       await backing.set_size(mapping.size);
       await backing.fsync();
@@ -334,7 +409,10 @@ export class HmmFs {
   }
 }
 
-/** An open file: its inode's address_space, under the mount's mutex. close() makes it EBADF. */
+/**
+ * An open file: its inode's address_space. Each method is one operation (HmmFs.op) that takes the
+ * file's locks its path needs; close() makes the handle EBADF.
+ */
 export class File {
   private closed = false;
 
@@ -353,12 +431,27 @@ export class File {
     return this.mapping.size;
   }
 
-  private op<T>(what: string, fn: () => Promise<T>): Promise<T> {
-    return this.fs.serialize(async () => {
+  /**
+   * One operation on the file: the mount shared, then `locks` (i_rwsem exclusive for `writer`,
+   * invalidate_lock shared or exclusive), outermost first.
+   */
+  private op<T>(
+    what: string,
+    fn: () => Promise<T>,
+    locks: { writer?: boolean; invalidate?: 'read' | 'write' } = {},
+  ): Promise<T> {
+    const m = this.mapping;
+    const inner = !locks.invalidate
+      ? fn
+      : locks.invalidate === 'read'
+        ? () => m.invalidate_lock.read(fn)
+        : () => m.invalidate_lock.write(fn);
+    const locked = locks.writer ? () => m.i_rwsem.write(inner) : inner;
+    return this.fs.op(`${what} ${this.name}`, async () => {
       if (this.closed || !this.fs.isLive(this.generation)) {
         throw new HmmlabError('EBADF', `${what} on ${this.name}: the file is closed`);
       }
-      return fn();
+      return locked();
     });
   }
 
@@ -367,23 +460,31 @@ export class File {
    * copied there, as read(2) fills the caller's buffer, and a view of it is returned.
    */
   read(off: number, len: number, into?: Uint8Array): Promise<Uint8Array> {
-    return this.op('read', async () => {
-      checkOffset('read offset', off);
-      checkOffset('read length', len);
-      if (into && into.byteLength < len) {
-        throw new HmmlabError('EINVAL', `read of ${len} bytes into a buffer of ${into.byteLength}`);
-      }
-      return filemap_read(this.mapping, off, len, into);
-    });
+    return this.op(
+      'read',
+      async () => {
+        checkOffset('read offset', off);
+        checkOffset('read length', len);
+        if (into && into.byteLength < len) {
+          throw new HmmlabError('EINVAL', `read of ${len} bytes into a buffer of ${into.byteLength}`);
+        }
+        return filemap_read(this.mapping, off, len, into);
+      },
+      { invalidate: 'read' },
+    );
   }
 
   write(off: number, bytes: Uint8Array): Promise<void> {
-    return this.op('write', async () => {
-      checkOffset('write offset', off);
-      checkBytes('write bytes', bytes);
-      checkFileLimit('write', off, bytes.length, this.fs.maxFileSize);
-      await generic_perform_write(this.mapping, off, bytes);
-    });
+    return this.op(
+      'write',
+      async () => {
+        checkOffset('write offset', off);
+        checkBytes('write bytes', bytes);
+        checkFileLimit('write', off, bytes.length, this.fs.maxFileSize);
+        await generic_perform_write(this.mapping, off, bytes);
+      },
+      { writer: true },
+    );
   }
 
   fsync(): Promise<void> {
@@ -394,11 +495,15 @@ export class File {
   }
 
   truncate(size: number): Promise<void> {
-    return this.op('truncate', async () => {
-      checkOffset('truncate size', size);
-      checkFileLimit('truncate', 0, size, this.fs.maxFileSize);
-      await truncate_setsize(this.mapping, size);
-    });
+    return this.op(
+      'truncate',
+      async () => {
+        checkOffset('truncate size', size);
+        checkFileLimit('truncate', 0, size, this.fs.maxFileSize);
+        await truncate_setsize(this.mapping, size);
+      },
+      { writer: true, invalidate: 'write' },
+    );
   }
 
   /**
@@ -407,55 +512,72 @@ export class File {
    * writes it a call at a time, so that the write fails whole or not at all, as one write(2) does.
    */
   fallocate(off: number, len: number): Promise<void> {
-    return this.op('fallocate', async () => {
-      checkOffset('fallocate offset', off);
-      checkOffset('fallocate length', len);
-      checkFileLimit('fallocate', off, len, this.fs.maxFileSize);
-      if (len === 0) return;
-      const ps = this.fs.pageSize;
-      await this.mapping.a_ops.reserve_blocks(Math.floor(off / ps), Math.floor((off + len - 1) / ps));
-    });
+    return this.op(
+      'fallocate',
+      async () => {
+        checkOffset('fallocate offset', off);
+        checkOffset('fallocate length', len);
+        checkFileLimit('fallocate', off, len, this.fs.maxFileSize);
+        if (len === 0) return;
+        const ps = this.fs.pageSize;
+        await this.mapping.a_ops.reserve_blocks(Math.floor(off / ps), Math.floor((off + len - 1) / ps));
+      },
+      { writer: true },
+    );
   }
 
   /** fallocate(PUNCH_HOLE | KEEP_SIZE), clamped to EOF. */
   punchHole(off: number, len: number): Promise<void> {
-    return this.op('punchHole', async () => {
-      checkOffset('punch offset', off);
-      checkOffset('punch length', len);
-      await punch_hole(this.mapping, off, len);
-    });
+    return this.op(
+      'punchHole',
+      async () => {
+        checkOffset('punch offset', off);
+        checkOffset('punch length', len);
+        await punch_hole(this.mapping, off, len);
+      },
+      { writer: true, invalidate: 'write' },
+    );
   }
 
   /** O_DIRECT read: 512-byte aligned offset and length; short at EOF. */
   readDirect(off: number, len: number): Promise<Uint8Array> {
-    return this.op('readDirect', async () => {
-      checkOffset('direct read offset', off);
-      checkOffset('direct read length', len);
-      checkDirectAlign('direct read', off, len);
-      return dio_read(this.mapping, off, len);
-    });
+    return this.op(
+      'readDirect',
+      async () => {
+        checkOffset('direct read offset', off);
+        checkOffset('direct read length', len);
+        checkDirectAlign('direct read', off, len);
+        return dio_read(this.mapping, off, len);
+      },
+      { invalidate: 'read' },
+    );
   }
 
   /** O_DIRECT write: 512-byte aligned offset and length; extends the file. */
   writeDirect(off: number, bytes: Uint8Array): Promise<void> {
-    return this.op('writeDirect', async () => {
-      checkOffset('direct write offset', off);
-      checkBytes('direct write bytes', bytes);
-      checkDirectAlign('direct write', off, bytes.length);
-      checkFileLimit('direct write', off, bytes.length, this.fs.maxFileSize);
-      if (bytes.length === 0) return;
-      const ps = this.fs.pageSize;
-      await this.mapping.a_ops.reserve_blocks(
-        Math.floor(off / ps),
-        Math.floor((off + bytes.length - 1) / ps),
-      );
-      await dio_write(this.mapping, off, bytes);
-    });
+    return this.op(
+      'writeDirect',
+      async () => {
+        checkOffset('direct write offset', off);
+        checkBytes('direct write bytes', bytes);
+        checkDirectAlign('direct write', off, bytes.length);
+        checkFileLimit('direct write', off, bytes.length, this.fs.maxFileSize);
+        if (bytes.length === 0) return;
+        const ps = this.fs.pageSize;
+        await this.mapping.a_ops.reserve_blocks(
+          Math.floor(off / ps),
+          Math.floor((off + bytes.length - 1) / ps),
+        );
+        await dio_write(this.mapping, off, bytes);
+      },
+      { writer: true, invalidate: 'write' },
+    );
   }
 
   /**
    * A shared CPU mapping of the file from offset 0, `length` bytes (default: the file-size limit,
-   * so the file may grow under it). Loads are clamped to EOF; stores must lie within EOF.
+   * so the file may grow under it). Loads are clamped to EOF; stores must lie within EOF. It is
+   * made in one synchronous step (no other task runs meanwhile), as if under mmap_lock exclusive.
    */
   mmap(length?: number): VmArea {
     if (this.closed || !this.fs.isLive(this.generation)) {
@@ -465,7 +587,7 @@ export class File {
     checkOffset('mmap length', len);
     checkFileLimit('mmap', 0, len, this.fs.maxFileSize);
     const nrPages = Math.ceil(len / this.fs.pageSize);
-    return new VmArea(this.mapping, nrPages, (fn) => this.fs.serialize(fn));
+    return new VmArea(this.mapping, nrPages, this.fs.vmOwner);
   }
 
   /** close(2): the handle is EBADF after; the inode and its pages stay cached until unmount. */
@@ -487,29 +609,36 @@ export class File {
     params: KernelParams,
     sink?: DeviceOutputSink,
   ): Promise<DeviceKernelResult | null> {
-    return this.op(what, async () => {
-      const { off, len } = params;
-      checkOffset(`${what} offset`, off);
-      checkOffset(`${what} length`, len);
-      if (off % 4 !== 0 || len % 4 !== 0) {
-        throw new HmmlabError('EINVAL', `${what}: offset ${off} and length ${len} must be multiples of 4`);
-      }
-      if (off + len > this.mapping.size) {
-        throw new HmmlabError(
-          'EINVAL',
-          `${what} at offset ${off} length ${len} runs past EOF ${this.mapping.size} of ${this.name}`,
-        );
-      }
-      const policy = this.fs.policy;
-      if (!isDevicePolicy(policy)) {
-        throw new HmmlabError(
-          'ENODEV',
-          `${what} on ${this.name}: no device: mount with a device policy, mirror or migrate (policy is '${policy.name}')`,
-        );
-      }
-      if (len === 0) return null;
-      return policy.runDeviceKernel(this.mapping, kind, params, sink);
-    });
+    return this.op(what, () => this.deviceRun(what, kind, params, sink), { invalidate: 'read' });
+  }
+
+  private async deviceRun(
+    what: string,
+    kind: KernelKind,
+    params: KernelParams,
+    sink?: DeviceOutputSink,
+  ): Promise<DeviceKernelResult | null> {
+    const { off, len } = params;
+    checkOffset(`${what} offset`, off);
+    checkOffset(`${what} length`, len);
+    if (off % 4 !== 0 || len % 4 !== 0) {
+      throw new HmmlabError('EINVAL', `${what}: offset ${off} and length ${len} must be multiples of 4`);
+    }
+    if (off + len > this.mapping.size) {
+      throw new HmmlabError(
+        'EINVAL',
+        `${what} at offset ${off} length ${len} runs past EOF ${this.mapping.size} of ${this.name}`,
+      );
+    }
+    const policy = this.fs.policy;
+    if (!isDevicePolicy(policy)) {
+      throw new HmmlabError(
+        'ENODEV',
+        `${what} on ${this.name}: no device: mount with a device policy, mirror or migrate (policy is '${policy.name}')`,
+      );
+    }
+    if (len === 0) return null;
+    return policy.runDeviceKernel(this.mapping, kind, params, sink);
   }
 
   /** devwrite: one device thread per 4-byte word stores docs/oplog.md's pattern for `tag`. */
@@ -535,6 +664,18 @@ export class File {
     checkOffset('deviceAtomicInc words', words);
     const r = await this.device('deviceAtomicInc', 'atomic', { off, len: words * 4, threads, k: iters });
     if (r?.run.failed.length) throw refusedError('atomic write', this.name, r.run.failed);
+    return r?.run ?? emptyRun();
+  }
+
+  /**
+   * `threads` device threads each store one u32, its slot value (kernels.ts slotValue(tag, t)), to
+   * the word t * floor(words / threads) of the `words` u32 words at off: a slot a thread.
+   */
+  async deviceSlotStore(off: number, words: number, threads: number, tag: number): Promise<DeviceRun> {
+    checkOffset('deviceSlotStore words', words);
+    checkOffset('deviceSlotStore tag', tag);
+    const r = await this.device('deviceSlotStore', 'slots', { off, len: words * 4, threads, tag });
+    if (r?.run.failed.length) throw refusedError('slot store', this.name, r.run.failed);
     return r?.run ?? emptyRun();
   }
 

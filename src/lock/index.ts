@@ -14,6 +14,7 @@ export { Mutex } from './mutex.ts';
 export {
   DEVICE_PT_LOCK,
   I_MMAP_LOCK,
+  I_RWSEM,
   INVALIDATE_LOCK,
   LOCK_ORDER,
   MMAP_LOCK,

@@ -46,6 +46,11 @@ export interface AcquireOptions {
   trylock?: boolean;
   /** Taken shared (an rwsem's read side); ordered like an exclusive hold. */
   read?: boolean;
+  /**
+   * Outside any task the acquisition is not tracked instead of an error: for page locks, which a
+   * test may take by hand (trylock_page) outside any operation. Inside a task it is checked as usual.
+   */
+  anyTask?: boolean;
 }
 
 interface Held {
@@ -137,6 +142,7 @@ export class Lockdep {
     if (!this.enabled) return;
     const task = this.current.getStore();
     if (!task) {
+      if (o.anyTask) return;
       throw new LockdepError(
         `lockdep: ${lockName(cls, o.order)} taken outside any task: run the caller in lockdep.task()`,
       );
@@ -156,13 +162,20 @@ export class Lockdep {
     else this.holders.set(lock, [held]);
   }
 
-  /** Called when a lock is released, by the task that holds it or (an unlock at completion) another. */
-  release(cls: LockClass, lock: object): void {
+  /**
+   * Called when a lock is released, by the task that holds it or (an unlock at completion) another.
+   * `untracked`: a lock that may have been taken outside any task (AcquireOptions.anyTask): no
+   * holder is then not an error.
+   */
+  release(cls: LockClass, lock: object, untracked = false): void {
     if (!this.enabled) return;
     const task = this.current.getStore();
     const hs = this.holders.get(lock);
     const h = hs?.find((x) => x.task === task) ?? hs?.[0];
-    if (!hs || !h) throw new LockdepError(`lockdep: release of "${cls.name}", which no task holds`);
+    if (!hs || !h) {
+      if (untracked) return;
+      throw new LockdepError(`lockdep: release of "${cls.name}", which no task holds`);
+    }
     hs.splice(hs.indexOf(h), 1);
     if (hs.length === 0) this.holders.delete(lock);
     h.task.held.splice(h.task.held.lastIndexOf(h), 1);

@@ -8,6 +8,8 @@ import { LockClass, lockdep } from './lockdep.ts';
 
 /** The mount: syscalls and faults hold it shared, remount and unmount exclusive (as s_umount). */
 export const MOUNT_LOCK = new LockClass('mount');
+/** The inode's lock (inode->i_rwsem): write(2), truncate, punch, fallocate and direct writes exclusive. */
+export const I_RWSEM = new LockClass('i_rwsem');
 /** The mm's mapping list: CPU faults shared, mmap and munmap exclusive (mmap_lock). */
 export const MMAP_LOCK = new LockClass('mmap_lock');
 /** mapping->invalidate_lock: truncate, punch and direct-I/O invalidation exclusive, faults shared. */
@@ -21,6 +23,7 @@ export const DEVICE_PT_LOCK = new LockClass('device page-table lock');
 
 export const LOCK_ORDER: readonly LockClass[] = [
   MOUNT_LOCK,
+  I_RWSEM,
   MMAP_LOCK,
   INVALIDATE_LOCK,
   PAGE_LOCK,

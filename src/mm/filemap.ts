@@ -7,12 +7,24 @@
 import { HmmlabError } from '../errors.ts';
 import type { BounceWrite } from '../policy/policy.ts';
 import { asMapping, type Mapping } from './mapping.ts';
-import { HostPage, lock_page, PageDirty, PageUptodate, unlock_page } from './page.ts';
+import {
+  HostPage,
+  lock_entry,
+  lock_page,
+  PageDirty,
+  PageLocked,
+  PageUptodate,
+  PageWriteback,
+  page_born_locked,
+  unlock_entry,
+  unlock_page,
+  wait_on_page_unlock_any,
+} from './page.ts';
 import type { PageCache } from './pagecache.ts';
 import { page_cache_sync_readahead } from './readahead.ts';
 import { trace_begin } from './trace.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
-import { PG_dirty, PG_locked, PG_lru, PG_referenced, PG_uptodate } from './types.ts';
+import { PG_dirty, PG_lru, PG_referenced, PG_uptodate } from './types.ts';
 import { try_to_free_pages } from './vmscan.ts';
 
 /** Pages one path locks at a time: a quarter of the budget, so reclaim always has others to take. */
@@ -20,31 +32,46 @@ export function batchPages(host: PageCache): number {
   return Math.max(1, Math.min(64, Math.floor(host.hostPages / 4)));
 }
 
-/** A free pool slot, reclaiming (direct reclaim) until one frees up. */
+/**
+ * How long direct reclaim waits for another task to unlock a page when every page it scanned was
+ * locked or under writeback (concurrent faults, kernels' fault service, writeback), and how long
+ * it goes on trying in all before it gives up (EIO).
+ */
+const RECLAIM_WAIT_MS = 2000;
+const RECLAIM_GIVE_UP_MS = 30_000;
+
+/** Whether some page of the LRU is locked or under writeback: another task may let it go soon. */
+function pages_busy(host: PageCache): boolean {
+  for (const p of host.lru) if (PageLocked(p) || PageWriteback(p)) return true;
+  return false;
+}
+
+/**
+ * A free pool slot, reclaiming (direct reclaim) until one frees up. When every page is locked or
+ * under writeback, it waits for some page to be unlocked (another task's) and tries again; EIO
+ * when none is within RECLAIM_WAIT_MS (the pages are the caller's own, or kept by the policy).
+ */
 async function alloc_slot(host: PageCache): Promise<number> {
+  const deadline = performance.now() + RECLAIM_GIVE_UP_MS;
   for (;;) {
     const slot = host.pool.alloc();
     if (slot >= 0) return slot;
     const freed = await try_to_free_pages(host, batchPages(host));
-    if (freed === 0 && host.pool.nrFree === 0) {
-      throw new HmmlabError(
-        'EIO',
-        `out of host pages: all ${host.hostPages} pages are locked, under writeback or kept by the policy`,
-      );
-    }
+    if (freed > 0 || host.pool.nrFree > 0) continue;
+    if (pages_busy(host) && performance.now() < deadline && (await wait_on_page_unlock_any(RECLAIM_WAIT_MS)))
+      continue;
+    throw new HmmlabError(
+      'EIO',
+      `out of host pages: all ${host.hostPages} pages are locked, under writeback or kept by the policy`,
+    );
   }
 }
 
 /** __filemap_add_folio of `slot` at `index`: a new locked, not-uptodate page on the LRU. */
 function add_to_page_cache(m: Mapping, index: number, slot: number): HostPage {
-  const existing = m.i_pages.get(index);
-  if (existing && existing.kind === 'page') {
-    // Reclaim ran a policy hook that brought the page in meanwhile: use that one.
-    m.host.pool.release(slot);
-    throw new Error(`page_cache_alloc: index ${index} of ${m.name} appeared during allocation`);
-  }
   const page = new HostPage(m, index, slot, m.host.pool.view(slot));
-  page.flags = PG_locked | PG_lru;
+  page.flags = PG_lru;
+  page_born_locked(page);
   m.i_pages.set(index, page);
   m.host.lru.add(page);
   return page;
@@ -52,10 +79,21 @@ function add_to_page_cache(m: Mapping, index: number, slot: number): HostPage {
 
 /**
  * A new locked, not-uptodate page at `index` of `m`, on the LRU, reclaiming for it if the pool is
- * full. Replaces a device entry there (the caller then fills the page from the device or the disk).
+ * full. `expect` is what the caller saw at the index: nothing, or a device entry it holds locked
+ * (the new page replaces it; the caller then fills the page from the device or the disk). null
+ * when the index changed while the slot was found (another task brought the page in): look again.
  */
-export async function page_cache_alloc(m: Mapping, index: number): Promise<HostPage> {
-  return add_to_page_cache(m, index, await alloc_slot(m.host));
+export async function page_cache_alloc(
+  m: Mapping,
+  index: number,
+  expect: DeviceEntry | undefined,
+): Promise<HostPage | null> {
+  const slot = await alloc_slot(m.host);
+  if (m.i_pages.get(index) !== expect) {
+    m.host.pool.release(slot);
+    return null;
+  }
+  return add_to_page_cache(m, index, slot);
 }
 
 /**
@@ -155,10 +193,13 @@ export async function read_cache_pages_locked(mapping: AddressSpace, indices: nu
       const e = m.i_pages.get(index);
       if (!e) {
         if (run.length && run[run.length - 1].index !== index - 1) await flush();
-        const p = await page_cache_alloc(m, index);
-        run.push(p);
-        out.push(p);
-        continue;
+        const p = await page_cache_alloc(m, index, undefined);
+        if (p) {
+          run.push(p);
+          out.push(p);
+          continue;
+        }
+        // Another task put a page (or entry) there while this one waited for a slot: take theirs.
       }
       await flush();
       out.push(await read_cache_page_locked(m, index));
@@ -198,8 +239,22 @@ export async function read_cache_page(
       }
       return { page: e, major: false };
     }
-    const page = await page_cache_alloc(m, index);
-    await readpage_or_drop(m, page, e ?? null);
+    if (e) {
+      // A device entry: held while its page replaces it and is filled from the device.
+      await lock_entry(m, e);
+      try {
+        if (m.i_pages.get(index) !== e) continue;
+        const page = await page_cache_alloc(m, index, e);
+        if (!page) continue;
+        await readpage_or_drop(m, page, e);
+        return { page, major: true };
+      } finally {
+        unlock_entry(e);
+      }
+    }
+    const page = await page_cache_alloc(m, index, undefined);
+    if (!page) continue; // another task brought it in meanwhile
+    await readpage_or_drop(m, page, null);
     return { page, major: true };
   }
 }
@@ -294,21 +349,37 @@ export async function filemap_read(
   return out;
 }
 
+/**
+ * The device entries of [idx, idx + n), each locked in index order and rechecked (an entry another
+ * task replaced meanwhile is left out), for a bounce; the caller unlocks them.
+ */
+async function lock_entries(m: Mapping, idx: number, n: number): Promise<DeviceEntry[]> {
+  const entries: DeviceEntry[] = [];
+  for (let i = idx; i < idx + n; i++) {
+    const e = m.i_pages.get(i);
+    if (e?.kind !== 'device') continue;
+    await lock_entry(m, e);
+    if (m.i_pages.get(i) === e) entries.push(e);
+    else unlock_entry(e);
+  }
+  return entries;
+}
+
 /** The device entries of pages [idx, idx + n) read through the policy's bounce page, if it has one. */
 async function bounce_read(m: Mapping, idx: number, n: number): Promise<Map<number, Uint8Array>> {
   const out = new Map<number, Uint8Array>();
   if (!m.policy.bounceRead) return out;
-  const entries: DeviceEntry[] = [];
-  for (let i = idx; i < idx + n; i++) {
-    const e = m.i_pages.get(i);
-    if (e?.kind === 'device') entries.push(e);
-  }
+  const entries = await lock_entries(m, idx, n);
   if (entries.length === 0) return out;
-  const got = await m.policy.bounceRead(m, entries);
-  entries.forEach((e, k) => {
-    const data = got[k];
-    if (data) out.set(e.index, data);
-  });
+  try {
+    const got = await m.policy.bounceRead(m, entries);
+    entries.forEach((e, k) => {
+      const data = got[k];
+      if (data) out.set(e.index, data);
+    });
+  } finally {
+    for (const e of entries) unlock_entry(e);
+  }
   return out;
 }
 
@@ -353,18 +424,20 @@ async function bounce_write(
 ): Promise<Set<number>> {
   const done = new Set<number>();
   if (!m.policy.bounceWrite) return done;
-  const writes: BounceWrite[] = [];
-  for (let i = idx; i < idx + n; i++) {
-    const e = m.i_pages.get(i);
-    if (e?.kind !== 'device') continue;
-    const { at, part } = page_part(i, m.pageSize, off, bytes);
-    writes.push({ entry: e, offset: at, bytes: part });
+  const entries = await lock_entries(m, idx, n);
+  if (entries.length === 0) return done;
+  try {
+    const writes: BounceWrite[] = entries.map((e) => {
+      const { at, part } = page_part(e.index, m.pageSize, off, bytes);
+      return { entry: e, offset: at, bytes: part };
+    });
+    const ok = await m.policy.bounceWrite(m, writes);
+    writes.forEach((w, k) => {
+      if (ok[k]) done.add(w.entry.index);
+    });
+  } finally {
+    for (const e of entries) unlock_entry(e);
   }
-  if (writes.length === 0) return done;
-  const ok = await m.policy.bounceWrite(m, writes);
-  writes.forEach((w, k) => {
-    if (ok[k]) done.add(w.entry.index);
-  });
   return done;
 }
 
@@ -410,11 +483,14 @@ export async function generic_perform_write(
         if (bounced.has(i)) continue;
         const pageStart = i * ps;
         const whole = off <= pageStart && end >= pageStart + ps;
-        if (!m.i_pages.has(i) && (whole || pageStart >= m.size)) {
+        const p =
+          !m.i_pages.has(i) && (whole || pageStart >= m.size)
+            ? await page_cache_alloc(m, i, undefined)
+            : null;
+        if (p) {
           // grab_cache_page_write_begin: nothing to read, the page starts as zeros. It is
           // uptodate only once the write's bytes are in it (write_end): until then it is not
           // the file's data, and a write that fails before drops it.
-          const p = await page_cache_alloc(m, i);
           pages.push(p);
           fresh.add(i);
         } else {

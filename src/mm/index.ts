@@ -1,6 +1,7 @@
 /**
  * The page cache's public surface: the objects (types.ts), the functions a coherence policy calls
- * from inside a device fault (without the fs lock), counters and snapshots. HmmFs (src/fs/hmmfs.ts)
+ * from inside a device fault (they take page locks only: the fault runs inside the kernel's
+ * operation), counters and snapshots. HmmFs (src/fs/hmmfs.ts)
  * is the way in for everything else.
  */
 
@@ -34,7 +35,9 @@ export {
   zap_vma,
 } from './memory.ts';
 export {
+  EntryLocked,
   flagLetters,
+  lock_entry,
   lock_page,
   PageDirty,
   PageLocked,
@@ -43,7 +46,9 @@ export {
   PageUptodate,
   PageWriteback,
   page_mapped,
+  trylock_entry,
   trylock_page,
+  unlock_entry,
   unlock_page,
 } from './page.ts';
 export { PageCache } from './pagecache.ts';
@@ -56,7 +61,17 @@ export {
   READ_AHEAD_KB,
   ra_max,
 } from './readahead.ts';
-export { page_cpu_access, page_mkclean, try_to_unmap, unmap_mapping_range } from './rmap.ts';
+export {
+  type CpuPteChange,
+  type CpuTlbShootdown,
+  page_cpu_access,
+  page_mkclean,
+  type TlbGather,
+  tlb_finish_mmu,
+  tlb_gather_mmu,
+  try_to_unmap,
+  unmap_mapping_range,
+} from './rmap.ts';
 export { formatSnapshot, host_state, page_snapshot } from './snapshot.ts';
 export { punch_hole, truncate_inode_pages_range, truncate_setsize, zero_page_range } from './truncate.ts';
 export * from './types.ts';

@@ -1,7 +1,13 @@
 /**
  * struct address_space: the per-file page-cache index (i_pages), the CPU mappings of the file
- * (i_mmap, which the rmap walks), the readahead state and the shadow entries left by reclaim.
+ * (i_mmap, which the rmap walks), the readahead state and the shadow entries left by reclaim, and
+ * the file's locks (docs/ARCHITECTURE.md, lock order): the inode's i_rwsem (writers of the file's
+ * data and size: write(2), truncate, punch, fallocate, direct writes), invalidate_lock (shared by
+ * the paths that bring pages in: reads, faults, device kernel runs; exclusive for the paths that
+ * take a range out: truncate, punch, the direct write's invalidation) and i_mmap_rwsem (the rmap).
  */
+import { I_RWSEM, INVALIDATE_LOCK } from '../lock/order.ts';
+import { RwSemaphore } from '../lock/rwsem.ts';
 import type { CoherencePolicy } from '../policy/policy.ts';
 import type { VmArea } from './memory.ts';
 import type { PageCache } from './pagecache.ts';
@@ -28,6 +34,17 @@ export class Mapping implements AddressSpace {
   /** Indices whose page reclaim evicted (shadow entries, for workingset_refault). */
   readonly shadows = new Set<number>();
   readonly ra: FileRaState = { start: 0, size: 0, prev_index: -1 };
+  /** inode->i_rwsem. */
+  readonly i_rwsem = new RwSemaphore(I_RWSEM);
+  /** mapping->invalidate_lock. */
+  readonly invalidate_lock = new RwSemaphore(INVALIDATE_LOCK);
+  /**
+   * i_mmap_rwsem, the lock of i_mmap (rmap.ts i_mmap_locked): the rmap walks hold it shared,
+   * adding or removing a VmArea exclusive. Every holder is synchronous (no await inside: the one
+   * event loop runs them one at a time), so it is never contended and needs no queue: this object
+   * is its identity for lockdep.
+   */
+  readonly i_mmap_rwsem = { lock: 'i_mmap_rwsem' };
 
   constructor(
     readonly host: PageCache,

@@ -2,14 +2,15 @@
  * The host memory of one mount (a pglist_data): the shared page pool, the LRU that reclaim scans,
  * the vmstat counters and the coherence policy every path calls. Mappings point here.
  *
- * Lock order: the fs mutex (src/fs/hmmfs.ts, one per mount) > PG_locked of pages in ascending index
- * order. Reclaim only trylocks, so it never waits on a page the caller holds.
+ * Lock order: docs/ARCHITECTURE.md (src/lock/order.ts). Reclaim only trylocks, so it never waits
+ * on a page the caller holds. `tlb` is the CPU threads' TLB shootdown, when the mount has them.
  */
 
 import type { CoherencePolicy } from '../policy/policy.ts';
 import { PageLru } from './lru.ts';
 import type { Mapping } from './mapping.ts';
 import { PagePool } from './pool.ts';
+import type { CpuTlbShootdown } from './rmap.ts';
 import type { PageTracer } from './trace.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
 import { VmStat } from './vmstat.ts';
@@ -19,6 +20,8 @@ export class PageCache {
   /** The LRU, oldest first; delete then add moves a page to the tail. */
   readonly lru = new PageLru();
   readonly mappings = new Set<Mapping>();
+  /** The CPU TLB shootdown of the CPU threads on this mount's mappings (none: no CPU threads). */
+  tlb: CpuTlbShootdown | null = null;
 
   constructor(
     readonly pageSize: number,

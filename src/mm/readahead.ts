@@ -5,7 +5,7 @@
  */
 import { batchPages, page_cache_alloc, readpage, readpages } from './filemap.ts';
 import type { Mapping } from './mapping.ts';
-import { trylock_page, unlock_page } from './page.ts';
+import { trylock_entry, trylock_page, unlock_entry, unlock_page } from './page.ts';
 import type { DeviceEntry, Page } from './types.ts';
 import { PG_uptodate } from './types.ts';
 
@@ -96,7 +96,20 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
       if (run.length >= cap || m.i_pages.has(i)) await flush();
       const e = m.i_pages.get(i);
       if (e?.kind === 'device' && m.policy.readpagesFromDevice) {
-        fromDevice.push(await page_cache_alloc(m, i)); // locked; it replaces the entry
+        // Readahead takes what it can: an entry another task holds is left to its own readpage.
+        if (!trylock_entry(m, e)) continue;
+        let page: Page | null;
+        try {
+          page = await page_cache_alloc(m, i, e); // locked; it replaces the entry
+        } catch (err) {
+          unlock_entry(e);
+          throw err;
+        }
+        if (!page) {
+          unlock_entry(e);
+          continue;
+        }
+        fromDevice.push(page);
         entries.push(e);
         continue;
       }
@@ -122,6 +135,7 @@ async function do_page_cache_ra(m: Mapping, start: number, end: number): Promise
     throw err;
   } finally {
     for (const p of fromDevice) unlock_page(p);
+    for (const e of entries) unlock_entry(e);
   }
   if (stale.length === 0) return;
   try {
@@ -144,12 +158,18 @@ async function ra_readpages_from_device(m: Mapping, entries: DeviceEntry[], page
 /** Device entries whose data the policy said it no longer holds (readpagesFromDevice answered false). */
 const gone = new WeakSet<DeviceEntry>();
 
-/** A run of absent pages read from disk by readahead (one readpages), unlocked at once. */
+/**
+ * A run of absent pages read from disk by readahead (one readpages), unlocked at once. A page that
+ * another task put in the cache meanwhile is left to it.
+ */
 async function ra_readpages(m: Mapping, indices: number[]): Promise<void> {
   const pages: Page[] = [];
   try {
-    for (const i of indices) pages.push(await page_cache_alloc(m, i));
-    await readpages(m, pages);
+    for (const i of indices) {
+      const page = await page_cache_alloc(m, i, undefined);
+      if (page) pages.push(page);
+    }
+    if (pages.length) await readpages(m, pages);
   } catch (err) {
     for (const page of pages) {
       m.i_pages.delete(page.index);

@@ -9,10 +9,10 @@
 import type { InvalidateWhy } from '../policy/policy.ts';
 import { delete_from_page_cache, folio_mark_dirty, read_cache_page_locked } from './filemap.ts';
 import { asMapping } from './mapping.ts';
-import { lock_page, unlock_page } from './page.ts';
-import { try_to_unmap } from './rmap.ts';
+import { lock_entry, lock_page, unlock_entry, unlock_page } from './page.ts';
+import { tlb_finish_mmu, tlb_gather_mmu, try_to_unmap } from './rmap.ts';
 import { trace_begin } from './trace.ts';
-import type { AddressSpace } from './types.ts';
+import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 
 /**
  * truncate_inode_pages_range: every page and device entry of [first, last] leaves the cache.
@@ -28,32 +28,51 @@ export async function truncate_inode_pages_range(
   const inRange = (i: number) => i >= first && i <= last;
   const tr = trace_begin(m, [...m.i_pages.keys()].filter(inRange));
   const unmapped = new Set<number>();
-  for (const [i, e] of m.i_pages) {
-    if (!inRange(i) || e.kind !== 'page' || e.mapcount === 0) continue;
-    try_to_unmap(e);
-    unmapped.add(i);
-  }
-  await m.policy.invalidateRange(m, first, last, why);
-  let dropped = 0;
-  const indices = [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b);
   const gone = new Set<number>();
-  for (const i of indices) {
-    const e = m.i_pages.get(i);
-    if (!e) continue;
-    if (e.kind === 'device') {
-      m.i_pages.delete(i);
-      gone.add(i);
-      continue;
+  // Every page and device entry of the range locked first, in index order, each rechecked: no
+  // other path (writeback, reclaim, device eviction, fault service) is then halfway through one,
+  // and the policy's copies of the range are all ours to revoke.
+  const pages: Page[] = [];
+  const entries: DeviceEntry[] = [];
+  let dropped = 0;
+  try {
+    for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
+      const e = m.i_pages.get(i);
+      if (!e) continue;
+      if (e.kind === 'device') {
+        await lock_entry(m, e);
+        if (m.i_pages.get(i) === e) entries.push(e);
+        else unlock_entry(e);
+        continue;
+      }
+      await lock_page(e);
+      if (m.i_pages.get(i) === e) pages.push(e);
+      else unlock_page(e);
     }
-    await lock_page(e);
-    if (m.i_pages.get(i) !== e) {
-      unlock_page(e);
-      continue;
+    // CPU PTEs first, and the shootdown, before the device copies and the pages go.
+    const tlb = tlb_gather_mmu();
+    for (const p of pages) {
+      if (p.mapcount === 0) continue;
+      try_to_unmap(p, tlb);
+      unmapped.add(p.index);
     }
-    if (e.mapcount > 0) try_to_unmap(e); // a fault mapped it again while we waited
-    delete_from_page_cache(e);
-    gone.add(i);
-    dropped++;
+    await tlb_finish_mmu(m.host, tlb);
+    await m.policy.invalidateRange(m, first, last, why);
+    for (const e of entries.splice(0)) {
+      if (m.i_pages.get(e.index) === e) {
+        m.i_pages.delete(e.index);
+        gone.add(e.index);
+      }
+      unlock_entry(e);
+    }
+    for (const p of pages.splice(0)) {
+      delete_from_page_cache(p); // unlocks it
+      gone.add(p.index);
+      dropped++;
+    }
+  } finally {
+    for (const p of pages) unlock_page(p);
+    for (const e of entries) unlock_entry(e);
   }
   tr?.end(why, (i) => (gone.has(i) ? [...(unmapped.has(i) ? ['try_to_unmap'] : []), 'drop-page'] : null));
   for (const i of [...m.shadows]) if (inRange(i)) m.shadows.delete(i);
@@ -76,9 +95,16 @@ export async function zero_page_range(
   const e = m.i_pages.get(index);
   if (!e || from >= to) return;
   if (e.kind === 'device' && m.policy.bounceWrite) {
-    const [done] = await m.policy.bounceWrite(m, [
-      { entry: e, offset: from, bytes: new Uint8Array(to - from) },
-    ]);
+    await lock_entry(m, e);
+    let done = false;
+    try {
+      if (m.i_pages.get(index) === e)
+        [done] = await m.policy.bounceWrite(m, [
+          { entry: e, offset: from, bytes: new Uint8Array(to - from) },
+        ]);
+    } finally {
+      unlock_entry(e);
+    }
     if (done) return;
   }
   const page = await read_cache_page_locked(m, index);

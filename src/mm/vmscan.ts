@@ -10,6 +10,7 @@
  * as a refault when it is read again.
  */
 
+import { planted } from '../inject/planted.ts';
 import { delete_from_page_cache, replace_page_cache_entry } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
 import {
@@ -22,7 +23,7 @@ import {
   unlock_page,
 } from './page.ts';
 import type { PageCache } from './pagecache.ts';
-import { try_to_unmap } from './rmap.ts';
+import { tlb_finish_mmu, tlb_gather_mmu, try_to_unmap } from './rmap.ts';
 import { trace_begin } from './trace.ts';
 import type { Page } from './types.ts';
 import { PG_referenced } from './types.ts';
@@ -37,6 +38,9 @@ export type ShrinkReason = 'reclaim' | 'drop_caches';
 /** Try to take `page` (locked by the caller) out of the host cache. True when the page is gone. */
 export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolean> {
   const m = asMapping(page.mapping);
+  // A caller that walked a list it made before an await (drop_caches) may hold a page that left
+  // the cache meanwhile (reclaimed, replaced by a device entry): nothing of it is left to take.
+  if (m.i_pages.get(page.index) !== page) return false;
   const writeDirty = why === 'reclaim';
   // S (dirty, not uptodate): the device holds the data; it never goes to disk from here.
   const stale = PageDirty(page) && !PageUptodate(page);
@@ -44,7 +48,10 @@ export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolea
   const tr = trace_begin(m, [page.index]);
   const work: string[] = [];
   if (page.mapcount > 0) {
-    try_to_unmap(page);
+    // No CPU thread may still be inside an access to the page once its slot is written or freed.
+    const tlb = tlb_gather_mmu();
+    try_to_unmap(page, tlb);
+    if (!planted('no-shootdown')) await tlb_finish_mmu(m.host, tlb);
     work.push('try_to_unmap');
   }
   if (PageDirty(page) && !stale) {

@@ -9,8 +9,17 @@
 import { HmmlabError } from '../errors.ts';
 import { batchPages } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
-import { lock_page, PageDirty, PageUptodate, unlock_page } from './page.ts';
-import { page_mkclean } from './rmap.ts';
+import {
+  end_page_writeback,
+  lock_entry,
+  lock_page,
+  PageDirty,
+  PageLocked,
+  PageUptodate,
+  unlock_entry,
+  unlock_page,
+} from './page.ts';
+import { page_mkclean, tlb_finish_mmu, tlb_gather_mmu } from './rmap.ts';
 import { trace_begin } from './trace.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
 import { PG_dirty, PG_writeback } from './types.ts';
@@ -27,7 +36,11 @@ export async function writepage_locked(page: Page): Promise<void> {
     throw new HmmlabError('EIO', `writepage: page ${page.index} of ${m.name} is dirty but not uptodate`);
   }
   const tr = trace_begin(m, [page.index]);
-  page_mkclean(page);
+  // folio_clear_dirty_for_io: write-protect the CPU mappings, and wait until no CPU thread is
+  // still storing through one, before the bytes are written: a later store faults and re-dirties.
+  const tlb = tlb_gather_mmu();
+  page_mkclean(page, tlb);
+  await tlb_finish_mmu(m.host, tlb);
   page.flags = (page.flags & ~PG_dirty) | PG_writeback;
   try {
     const len = bytes_below_eof(m, page.index);
@@ -36,7 +49,7 @@ export async function writepage_locked(page: Page): Promise<void> {
     page.flags |= PG_dirty; // keep the data: it is still only here
     throw err;
   } finally {
-    page.flags &= ~PG_writeback;
+    end_page_writeback(page);
   }
   m.host.vmstat.count('nr_written');
   m.host.vmstat.count('pgpgout', m.pageSize / 1024);
@@ -80,20 +93,34 @@ export async function filemap_write_and_wait_range(
     const pages: Page[] = [];
     const entries: DeviceEntry[] = [];
     try {
+      // Pages and device entries of the batch, each locked in index order and rechecked. What
+      // another task put at the index while we waited for the lock is looked at again: a CPU
+      // fault that pulled a device entry's data into a page leaves it dirty there, and it was
+      // dirty (on the device) when the writeback began, so this writeback owes it to the disk.
       for (const i of indices.slice(k, k + batch)) {
-        const e = m.i_pages.get(i);
-        if (!e) continue;
-        if (e.kind === 'device') {
-          entries.push(e);
-          continue;
-        }
-        if (!PageDirty(e)) continue;
-        await lock_page(e);
-        if (m.i_pages.get(i) !== e || !PageDirty(e)) {
+        for (;;) {
+          const e = m.i_pages.get(i);
+          if (!e) break;
+          if (e.kind === 'device') {
+            await lock_entry(m, e);
+            if (m.i_pages.get(i) === e) {
+              entries.push(e);
+              break;
+            }
+            unlock_entry(e);
+            continue;
+          }
+          // A locked page not uptodate yet is being filled (from the device, maybe: then it will
+          // be dirty): wait for it. Any other clean page has nothing for the disk.
+          if (!PageDirty(e) && (PageUptodate(e) || !PageLocked(e))) break;
+          await lock_page(e);
+          if (m.i_pages.get(i) === e) {
+            if (PageDirty(e)) pages.push(e);
+            else unlock_page(e);
+            break;
+          }
           unlock_page(e);
-          continue;
         }
-        pages.push(e);
       }
       written += await writeback_device_entries(m, entries);
       if (pages.length === 0) continue;
@@ -105,6 +132,7 @@ export async function filemap_write_and_wait_range(
       }
     } finally {
       for (const p of pages) unlock_page(p);
+      for (const e of entries) unlock_entry(e);
     }
   }
   return written;

@@ -30,7 +30,7 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { firstDifference } from '../bench/random.ts';
-import { HmmlabError, isHmmlabError } from '../errors.ts';
+import { errorMessage, HmmlabError, isHmmlabError } from '../errors.ts';
 import { HmmFs } from '../fs/hmmfs.ts';
 import { type FaultInjector, failsOp, NO_INJECT } from '../inject/inject.ts';
 import { checkFileLimit } from '../mm/args.ts';
@@ -43,6 +43,7 @@ import { OplogModel } from './model.ts';
 import { validateOplog } from './parse.ts';
 import { fillPattern, PATTERN_MODULUS } from './pattern.ts';
 import { describeOp, isDeviceOp, isReadOp, type Op, type ReadOp, type WriteOp } from './schema.ts';
+import { type FileIo, ReplayCpus, stableRanges } from './workers.ts';
 
 export interface ReplayOptions {
   /** Directory of the backing file; default a fresh temporary directory, removed afterwards. */
@@ -89,6 +90,12 @@ export interface ReplayOptions {
    * 512, at least the page size; default STREAM_CHUNK). Tests lower it to stream at small sizes.
    */
   streamChunk?: number;
+  /**
+   * Run the file ops from this many CPU worker threads (src/oplog/workers.ts): op k from worker
+   * k mod N; with `check` and two or more, the other workers watch pages the op leaves alone.
+   * Device ops, drop_caches and remount stay the owner thread's. Default: none (the owner thread).
+   */
+  cpuThreads?: number;
 }
 
 /** Default ReplayOptions.streamChunk: what one call of a long op moves, 4 MiB. */
@@ -120,6 +127,10 @@ export interface ReplayResult {
   ops: number;
   /** Disk comparisons made (check mode: after each fsync, remount and at the end). */
   diskChecks: number;
+  /** Ops whose file ops came from a CPU worker thread (ReplayOptions.cpuThreads; 0 without). */
+  workerOps: number;
+  /** Loads of watched pages the other workers made and checked meanwhile (0 without). */
+  watchLoads: number;
   elapsedMs: number;
 }
 
@@ -283,15 +294,37 @@ type Vma = ReturnType<HmmFile['mmap']>;
 /** The file under replay, reopened after each remount. */
 class Target {
   vma: Vma | null = null;
+  /** The CPU worker threads the file ops run from (ReplayOptions.cpuThreads), if any. */
+  cpus: ReplayCpus | null = null;
+  /** The thread the next op's file ops come from (the owner's own by default). */
+  io: FileIo;
   constructor(
     readonly fs: HmmFs,
     public f: HmmFile,
-  ) {}
+  ) {
+    this.io = this.ownerIo();
+  }
 
   /** The CPU mapping, made on first use (mapwrite/mapread), as fsx maps per op. */
   mapping(): Vma {
     this.vma ??= this.f.mmap();
     return this.vma;
+  }
+
+  /** The owner thread's file ops: the File's methods and its own mapping. */
+  ownerIo(): FileIo {
+    return {
+      read: (off, len) => this.f.read(off, len),
+      write: (off, bytes) => this.f.write(off, bytes),
+      readDirect: (off, len) => this.f.readDirect(off, len),
+      writeDirect: (off, bytes) => this.f.writeDirect(off, bytes),
+      fallocate: (off, len) => this.f.fallocate(off, len),
+      truncate: (size) => this.f.truncate(size),
+      punchHole: (off, len) => this.f.punchHole(off, len),
+      fsync: () => this.f.fsync(),
+      mapLoad: (off, len) => this.mapping().load(off, len),
+      mapStore: (off, bytes) => this.mapping().store(off, bytes),
+    };
   }
 }
 
@@ -313,16 +346,16 @@ async function applyWrite(t: Target, op: WriteOp, size: number, chunk: number): 
   if (op.len === 0) return;
   checkFileLimit(op.op, op.off, op.len, t.fs.maxFileSize);
   // A store past EOF would be SIGBUS: extend the file to off+len first, as fsx does.
-  if (op.op === 'mapwrite' && op.off + op.len > size) await t.f.truncate(op.off + op.len);
+  if (op.op === 'mapwrite' && op.off + op.len > size) await t.io.truncate(op.off + op.len);
   // Several calls: the blocks of the whole range first, so that ENOSPC fails the op before a byte
   // lands, as one write(2) or O_DIRECT write would (docs/oplog.md: a failed write wrote nothing).
-  if (op.len > chunk && op.op !== 'mapwrite') await t.f.fallocate(op.off, op.len);
+  if (op.len > chunk && op.op !== 'mapwrite') await t.io.fallocate(op.off, op.len);
   const buf = new Uint8Array(Math.min(op.len, chunk));
   for (const [o, n] of spans(op.off, op.len, chunk)) {
     const data = fillPattern(buf.subarray(0, n), o, op.tag);
-    if (op.op === 'write') await t.f.write(o, data);
-    else if (op.op === 'mapwrite') await t.mapping().store(o, data);
-    else await t.f.writeDirect(o, data);
+    if (op.op === 'write') await t.io.write(o, data);
+    else if (op.op === 'mapwrite') await t.io.mapStore(o, data);
+    else await t.io.writeDirect(o, data);
   }
 }
 
@@ -332,14 +365,14 @@ async function applyRead(t: Target, op: ReadOp, size: number, line: number, chun
     case 'read':
     case 'dioread':
       for (const [o, n] of spans(op.off, op.len, chunk)) {
-        const got = op.op === 'read' ? await t.f.read(o, n) : await t.f.readDirect(o, n);
+        const got = op.op === 'read' ? await t.io.read(o, n) : await t.io.readDirect(o, n);
         rs.take(got, o);
         if (got.length < n) break;
       }
       return;
     case 'mapread': {
       const n = Math.max(0, Math.min(op.len, size - op.off));
-      for (const [o, k] of n > 0 ? spans(op.off, n, chunk) : []) rs.take(await t.mapping().load(o, k), o);
+      for (const [o, k] of n > 0 ? spans(op.off, n, chunk) : []) rs.take(await t.io.mapLoad(o, k), o);
       return;
     }
     case 'devread':
@@ -380,15 +413,15 @@ async function applyOp(
       await deviceOf(t.f, op, line).deviceWrite(op.off, op.len, op.tag % PATTERN_MODULUS);
       return null;
     case 'truncate':
-      await t.f.truncate(op.size);
+      await t.io.truncate(op.size);
       return null;
     case 'punch': {
       const end = Math.min(op.off + op.len, size);
-      if (op.off < end) await t.f.punchHole(op.off, end - op.off);
+      if (op.off < end) await t.io.punchHole(op.off, end - op.off);
       return null;
     }
     case 'fsync':
-      await t.f.fsync();
+      await t.io.fsync();
       return null;
     case 'dropcaches':
       await t.fs.dropCaches();
@@ -397,6 +430,7 @@ async function applyOp(
       await t.fs.remount();
       t.f = await t.fs.open(name, { create: true });
       t.vma = null;
+      t.cpus?.remounted();
       return null;
   }
 }
@@ -508,6 +542,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
   let fs: HmmFs | null = null;
   let mounted = false;
   let unmountHookRan = false;
+  let closeCpus: () => Promise<void> | undefined = () => undefined;
   try {
     fs = await HmmFs.mount({
       ...options.mount,
@@ -521,6 +556,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       trace: options.trace,
     });
     const mountedFs = fs;
+    let cpus: ReplayCpus | null = null;
     /** Reads of the checker and the snapshot are the lab's own: nothing is injected into them. */
     const quietly = <T>(fn: () => Promise<T> | T) => inject.suppressed(async () => fn());
     const onFailed = (line: number, op: Op | null) => async (e: unknown) => {
@@ -531,6 +567,11 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
     const t = new Target(fs, await fs.open(name, { create: true }));
     if (dev >= 0) deviceOf(t.f, ops[dev], lineOf(dev));
     await t.f.truncate(0); // the log's file starts empty
+    if (options.cpuThreads) {
+      cpus = await ReplayCpus.start(fs, name, options.cpuThreads);
+      t.cpus = cpus;
+    }
+    closeCpus = () => cpus?.close();
 
     const diskCheck = async (line: number, op: Op | { op: 'end' }) => {
       if (!model) return;
@@ -549,6 +590,15 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       options.beforeOp?.(line, op);
       let got: ReadStream | null = null;
       let failed: HmmlabError | null = null; // failed as its `expect` said: the run goes on
+      // From the workers: op k from worker k mod N, the others watching pages it leaves alone.
+      const worker = cpus ? k % cpus.count : -1;
+      t.io = cpus ? cpus.io(worker) : t.ownerIo();
+      // Not under fault injection: the watchers' faults would draw from the injector, and which
+      // attempt K fails would be the machine's, not the log's.
+      const watch = cpus && model && cpus.count > 1 && !options.inject;
+      const watched = watch ? stableRanges(op, line, size, fs.pageSize, model) : [];
+      const stopWatching = cpus ? await cpus.watch(worker, watched) : null;
+      let seen: Awaited<ReturnType<NonNullable<typeof stopWatching>>> = null;
       try {
         got = await withRetries(
           inject,
@@ -558,8 +608,31 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
         );
       } catch (e) {
         failed = expectedFailure(op, line, e); // anything else is thrown, naming the line
+      } finally {
+        // The watchers stop whatever the op did (an op's own error goes first).
+        seen = (await stopWatching?.()) ?? null;
+      }
+      if (seen?.error) {
+        const e = seen.error;
+        throw new HmmlabError(
+          isHmmlabError(e) ? e.code : 'EIO',
+          `line ${line} (${describeOp(op)}): cpu worker ${seen.cpu}, loading a page this op leaves alone ` +
+            `while worker ${worker} ran it, failed: ${errorMessage(e)}`,
+          { cause: e },
+        );
+      }
+      if (seen?.mismatch) {
+        const { cpu, mismatch: x } = seen;
+        throw new ReplayMismatch(
+          line,
+          op,
+          x.off,
+          `cpu worker ${cpu}, loading a page this op leaves alone while worker ${worker} ran it, found ` +
+            `0x${x.got.toString(16)} at file offset ${x.off}, the model 0x${x.want.toString(16)}`,
+        );
       }
       if (!failed) expectMet(op, line);
+      if (cpus && !isDeviceOp(op) && op.op !== 'dropcaches' && op.op !== 'remount') cpus.workerOps++;
       // A read changes nothing in the model: its bytes were checked as they came.
       if (model && !isReadOp(op)) modelApply(model, op, line, failed, fs.pageSize);
       size = sizeAfter(op, size, failed !== null);
@@ -582,6 +655,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
     }
     unmountHookRan = true;
     if (options.beforeUnmount) await quietly(() => options.beforeUnmount!(mountedFs, name));
+    await cpus?.close();
 
     inject.where = 'final unmount';
     await withRetries(inject, retries, () => mountedFs.unmount(), onFailed(0, null));
@@ -609,6 +683,8 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       vmstat: fs.vmstat(),
       ops: ops.length,
       diskChecks,
+      workerOps: cpus?.workerOps ?? 0,
+      watchLoads: cpus?.watchLoads ?? 0,
       elapsedMs: performance.now() - t0,
     };
   } catch (e) {
@@ -620,6 +696,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
     }
     throw e;
   } finally {
+    await closeCpus();
     // Stop cleanly: whatever was written so far goes to disk before the error propagates (an
     // unmount that an injected fault stopped is run again: it goes on where it stopped).
     if (fs && mounted) {

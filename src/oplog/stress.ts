@@ -69,6 +69,8 @@ export interface StressOptions {
   weights?: Partial<Record<OpName, number>>;
   /** Directory of the backing file (default: a fresh temporary one per run, removed after it). */
   dir?: string;
+  /** Run the file ops from this many CPU worker threads (ReplayOptions.cpuThreads; default none). */
+  cpuThreads?: number;
   /** A fresh policy for each run (default: host-only); made before the run's first op. */
   policyFor?: () => Promise<StressPolicy>;
   /**
@@ -120,7 +122,10 @@ export interface StressFailure {
 }
 
 /** The settings a log is replayed with, as a stress run replays it (check mode, invariants). */
-export type StressReplaySetup = Pick<StressOptions, 'pageSize' | 'hostPages' | 'blocks' | 'policyFor'> & {
+export type StressReplaySetup = Pick<
+  StressOptions,
+  'pageSize' | 'hostPages' | 'blocks' | 'policyFor' | 'cpuThreads'
+> & {
   /** --inject-rate, seeded with `seed` (the failing run's): the replay meets faults as the run did. */
   injectRate?: number;
   seed?: number;
@@ -147,6 +152,10 @@ export interface StressResult {
   injected: Record<InjectPoint, number>;
   /** Attempts that an injected fault made fail and that were run again. */
   retriedOps: number;
+  /** Ops whose file ops came from CPU worker threads (--cpu-threads), over all runs. */
+  workerOps: number;
+  /** Loads of pages an op left alone that the other workers made and checked meanwhile. */
+  watchLoads: number;
 }
 
 /** Attempts of one op under --inject-rate before the run counts it as failed (each is a fresh draw). */
@@ -207,6 +216,8 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
   const { policyFor, onProgress, onInjected, beforeOp, onTrace, ...rest } = options;
   const injected = Object.fromEntries(INJECT_POINTS.map((p) => [p, 0])) as Record<InjectPoint, number>;
   let retriedOps = 0;
+  let workerOps = 0;
+  let watchLoads = 0;
   const t0 = performance.now();
   const total = options.runs * options.ops;
   const counters = Object.fromEntries(STRESS_COUNTERS.map((k) => [k, 0])) as Record<StressCounter, number>;
@@ -247,6 +258,7 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
         hostPages: options.hostPages,
         blocks: options.blocks,
         dir: options.dir,
+        cpuThreads: options.cpuThreads,
         // The mount's file-size limit holds what the generator writes (1 GiB at least, as by default).
         mount: { maxFileSize: Math.max(DEFAULT_MAX_FILE_SIZE, options.maxFileSize) },
         policy: held?.policy,
@@ -270,6 +282,8 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
         },
       });
       for (const k of STRESS_COUNTERS) counters[k] += res.vmstat[k] ?? 0;
+      workerOps += res.workerOps;
+      watchLoads += res.watchLoads;
       addUp({ ...res.vmstat, ...splitVmstat(before).gauges });
       runs.push({
         seed,
@@ -301,6 +315,8 @@ export async function stressRuns(options: StressOptions): Promise<StressResult> 
     lastLog,
     injected,
     retriedOps,
+    workerOps,
+    watchLoads,
   };
 }
 
@@ -323,6 +339,7 @@ export async function stressReplay(
       pageSize: setup.pageSize,
       hostPages: setup.hostPages,
       blocks: setup.blocks,
+      cpuThreads: setup.cpuThreads,
       policy: held?.policy,
       check: true,
       inject,
@@ -396,6 +413,8 @@ export interface ReplaySetup {
   blocks?: number;
   /** The generator's file-size limit: replay needs it past the 1 GiB default. */
   maxFileSize?: number;
+  /** The ops ran from this many CPU worker threads (replay --cpu-threads). */
+  cpuThreads?: number;
 }
 
 /** The `hmmlab replay --check` command line that replays `path` as the stress run did. */
@@ -410,6 +429,7 @@ export function replayCommand(path: string, s: ReplaySetup): string {
   if (s.maxFileSize !== undefined && s.maxFileSize > DEFAULT_MAX_FILE_SIZE) {
     args.push('--max-file-size', String(s.maxFileSize));
   }
+  if (s.cpuThreads) args.push('--cpu-threads', String(s.cpuThreads));
   if (s.inject) args.push('--inject', s.inject, '--retries', String(s.retries ?? 1));
   return args.join(' ');
 }

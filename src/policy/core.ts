@@ -36,6 +36,7 @@ import {
 } from '../device/index.ts';
 import { HmmlabError, isHmmlabError } from '../errors.ts';
 import type { FaultInjector } from '../inject/inject.ts';
+import { planted } from '../inject/planted.ts';
 import {
   type AddressSpace,
   batchPages,
@@ -45,6 +46,7 @@ import {
   folio_mark_dirty,
   folio_mark_uptodate,
   host_state,
+  lock_entry,
   type Page,
   PageDirty,
   PageUptodate,
@@ -53,8 +55,12 @@ import {
   page_mkwrite,
   read_cache_pages_locked,
   replace_page_cache_entry,
+  tlb_finish_mmu,
+  tlb_gather_mmu,
   try_to_unmap,
+  trylock_entry,
   trylock_page,
+  unlock_entry,
   unlock_page,
   writepage_bounce,
 } from '../mm/index.ts';
@@ -194,8 +200,8 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
   protected readonly c: Record<string, number>;
   /** Why the device is gone ('detached', or the loss); the policy is host-only from then on. */
   private gone: string | null = null;
-  /** A kernel run is in flight: a loss now may have written any device-writable page. */
-  private running = false;
+  /** Kernel runs in flight: a loss now may have written any device-writable page. */
+  private running = 0;
   private serialize: Serialize = (fn) => fn();
 
   constructor(
@@ -345,6 +351,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
   ): Promise<void> {
     const recs = this.records(m);
     const locked = new Set<Page>();
+    const lockedEntries = new Set<DeviceEntry>();
     const ready: {
       i: number;
       index: number;
@@ -354,20 +361,44 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       wasDirty: boolean;
     }[] = [];
     try {
-      // readpage for the absent pages, a run of consecutive ones in one read of the disk.
+      // Lock the pages in ascending index order (the faults are sorted): the host pages a run at a
+      // time, readpage for the absent ones of a run in one read of the disk; a device entry, which
+      // has no host page, by its own lock, and it must still stand once it is ours.
       const frameFor = (f: DeviceFault) => recs.get(f.index)?.frame ?? frameOf.get(f.index);
-      const onHost = faults.filter((f) => frameFor(f) != null && m.i_pages.get(f.index)?.kind !== 'device');
-      const pages = await read_cache_pages_locked(
-        m,
-        onHost.map((f) => f.index),
-      );
-      const pageOf = new Map(pages.map((p) => [p.index, p]));
-      for (const p of pages) locked.add(p);
+      // The records as service found them: a CPU path may revoke or replace one while this waits
+      // for a lock; then that frame is no longer ours and the access faults again.
+      const rec0 = new Map(faults.map((f) => [f.index, recs.get(f.index)]));
+      const pageOf = new Map<number, Page>();
+      const entryOf = new Map<number, DeviceEntry>();
+      let run: number[] = [];
+      const flush = async () => {
+        const r = run;
+        run = [];
+        if (r.length === 0) return;
+        for (const p of await read_cache_pages_locked(m, r)) {
+          locked.add(p);
+          pageOf.set(p.index, p);
+        }
+      };
+      for (const f of faults) {
+        if (frameFor(f) == null) continue;
+        const e = m.i_pages.get(f.index);
+        if (e?.kind !== 'device') {
+          run.push(f.index);
+          continue;
+        }
+        await flush();
+        await lock_entry(m, e);
+        lockedEntries.add(e);
+        if (m.i_pages.get(f.index) === e) entryOf.set(f.index, e);
+      }
+      await flush();
       for (const [j, f] of faults.entries()) {
+        const page = pageOf.get(f.index) ?? null;
+        if (!page && !entryOf.has(f.index)) continue; // no frame, or pulled back meanwhile: it faults again
         const rec = recs.get(f.index);
         const frame = frameFor(f);
-        if (frame == null) continue; // no frame now: it faults again on the replay
-        const page = pageOf.get(f.index) ?? null;
+        if (rec !== rec0.get(f.index) || frame == null) continue;
         if (!page && !rec) {
           throw new Error(`${this.name}: device entry ${f.index} of ${m.name} without a device copy`);
         }
@@ -401,10 +432,14 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       );
       const go = ready.filter((r) => !raced.has(r.index));
       const has = (r: (typeof go)[number], w: Work) => r.page !== null && r.it.t.work.includes(w);
+      // The CPU's access goes (or loses write) before A is copied or the device may write it: once
+      // no CPU thread is inside an access under the old PTEs (the shootdown).
+      const tlb = tlb_gather_mmu();
       for (const r of go) {
-        if (has(r, 'page_mkclean')) page_mkclean(r.page!);
-        if (has(r, 'try_to_unmap')) try_to_unmap(r.page!);
+        if (has(r, 'page_mkclean')) page_mkclean(r.page!, tlb);
+        if (has(r, 'try_to_unmap')) try_to_unmap(r.page!, tlb);
       }
+      await tlb_finish_mmu(asMapping(m).host, tlb);
       const copies = go.filter((r) => has(r, 'copy-to-device'));
       if (copies.length) {
         // Staged: A's bytes are in the staging ring when this returns (the page may be unlocked);
@@ -434,6 +469,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
           this.movedToDevice(r.index);
         }
         recs.set(r.index, copy);
+        ctx.grant(r.index, r.frame, perm);
         out[r.i] = { ok: true, frame: r.frame, perm };
       }
       this.traceItems(
@@ -442,6 +478,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       );
     } finally {
       for (const p of locked) unlock_page(p);
+      for (const e of lockedEntries) unlock_entry(e);
     }
   }
 
@@ -456,14 +493,14 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
   ): Promise<DeviceKernelResult> {
     this.checkUsable(`device ${kind} on ${m.name}`);
     const space = this.space(m);
-    this.running = true;
+    this.running++;
     let r: Awaited<ReturnType<DeviceMemory['runKernel']>>;
     try {
       r = await this.dm.runKernel(kind, space, params, this.servicer(m), sink);
     } catch (e) {
       throw this.lossOr(e); // while `running`: a loss counts every device-writable page as written
     } finally {
-      this.running = false;
+      this.running--;
     }
     const c = r.counters;
     const run: DeviceRun = {
@@ -533,7 +570,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     if (!this.live()) return this.afterLoss();
     const event: DeviceEvent = why === 'fault' ? 'cpu-write-fault' : 'cpu-write';
     const items = pages.filter((p) => this.record(m, p.index)).map((p) => this.plan(m, p.index, p, event));
-    await this.guarded(() => this.pullBack(m, items, ['readpage']));
+    await this.guarded(() => this.pullBack(m, items, ['readpage'], why === 'fault'));
   }
 
   reclaimDecision(m: AddressSpace, page: Page): 'free' | 'device-entry' | 'keep' {
@@ -693,7 +730,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
    * records and frames. A copy that fails puts every permission and DIRTY bit back: nothing is lost.
    * `leave`: the rows' work the caller does itself.
    */
-  protected async pullBack(m: AddressSpace, items: Item[], leave: Work[]): Promise<void> {
+  protected async pullBack(m: AddressSpace, items: Item[], leave: Work[], forFault = false): Promise<void> {
     const mine: Work[] = ['device-protect', 'copy-back', 'device-revoke'];
     const todo = items.filter((it) => it.t.work.some((w) => mine.includes(w)));
     this.checkWork(todo, mine, leave);
@@ -714,9 +751,11 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     try {
       // One PTE update (write-protect or revoke, one shootdown), the copies in the same submit,
       // straight into the host pages (locked, not uptodate: nothing reads them until the commit).
+      // The planted bug (src/inject/planted.ts): a CPU fault's revoke never reaches the GPU.
+      const plant = forFault && revoking.length > 0 && planted('no-revoke');
       pulled = await this.dm.pull(space, {
         protect: protecting.map((it) => it.index),
-        revoke: revoking.map((it) => it.index),
+        revoke: plant ? [] : revoking.map((it) => it.index),
         copies: copying.map((it) => ({
           index: it.index,
           frame: recs.get(it.index)!.frame,
@@ -724,6 +763,13 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
           always: it.state.host === 'E',
         })),
       });
+      if (plant) {
+        const forgot = this.forgetWithoutRevoke(
+          space,
+          revoking.map((it) => it.index),
+        );
+        pulled = { ...pulled, changes: [...pulled.changes, ...forgot] };
+      }
     } finally {
       // Landed, or not taken at all (a failed pull puts every permission and DIRTY bit back).
       for (const it of marked) recs.get(it.index)!.copyBack = false;
@@ -771,6 +817,26 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     }
   }
 
+  /**
+   * HMMLAB_PLANTED_BUG=no-revoke only: what a revoke does on the host (the device layer's shadow
+   * forgets the PTE, the frame leaves the LRU) without the GPU's PTE update and shootdown: the
+   * device keeps mapping a frame the policy frees. Tests show that the checks catch it.
+   */
+  private forgetWithoutRevoke(space: DevicePageTable, indices: number[]): PteChange[] {
+    const out: PteChange[] = [];
+    space.invalidate(indices);
+    for (const index of indices) {
+      space.pending.delete(index);
+      const e = space.entries.get(index);
+      if (!e) continue;
+      space.entries.delete(index);
+      space.dirty.delete(index);
+      this.dm.pool.unlist(e.frame);
+      out.push({ index, frame: e.frame, dirty: false, perm: e.perm as 'ro' | 'rw' });
+    }
+    return out;
+  }
+
   /** Mark the records of the pages whose DIRTY bit `changes` took as on their way back (or not). */
   protected markCopyBack(recs: Map<number, DeviceCopy>, changes: PteChange[], on: boolean): void {
     for (const ch of changes) {
@@ -816,6 +882,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
     const work: EvictWork[] = [];
     const kept: EvictedFrame[] = [];
     const locked: Page[] = [];
+    const lockedEntries: DeviceEntry[] = [];
     const undo = (ws: EvictWork[]) => {
       for (const w of ws) {
         if (!w.fresh || !w.it.page) continue;
@@ -837,6 +904,13 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
             continue;
           }
           locked.push(page);
+        } else if (e?.kind === 'device') {
+          // A device entry is busy too while another path holds it (writeback, a bounce, readpage).
+          if (!trylock_entry(m, e)) {
+            kept.push(v);
+            continue;
+          }
+          lockedEntries.push(e);
         }
         const state = this.stateOf(m, v.index, page);
         const how = this.evictionOf(m, v.index, page);
@@ -899,6 +973,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       return { kept };
     } finally {
       for (const p of locked) unlock_page(p);
+      for (const e of lockedEntries) unlock_entry(e);
     }
   }
 
@@ -990,7 +1065,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       const gone: number[] = [];
       for (const [index, rec] of recs) {
         const e = m.i_pages.get(index);
-        const wrote = rec.copyBack === true || (rec.perm === 'rw' && (this.running || dirty.has(index)));
+        const wrote = rec.copyBack === true || (rec.perm === 'rw' && (this.running > 0 || dirty.has(index)));
         if (e?.kind === 'device') {
           if (wrote || rec.diskStale) gone.push(index);
           m.i_pages.delete(index);

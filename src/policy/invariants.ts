@@ -53,8 +53,9 @@ function brokenIn(where: string, what: string): HmmlabError {
 
 /** Check every invariant of the mount `fs`; throws the first broken one. */
 export function checkInvariants(fs: HmmFs): Promise<void> {
-  // Under the mount's mutex: no operation is halfway through while we look.
-  return fs.serialize(async () => {
+  // The mount held exclusive: no operation is halfway through while we look (CPU threads' loads
+  // and stores go on, but change no state; their faults wait).
+  return fs.exclusive('check invariants', async () => {
     const mappings = fs.openMappings;
     checkHostPages(fs, mappings);
     const policy = fs.policy;

@@ -25,7 +25,7 @@ import { trace_begin } from '../mm/trace.ts';
 import { type DeviceCopy, DevicePolicyCore } from './core.ts';
 import { MIGRATE_TABLE } from './migrateTable.ts';
 import type { BounceWrite } from './policy.ts';
-import type { DeviceEvent } from './scheme.ts';
+import type { DeviceEvent, Work } from './scheme.ts';
 
 /** The counters migrate adds to the device policies' shared ones. */
 export const MIGRATE_COUNTERS = [
@@ -64,7 +64,7 @@ export class MigratePolicy extends DevicePolicyCore {
     const it = this.plan(m, entry.index, page, 'cpu-read-fault', { host: 'E', dev: rec.perm, cpu: '-' });
     return this.guarded(
       async () => {
-        await this.pullBack(m, [it], ['alloc-page']);
+        await this.pullBack(m, [it], ['alloc-page'], true);
         this.c.device_pulls++;
         this.c.device_migrations_to_ram++;
         return true;
@@ -99,9 +99,12 @@ export class MigratePolicy extends DevicePolicyCore {
   }
 
   /**
-   * write(2) (or truncate's zeroing) of device entries: a page written in part is read through the
-   * bounce page first (one copy), the new page images go to the device (one copy), and each A' is
-   * then newer than the disk. false where the device no longer holds the page.
+   * write(2) (or truncate's zeroing) of device entries: A' is write-protected first where the
+   * device may write it (the row's device-protect: a kernel's stores must not land between the
+   * bounce's read and its write, nor after the bytes and under them), a page written in part is
+   * read through the bounce page (one copy), the new page images go to the device (one copy), and
+   * each A' is then newer than the disk. false where the device no longer holds the page. A failed
+   * copy gives back the write permission and DIRTY bit it took: nothing changed.
    */
   async bounceWrite(m: AddressSpace, writes: BounceWrite[]): Promise<boolean[]> {
     const none = () => writes.map(() => false);
@@ -123,29 +126,44 @@ export class MigratePolicy extends DevicePolicyCore {
       partial.map((h) => writes[h.k].entry),
       'cpu-read',
     );
+    const protect = held.filter((h) => h.work.includes('device-protect'));
     return this.guarded(
       () =>
         this.pinned(
           held.map((h) => h.rec.frame),
           async () => {
+            const space = this.space(m);
             const tr = trace_begin(
               m,
               held.map((h) => writes[h.k].entry.index),
             );
-            const old = partial.length ? await this.dm.copyFromFrames(partial.map((h) => h.rec.frame)) : [];
-            this.c.device_bounce_reads += partial.length;
-            const images = new Map(partial.map((h, k) => [h.k, old[k]]));
-            const items = held.map((h) => {
-              const w = writes[h.k];
-              const page = images.get(h.k) ?? new Uint8Array(ps);
-              page.set(w.bytes, w.offset);
-              return { frame: h.rec.frame, data: page };
-            });
-            await this.dm.copyToFrames(items);
+            const taken = protect.length
+              ? await this.dm.protect(
+                  space,
+                  protect.map((h) => writes[h.k].entry.index),
+                  { cleanDirty: true },
+                )
+              : [];
+            try {
+              const old = partial.length ? await this.dm.copyFromFrames(partial.map((h) => h.rec.frame)) : [];
+              this.c.device_bounce_reads += partial.length;
+              const images = new Map(partial.map((h, k) => [h.k, old[k]]));
+              const items = held.map((h) => {
+                const w = writes[h.k];
+                const page = images.get(h.k) ?? new Uint8Array(ps);
+                page.set(w.bytes, w.offset);
+                return { frame: h.rec.frame, data: page };
+              });
+              await this.dm.copyToFrames(items);
+            } catch (e) {
+              if (taken.length) await this.dm.restore(space, taken);
+              throw e;
+            }
             this.c.device_bounce_writes += held.length;
             const out = none();
             for (const h of held) {
-              h.rec.diskStale = true;
+              h.rec.diskStale = true; // the device's own writes are in A' too: newer than the disk
+              if (h.work.includes('device-protect')) h.rec.perm = 'ro';
               out[h.k] = true;
             }
             const read = new Set(partial.map((h) => writes[h.k].entry.index));
@@ -157,15 +175,15 @@ export class MigratePolicy extends DevicePolicyCore {
     );
   }
 
-  /** The entries the device holds, each checked against its row for `event`: a bounce, nothing else. */
+  /** The entries the device holds, each checked against its row for `event`: a bounce (and a protect). */
   private held(m: AddressSpace, entries: DeviceEntry[], event: DeviceEvent) {
-    const out: { k: number; rec: DeviceCopy }[] = [];
+    const out: { k: number; rec: DeviceCopy; work: readonly Work[] }[] = [];
     entries.forEach((e, k) => {
       const rec = this.record(m, e.index);
       if (!rec || m.i_pages.get(e.index) !== e) return;
       const it = this.planEntry(m, e.index, rec, event);
-      this.checkWork([it], [event === 'cpu-write' ? 'bounce-write' : 'bounce-read'], []);
-      out.push({ k, rec });
+      this.checkWork([it], event === 'cpu-write' ? ['device-protect', 'bounce-write'] : ['bounce-read'], []);
+      out.push({ k, rec, work: it.t.work });
     });
     return out;
   }

@@ -80,6 +80,9 @@ export function migrateTransition(s: PageState, event: DeviceEvent): Transition 
       return { next: st(s.host === '-' ? 'C' : s.host, '-', s.cpu === '-' ? 'ro' : s.cpu), work };
     }
     case 'cpu-write':
+      // Single writer: a device that may write A' meanwhile would lose its stores to the bounce's
+      // read-modify-write, or the bounce its bytes to them: A' is write-protected first.
+      if (s.dev === 'rw') return { next: st('E', 'ro', '-'), work: ['device-protect', 'bounce-write'] };
       if (onDevice) return { next: s, work: ['bounce-write'] };
       return { next: st('D', '-', s.cpu), work: s.host === '-' ? ['alloc-page'] : [] };
     case 'cpu-write-fault': {

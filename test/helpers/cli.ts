@@ -18,12 +18,14 @@ export interface RunOptions {
   /** Written to the child's stdin (then closed). */
   input?: string;
   timeoutMs?: number;
+  /** Variables added to the child's environment (the planted bugs' switch). */
+  env?: Record<string, string>;
 }
 
 /** Run `hmmlab ...args` on the default adapter (HMMLAB_ADAPTER and HMMLAB_BACKEND cleared). */
 export function hmmlab(args: readonly string[], options: RunOptions = {}): Promise<Run> {
   return new Promise((resolve) => {
-    const env = { ...process.env, HMMLAB_ADAPTER: '', HMMLAB_BACKEND: '' };
+    const env = { ...process.env, HMMLAB_ADAPTER: '', HMMLAB_BACKEND: '', ...options.env };
     const child = execFile(
       process.execPath,
       [BIN, ...args],

@@ -131,8 +131,11 @@ describe("the migrate table: Glisse's scheme, row by row", () => {
 
   it('read(2) and write(2) of a device-held page bounce; the page stays', () => {
     const e = { host: 'E', dev: 'rw', cpu: '-' } as const;
+    const ro = { host: 'E', dev: 'ro', cpu: '-' } as const;
     expect(migrateTransition(e, 'cpu-read')).toEqual({ next: e, work: ['bounce-read'] });
-    expect(migrateTransition(e, 'cpu-write')).toEqual({ next: e, work: ['bounce-write'] });
+    // single writer: a device that may write A' is write-protected before the bounce writes it
+    expect(migrateTransition(e, 'cpu-write')).toEqual({ next: ro, work: ['device-protect', 'bounce-write'] });
+    expect(migrateTransition(ro, 'cpu-write')).toEqual({ next: ro, work: ['bounce-write'] });
   });
 
   it("an mmap fault migrates the page back (migrate_to_ram): A allocated and filled, A' freed", () => {
