@@ -566,10 +566,17 @@ export class DeviceMemory implements FaultEngineHost {
         ...pHit.map((index) => ({ index, clear: (PTE_WRITE | PTE_DIRTY) >>> 0, set: 0 })),
         ...rHit.map((index) => ({ index, clear: PTE_ALL, set: 0 })),
       ];
-      if (ops.length === 0 && copies.length === 0) return { changes: [], copied: new Set() };
-      const ahead = copies.filter((c) => c.always || space.dirty.has(c.index));
+      // Every page asked is invalidated, installed or not: a grant still pending is made read-only
+      // or taken back (its service, whose install follows, sees the race), as protect and revoke do.
       if (protect.length) space.invalidate(protect);
       if (revoke.length) space.invalidate(revoke);
+      if (ops.length === 0 && copies.length === 0) {
+        const none = new Uint32Array(0);
+        this.takeProtected(space, protect, [], none);
+        this.takeRevoked(space, revoke, [], none);
+        return { changes: [], copied: new Set() };
+      }
+      const ahead = copies.filter((c) => c.always || space.dirty.has(c.index));
       let olds: Uint32Array | undefined;
       const t0 = performance.now();
       // Too many PTEs to ride with the pages in one ring buffer: change them first, on their own.
