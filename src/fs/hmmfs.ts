@@ -694,41 +694,47 @@ export class File {
    * pages, after the others were prefetched.
    */
   devicePrefetch(off: number, len: number, write = false): Promise<DevicePrefetch> {
-    return this.op('devicePrefetch', async () => {
-      checkOffset('devicePrefetch offset', off);
-      checkOffset('devicePrefetch length', len);
-      if (off + len > this.mapping.size) {
-        throw new HmmlabError(
-          'EINVAL',
-          `devicePrefetch at offset ${off} length ${len} runs past EOF ${this.mapping.size} of ${this.name}`,
+    return this.op(
+      'devicePrefetch',
+      async () => {
+        checkOffset('devicePrefetch offset', off);
+        checkOffset('devicePrefetch length', len);
+        if (off + len > this.mapping.size) {
+          throw new HmmlabError(
+            'EINVAL',
+            `devicePrefetch at offset ${off} length ${len} runs past EOF ${this.mapping.size} of ${this.name}`,
+          );
+        }
+        const policy = this.fs.policy;
+        if (!isDevicePolicy(policy)) {
+          throw new HmmlabError(
+            'ENODEV',
+            `devicePrefetch on ${this.name}: no device: mount with a device policy, mirror or migrate (policy is '${policy.name}')`,
+          );
+        }
+        const ps = this.fs.pageSize;
+        if (len === 0)
+          return { pages: 0, serviced: 0, granted: 0, refused: [], batches: 0, bytesToDevice: 0 };
+        const r = await policy.prefetch(
+          this.mapping,
+          Math.floor(off / ps),
+          Math.floor((off + len - 1) / ps),
+          write,
         );
-      }
-      const policy = this.fs.policy;
-      if (!isDevicePolicy(policy)) {
-        throw new HmmlabError(
-          'ENODEV',
-          `devicePrefetch on ${this.name}: no device: mount with a device policy, mirror or migrate (policy is '${policy.name}')`,
-        );
-      }
-      const ps = this.fs.pageSize;
-      if (len === 0) return { pages: 0, serviced: 0, granted: 0, refused: [], batches: 0, bytesToDevice: 0 };
-      const r = await policy.prefetch(
-        this.mapping,
-        Math.floor(off / ps),
-        Math.floor((off + len - 1) / ps),
-        write,
-      );
-      if (r.refused.length) {
-        const pages = r.refused.map((f) => f.index);
-        throw new HmmlabError(
-          'EFAULT',
-          `devicePrefetch (write) of page${pages.length > 1 ? 's' : ''} ${formatPages(pages)} of ${this.name} refused: ` +
-            `${r.refused[0].message}; the other pages were prefetched`,
-          { pages },
-        );
-      }
-      return r;
-    });
+        if (r.refused.length) {
+          const pages = r.refused.map((f) => f.index);
+          throw new HmmlabError(
+            'EFAULT',
+            `devicePrefetch (write) of page${pages.length > 1 ? 's' : ''} ${formatPages(pages)} of ${this.name} refused: ` +
+              `${r.refused[0].message}; the other pages were prefetched`,
+            { pages },
+          );
+        }
+        return r;
+      },
+      // As a kernel's fault service: a truncate or punch of the range waits (invalidate_lock).
+      { invalidate: 'read' },
+    );
   }
 
   /** Dirty pages of this file right now (for tests and --stats). */
