@@ -506,8 +506,63 @@ export const storyChapters: Chapter[] = STORY.map((c, k) => ({
   run: (ctx) => runStory(ctx, k),
 }));
 
+/**
+ * Glisse's point ("there is no way to be notified on every write"), run: device kernels and CPU
+ * worker threads increment the same counters and store to the same pages at once, under each
+ * policy, with reclaim, device eviction and fsync between (hmmlab stress --concurrent, short).
+ */
+export const concurrentChapter: Chapter = {
+  name: 'concurrent',
+  title: 'CPU threads and 20,000 device threads on the same pages at once (hmmlab stress --concurrent)',
+  run: async ({ gpu, print }) => {
+    const { runConcurrentStress } = await import('../stress/concurrent.ts');
+    const seed = 1;
+    for (const name of ['mirror', 'migrate'] as const) {
+      const host = await openPolicy(name, { gpu, devicePages: 16, pageSize: PAGE, batch: 256 });
+      const mount = await host.forMount();
+      let r: Awaited<ReturnType<typeof runConcurrentStress>>;
+      try {
+        r = await runConcurrentStress({
+          seed,
+          deviceThreads: 20_000,
+          cpuThreads: 2,
+          durationMs: 2000,
+          pageSize: PAGE,
+          hostPages: 16,
+          policy: mount.policy!,
+        });
+      } finally {
+        mount.close();
+        host.close();
+      }
+      if (r.violations.length) {
+        throw new HmmlabError(
+          'EIO',
+          `${name}: ${plural(r.violations.length, 'violation')}: ${r.violations[0].message} ` +
+            `(repeat: hmmlab stress --concurrent --policy ${name} --seed ${seed} --duration 2)`,
+        );
+      }
+      print(
+        `${name}: ${n(r.atomicKernels + r.slotKernels)} kernels of 20,000 threads and 2 CPU workers for ` +
+          `${(r.durationMs / 1000).toFixed(1)} s: ${n(r.deviceIncrements)} device and ${n(r.cpuIncrements)} CPU ` +
+          `increments, ${n(r.cpuAccessesDuringKernels)} CPU accesses while a kernel was in flight; ` +
+          `${plural(r.mmuIntervalRetries, 'mmu_interval retry', 'mmu_interval retries')}, ` +
+          `${plural(r.shootdownWaits, 'CPU shootdown wait')}, ${plural(r.deviceEvictions, 'device eviction')}, ` +
+          `${plural(r.fsyncs, 'fsync')}. Every counter, every slot and the file on disk after a remount: ` +
+          `${r.lostUpdates === 0 && r.diskMatches ? 'checked: OK' : 'MISMATCH'}.\n`,
+      );
+    }
+  },
+};
+
 /** The demo, in order. Append new chapters here. */
-export const CHAPTERS: Chapter[] = [adapterChapter, copyChapter, ...storyChapters, compareChapter];
+export const CHAPTERS: Chapter[] = [
+  adapterChapter,
+  copyChapter,
+  ...storyChapters,
+  compareChapter,
+  concurrentChapter,
+];
 
 /** Runs the chapters; a failed chapter prints its error and the others still run. Returns the failures. */
 export async function runDemo(ctx: DemoContext, chapters: readonly Chapter[] = CHAPTERS): Promise<number> {

@@ -130,3 +130,19 @@ it('the comparison chapter runs the same workloads under mirror, migrate and exp
     expect(out).toMatch(new RegExp(`^glisse-dataset +${p} `, 'm'));
   expect(out).toMatch(/migrate holds none of the dataset on the host/);
 });
+
+it('the concurrent chapter runs CPU workers beside the kernels under each policy, and checks it all', async () => {
+  let out = '';
+  const { concurrentChapter } = await import('../../src/cli/demo.ts');
+  expect(await runDemo({ gpu, print: (t) => (out += t) }, [concurrentChapter])).toBe(0);
+  for (const p of ['mirror', 'migrate']) {
+    const line = out.split('\n').find((l) => l.startsWith(`${p}: `));
+    expect(line, `${p} line`).toBeDefined();
+    // Each side really ran, at the same time, and the checks said OK.
+    const num = (re: RegExp) => Number(line!.match(re)![1].replace(/,/g, ''));
+    expect(num(/([\d,]+) device and/)).toBeGreaterThan(0);
+    expect(num(/([\d,]+) CPU increments/)).toBeGreaterThan(0);
+    expect(num(/([\d,]+) CPU accesses while a kernel was in flight/)).toBeGreaterThan(0);
+    expect(line).toMatch(/the file on disk after a remount: checked: OK\.$/);
+  }
+});
