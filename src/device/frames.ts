@@ -234,7 +234,8 @@ export class FramePool {
     if (this.owners[frame] === null) return;
     this.owners[frame] = null;
     this.lru.delete(frame);
-    this.pins.delete(frame);
+    // Pins stay: each pinner unpins in its own finally, and a frame freed and handed to another
+    // page meanwhile must keep that page's pin (a count dropped here would let its unpin take it).
     this.free[frame] = 1;
     this.nfree++;
     // The next allocation starts at the lowest frame freed since: freed frames are reused first.

@@ -108,6 +108,7 @@ export {
   type PteChange,
   type PullRequest,
   type PullResult,
+  pendingOf,
 } from './memory.ts';
 export { DevicePageTable, type InstalledPte, type MapEntry } from './pagetable.ts';
 export { type DevicePerm, pteDecode, pteEncode } from './pte.ts';

@@ -115,6 +115,11 @@ export interface PullResult {
   changes: PteChange[];
   /** The pages copied into their `into`. */
   copied: Set<number>;
+  /**
+   * The grants not installed yet (space.pending) of the pages asked, as they were before the pull
+   * made them read-only or took them back: what restore() puts back if the caller's work fails.
+   */
+  pending: Map<number, InstalledPte>;
 }
 
 /** A frame leaving the device: its PTE is already revoked (and the TLB shot down). */
@@ -568,13 +573,14 @@ export class DeviceMemory implements FaultEngineHost {
       ];
       // Every page asked is invalidated, installed or not: a grant still pending is made read-only
       // or taken back (its service, whose install follows, sees the race), as protect and revoke do.
+      const pending = pendingOf(space, [...protect, ...revoke]);
       if (protect.length) space.invalidate(protect);
       if (revoke.length) space.invalidate(revoke);
       if (ops.length === 0 && copies.length === 0) {
         const none = new Uint32Array(0);
         this.takeProtected(space, protect, [], none);
         this.takeRevoked(space, revoke, [], none);
-        return { changes: [], copied: new Set() };
+        return { changes: [], copied: new Set(), pending };
       }
       const ahead = copies.filter((c) => c.always || space.dirty.has(c.index));
       let olds: Uint32Array | undefined;
@@ -638,7 +644,7 @@ export class DeviceMemory implements FaultEngineHost {
         this.counters.bytesDeviceToHost += copied.size * this.pageSize;
         this.counters.copiesFromDevice += copied.size;
         this.counters.copyMs += performance.now() - t0;
-        return { changes, copied };
+        return { changes, copied, pending };
       } catch (e) {
         if (ops.length && !this.gpu.lost) {
           // The copy did not land: put the PTEs back. Unknown old PTEs (the first map failed) come
@@ -652,7 +658,7 @@ export class DeviceMemory implements FaultEngineHost {
             }
             taken();
           }
-          await this.restoreLocked(space, changes).catch(() => {});
+          await this.restoreLocked(space, changes, pending).catch(() => {});
         }
         throw e;
       }
@@ -674,12 +680,26 @@ export class DeviceMemory implements FaultEngineHost {
    * that did not land): the PTE with its permission and its DIRTY bit, the frame on the LRU. It
    * only gives permission back, so it needs no shootdown.
    */
-  restore(space: DevicePageTable, changes: PteChange[]): Promise<void> {
-    return this.guard('restore device pages', () => space.lock.run(() => this.restoreLocked(space, changes)));
+  restore(space: DevicePageTable, changes: PteChange[], pending?: Map<number, InstalledPte>): Promise<void> {
+    return this.guard('restore device pages', () =>
+      space.lock.run(() => this.restoreLocked(space, changes, pending)),
+    );
   }
 
-  private async restoreLocked(space: DevicePageTable, changes: PteChange[]): Promise<void> {
+  /**
+   * `pending`: grants not installed yet that the change made read-only or took back (pendingOf
+   * before it, PullResult.pending); those of pages without a PTE change come back as they were.
+   */
+  private async restoreLocked(
+    space: DevicePageTable,
+    changes: PteChange[],
+    pending?: Map<number, InstalledPte>,
+  ): Promise<void> {
     this.own(space, 'restore device pages');
+    if (pending) {
+      const changed = new Set(changes.map((c) => c.index));
+      for (const [i, p] of pending) if (!changed.has(i)) space.pending.set(i, { ...p });
+    }
     if (changes.length === 0) return;
     for (const c of changes) {
       const owner = this.pool.owner(c.frame);
@@ -1068,7 +1088,8 @@ export type { InstalledPte };
  * The grants of `asked` not installed yet, copied: a change takes them back (or narrows them to
  * read-only) and restore() puts them back as they were.
  */
-function pendingOf(space: DevicePageTable, asked: readonly number[]): Map<number, InstalledPte> {
+/** The grants not installed yet of pages `asked`, copied: what restore() can put back. */
+export function pendingOf(space: DevicePageTable, asked: readonly number[]): Map<number, InstalledPte> {
   const out = new Map<number, InstalledPte>();
   for (const i of asked) {
     const p = space.pending.get(i);

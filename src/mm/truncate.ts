@@ -37,17 +37,28 @@ export async function truncate_inode_pages_range(
   let dropped = 0;
   try {
     for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
-      const e = m.i_pages.get(i);
-      if (!e) continue;
-      if (e.kind === 'device') {
-        await lock_entry(m, e);
-        if (m.i_pages.get(i) === e) entries.push(e);
-        else unlock_entry(e);
-        continue;
+      // What stands at i may change while we wait for its lock (reclaim leaves a device entry for
+      // the page, eviction brings the page home): look again until what we locked still stands,
+      // or the policy would revoke the copy of whatever replaced it and leave that behind.
+      for (;;) {
+        const e = m.i_pages.get(i);
+        if (!e) break;
+        if (e.kind === 'device') {
+          await lock_entry(m, e);
+          if (m.i_pages.get(i) === e) {
+            entries.push(e);
+            break;
+          }
+          unlock_entry(e);
+          continue;
+        }
+        await lock_page(e);
+        if (m.i_pages.get(i) === e) {
+          pages.push(e);
+          break;
+        }
+        unlock_page(e);
       }
-      await lock_page(e);
-      if (m.i_pages.get(i) === e) pages.push(e);
-      else unlock_page(e);
     }
     // CPU PTEs first, and the shootdown, before the device copies and the pages go.
     const tlb = tlb_gather_mmu();

@@ -164,6 +164,8 @@ interface EvictWork {
   copy: boolean;
   /** A page allocated for it (migrate home): given back to the entry if the eviction fails. */
   fresh: boolean;
+  /** The device entry it replaced, if any: the one put back (a waiter on it checks it by identity). */
+  entry?: DeviceEntry;
 }
 
 type Serialize = <T>(fn: () => Promise<T>) => Promise<T>;
@@ -677,7 +679,8 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
             ).length;
             if (failed.size) {
               const back = changes.filter((c) => failed.has(c.index));
-              await this.dm.restore(space, back);
+              const grants = new Map([...pulled.pending].filter(([i]) => failed.has(i)));
+              await this.dm.restore(space, back, grants);
               this.markCopyBack(recs, back, false);
               throw error;
             }
@@ -887,7 +890,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
       for (const w of ws) {
         if (!w.fresh || !w.it.page) continue;
         locked.splice(locked.indexOf(w.it.page), 1);
-        replace_page_cache_entry(w.it.page, { kind: 'device', index: w.v.index, token: w.rec });
+        replace_page_cache_entry(w.it.page, w.entry ?? { kind: 'device', index: w.v.index, token: w.rec });
       }
       return ws.map((w) => w.v);
     };
@@ -926,7 +929,7 @@ export abstract class DevicePolicyCore implements CoherencePolicy, DevicePolicy 
         const copy =
           (it.t.work.includes('copy-back') && (v.dirty || state.host === 'E')) ||
           (it.t.work.includes('bounce-writeback') && (v.dirty || rec.diskStale));
-        work.push({ m, v, it, rec, copy, fresh: how.fresh });
+        work.push({ m, v, it, rec, copy, fresh: how.fresh, entry: e?.kind === 'device' ? e : undefined });
       }
       const copies = work.filter((w) => w.copy);
       let data: Uint8Array[] = [];

@@ -19,7 +19,7 @@
  *   bounce read/write: one copy; a failure changes nothing.
  */
 
-import type { DeviceMemory } from '../device/index.ts';
+import { type DeviceMemory, pendingOf } from '../device/index.ts';
 import { type AddressSpace, type DeviceEntry, type Page, page_cache_alloc_nowait } from '../mm/index.ts';
 import { trace_begin } from '../mm/trace.ts';
 import { type DeviceCopy, DevicePolicyCore } from './core.ts';
@@ -137,6 +137,11 @@ export class MigratePolicy extends DevicePolicyCore {
               m,
               held.map((h) => writes[h.k].entry.index),
             );
+            // Grants not installed yet that the write-protect narrows: put back if the bounce fails.
+            const grants = pendingOf(
+              space,
+              protect.map((h) => writes[h.k].entry.index),
+            );
             const taken = protect.length
               ? await this.dm.protect(
                   space,
@@ -156,7 +161,7 @@ export class MigratePolicy extends DevicePolicyCore {
               });
               await this.dm.copyToFrames(items);
             } catch (e) {
-              if (taken.length) await this.dm.restore(space, taken);
+              if (taken.length || grants.size) await this.dm.restore(space, taken, grants);
               throw e;
             }
             this.c.device_bounce_writes += held.length;
