@@ -172,6 +172,33 @@ export function unlock_entry(e: DeviceEntry): void {
   if (w) w();
 }
 
+/**
+ * Lock what stands at `index` of `m`, a page or a device entry, and look again until what was
+ * locked still stands there (reclaim may leave a device entry for the page meanwhile, eviction
+ * bring the page home): what is locked, or null when nothing stands there. A page `skip` says is
+ * not worth waiting for is left unlocked (null).
+ */
+export async function lock_index(
+  m: AddressSpace,
+  index: number,
+  skip?: (page: Page) => boolean,
+): Promise<Page | DeviceEntry | null> {
+  for (;;) {
+    const e = m.i_pages.get(index);
+    if (!e) return null;
+    if (e.kind === 'device') {
+      await lock_entry(m, e);
+      if (m.i_pages.get(index) === e) return e;
+      unlock_entry(e);
+      continue;
+    }
+    if (skip?.(e)) return null;
+    await lock_page(e);
+    if (m.i_pages.get(index) === e) return e;
+    unlock_page(e);
+  }
+}
+
 /** Flag letters for snapshots: L locked, U uptodate, D dirty, W writeback, R referenced, A lru. */
 export function flagLetters(p: Page): string {
   return (

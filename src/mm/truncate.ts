@@ -9,7 +9,7 @@
 import type { InvalidateWhy } from '../policy/policy.ts';
 import { delete_from_page_cache, folio_mark_dirty, read_cache_page_locked } from './filemap.ts';
 import { asMapping } from './mapping.ts';
-import { lock_entry, lock_page, unlock_entry, unlock_page } from './page.ts';
+import { lock_entry, lock_index, unlock_entry, unlock_page } from './page.ts';
 import { tlb_finish_mmu, tlb_gather_mmu, try_to_unmap } from './rmap.ts';
 import { trace_begin } from './trace.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
@@ -37,28 +37,11 @@ export async function truncate_inode_pages_range(
   let dropped = 0;
   try {
     for (const i of [...m.i_pages.keys()].filter(inRange).sort((a, b) => a - b)) {
-      // What stands at i may change while we wait for its lock (reclaim leaves a device entry for
-      // the page, eviction brings the page home): look again until what we locked still stands,
+      // What stands at i may change while we wait for its lock: what we lock must still stand,
       // or the policy would revoke the copy of whatever replaced it and leave that behind.
-      for (;;) {
-        const e = m.i_pages.get(i);
-        if (!e) break;
-        if (e.kind === 'device') {
-          await lock_entry(m, e);
-          if (m.i_pages.get(i) === e) {
-            entries.push(e);
-            break;
-          }
-          unlock_entry(e);
-          continue;
-        }
-        await lock_page(e);
-        if (m.i_pages.get(i) === e) {
-          pages.push(e);
-          break;
-        }
-        unlock_page(e);
-      }
+      const e = await lock_index(m, i);
+      if (e?.kind === 'device') entries.push(e);
+      else if (e) pages.push(e);
     }
     // CPU PTEs first, and the shootdown, before the device copies and the pages go.
     const tlb = tlb_gather_mmu();

@@ -11,8 +11,7 @@ import { batchPages } from './filemap.ts';
 import { asMapping, type Mapping } from './mapping.ts';
 import {
   end_page_writeback,
-  lock_entry,
-  lock_page,
+  lock_index,
   PageDirty,
   PageLocked,
   PageUptodate,
@@ -98,29 +97,12 @@ export async function filemap_write_and_wait_range(
       // fault that pulled a device entry's data into a page leaves it dirty there, and it was
       // dirty (on the device) when the writeback began, so this writeback owes it to the disk.
       for (const i of indices.slice(k, k + batch)) {
-        for (;;) {
-          const e = m.i_pages.get(i);
-          if (!e) break;
-          if (e.kind === 'device') {
-            await lock_entry(m, e);
-            if (m.i_pages.get(i) === e) {
-              entries.push(e);
-              break;
-            }
-            unlock_entry(e);
-            continue;
-          }
-          // A locked page not uptodate yet is being filled (from the device, maybe: then it will
-          // be dirty): wait for it. Any other clean page has nothing for the disk.
-          if (!PageDirty(e) && (PageUptodate(e) || !PageLocked(e))) break;
-          await lock_page(e);
-          if (m.i_pages.get(i) === e) {
-            if (PageDirty(e)) pages.push(e);
-            else unlock_page(e);
-            break;
-          }
-          unlock_page(e);
-        }
+        // A locked page not uptodate yet is being filled (from the device, maybe: then it will
+        // be dirty): wait for it. Any other clean page has nothing for the disk.
+        const e = await lock_index(m, i, (p) => !PageDirty(p) && (PageUptodate(p) || !PageLocked(p)));
+        if (e?.kind === 'device') entries.push(e);
+        else if (e && PageDirty(e)) pages.push(e);
+        else if (e) unlock_page(e);
       }
       written += await writeback_device_entries(m, entries);
       if (pages.length === 0) continue;
