@@ -112,7 +112,7 @@ export interface KernelChunk {
   slots: number;
 }
 
-function checkRange(kind: string, off: number, len: number, pageSize: number): void {
+function checkRange(kind: KernelKind, off: number, len: number, pageSize: number): void {
   if (!Number.isSafeInteger(off) || off < 0 || off % 4 !== 0) {
     throw new HmmlabError('EINVAL', `${kind}: offset ${off} is not a non-negative multiple of 4`);
   }
@@ -125,7 +125,7 @@ function checkRange(kind: string, off: number, len: number, pageSize: number): v
       `${kind}: range ${off}+${len} ends past page ${MAX_DEVICE_PAGES - 1}, the device's address limit`,
     );
   }
-  if ((kind === 'atomic' || kind === 'slots') && len > MAX_ATOMIC_BYTES) {
+  if (isThreadKernel(kind) && len > MAX_ATOMIC_BYTES) {
     throw new HmmlabError('EINVAL', `${kind}: length ${len} is over 4 GiB, the ${kind} kernel's range limit`);
   }
 }

@@ -559,110 +559,113 @@ export class DeviceMemory implements FaultEngineHost {
   }
 
   private async pullLocked(space: DevicePageTable, req: PullRequest): Promise<PullResult> {
-    {
-      this.own(space, 'copy device pages back');
-      const protect = req.protect ?? [];
-      const revoke = req.revoke ?? [];
-      const copies = req.copies ?? [];
-      checkIndices('copy device pages back', [...protect, ...revoke]);
-      const pHit = protect.filter((i) => space.entries.get(i)?.perm === 'rw' && !revoke.includes(i));
-      const rHit = revoke.filter((i) => space.entries.has(i));
-      const ops: PteOp[] = [
-        ...pHit.map((index) => ({ index, clear: (PTE_WRITE | PTE_DIRTY) >>> 0, set: 0 })),
-        ...rHit.map((index) => ({ index, clear: PTE_ALL, set: 0 })),
-      ];
-      // Every page asked is invalidated, installed or not: a grant still pending is made read-only
-      // or taken back (its service, whose install follows, sees the race), as protect and revoke do.
-      const pending = pendingOf(space, [...protect, ...revoke]);
-      if (protect.length) space.invalidate(protect);
-      if (revoke.length) space.invalidate(revoke);
-      if (ops.length === 0 && copies.length === 0) {
-        const none = new Uint32Array(0);
-        this.takeProtected(space, protect, [], none);
-        this.takeRevoked(space, revoke, [], none);
-        return { changes: [], copied: new Set(), pending };
-      }
-      const ahead = copies.filter((c) => c.always || space.dirty.has(c.index));
-      let olds: Uint32Array | undefined;
-      const t0 = performance.now();
-      // Too many PTEs to ride with the pages in one ring buffer: change them first, on their own.
-      const apart = ops.length * 4 + this.pageSize > this.copier.ringBytes;
-      if (apart) olds = (await this.pteOps(space, ops, true, true))!;
-      const fail = ahead.length > 0 && this.inject.should_fail('copy-from-device');
-      const head: ReadHead | undefined =
-        ops.length && !apart
-          ? {
-              bytes: ops.length * 4,
-              encode: (enc, dst) => this.updater.encode(enc, space, ops, { dst, offset: 0 }),
-              land: (mapped) => {
-                olds = new Uint32Array(mapped.slice(0, ops.length * 4).buffer);
-              },
-            }
-          : undefined;
-      let changes: PteChange[] = [];
-      const taken = () => {
-        const o = olds ?? new Uint32Array(ops.length);
-        changes = [
-          ...this.takeProtected(space, protect, pHit, o.subarray(0, pHit.length)),
-          ...this.takeRevoked(space, revoke, rHit, o.subarray(pHit.length)),
-        ];
-      };
-      try {
-        await this.gpu.scoped('copy device pages back', () =>
-          this.copier.read(
-            this.pool,
-            ahead.map((c) => c.frame),
-            {
-              into: ahead.map((c) => c.into),
-              head,
-              failAfterHead: fail ? () => this.copyTimedOut() : undefined,
-            },
-          ),
-        );
-        if (ops.length && !apart) {
-          this.counters.pteUpdates += ops.length;
-          this.counters.shootdowns++;
-        }
-        this.counters.writeProtects += pHit.length;
-        this.counters.revocations += rHit.length;
-        taken();
-        const wrote = new Set(changes.filter((ch) => ch.dirty).map((ch) => ch.index));
-        // Copied and needed (a copy made ahead of a page the device did not write is not counted:
-        // it holds what the host page held).
-        const copied = new Set(ahead.filter((c) => c.always || wrote.has(c.index)).map((c) => c.index));
-        const early = new Set(ahead.map((c) => c.index));
-        const late = copies.filter((c) => !early.has(c.index) && wrote.has(c.index));
-        if (late.length) {
-          // The shadow missed a DIRTY bit (a kernel ran since): copy those too.
-          await this.copier.read(
-            this.pool,
-            late.map((c) => c.frame),
-            { into: late.map((c) => c.into) },
-          );
-          for (const c of late) copied.add(c.index);
-        }
-        this.counters.bytesDeviceToHost += copied.size * this.pageSize;
-        this.counters.copiesFromDevice += copied.size;
-        this.counters.copyMs += performance.now() - t0;
-        return { changes, copied, pending };
-      } catch (e) {
-        if (ops.length && !this.gpu.lost) {
-          // The copy did not land: put the PTEs back. Unknown old PTEs (the first map failed) come
-          // back DIRTY where writable (the device may have written them: a copy back later is safe).
-          if (changes.length === 0) {
-            if (!olds) {
-              olds = new Uint32Array(ops.length);
-              ops.forEach((o, i) => {
-                if (space.entries.get(o.index)?.perm === 'rw') olds![i] = PTE_DIRTY;
-              });
-            }
-            taken();
-          }
-          await this.restoreLocked(space, changes, pending).catch(() => {});
-        }
-        throw e;
-      }
+    this.own(space, 'copy device pages back');
+    const protect = req.protect ?? [];
+    const revoke = req.revoke ?? [];
+    const copies = req.copies ?? [];
+    checkIndices('copy device pages back', [...protect, ...revoke]);
+    const pHit = protect.filter((i) => space.entries.get(i)?.perm === 'rw' && !revoke.includes(i));
+    const rHit = revoke.filter((i) => space.entries.has(i));
+    const ops: PteOp[] = [
+      ...pHit.map((index) => ({ index, clear: (PTE_WRITE | PTE_DIRTY) >>> 0, set: 0 })),
+      ...rHit.map((index) => ({ index, clear: PTE_ALL, set: 0 })),
+    ];
+    // Every page asked is invalidated, installed or not: a grant still pending is made read-only
+    // or taken back (its service, whose install follows, sees the race), as protect and revoke do.
+    const pending = pendingOf(space, [...protect, ...revoke]);
+    if (protect.length) space.invalidate(protect);
+    if (revoke.length) space.invalidate(revoke);
+    if (ops.length === 0 && copies.length === 0) {
+      const none = new Uint32Array(0);
+      this.takeProtected(space, protect, [], none);
+      this.takeRevoked(space, revoke, [], none);
+      return { changes: [], copied: new Set(), pending };
     }
+    const ahead = copies.filter((c) => c.always || space.dirty.has(c.index));
+    let olds: Uint32Array | undefined;
+    const t0 = performance.now();
+    // Too many PTEs to ride with the pages in one ring buffer: change them first, on their own.
+    const apart = ops.length * 4 + this.pageSize > this.copier.ringBytes;
+    if (apart) olds = (await this.pteOps(space, ops, true, true))!;
+    const fail = ahead.length > 0 && this.inject.should_fail('copy-from-device');
+    const head =
+      ops.length && !apart
+        ? this.pteHead(space, ops, (o) => {
+            olds = o;
+          })
+        : undefined;
+    let changes: PteChange[] = [];
+    const taken = () => {
+      const o = olds ?? new Uint32Array(ops.length);
+      changes = [
+        ...this.takeProtected(space, protect, pHit, o.subarray(0, pHit.length)),
+        ...this.takeRevoked(space, revoke, rHit, o.subarray(pHit.length)),
+      ];
+    };
+    try {
+      await this.gpu.scoped('copy device pages back', () =>
+        this.copier.read(
+          this.pool,
+          ahead.map((c) => c.frame),
+          {
+            into: ahead.map((c) => c.into),
+            head,
+            failAfterHead: fail ? () => this.copyTimedOut() : undefined,
+          },
+        ),
+      );
+      if (ops.length && !apart) {
+        this.counters.pteUpdates += ops.length;
+        this.counters.shootdowns++;
+      }
+      this.counters.writeProtects += pHit.length;
+      this.counters.revocations += rHit.length;
+      taken();
+      const wrote = new Set(changes.filter((ch) => ch.dirty).map((ch) => ch.index));
+      // Copied and needed (a copy made ahead of a page the device did not write is not counted:
+      // it holds what the host page held).
+      const copied = new Set(ahead.filter((c) => c.always || wrote.has(c.index)).map((c) => c.index));
+      const early = new Set(ahead.map((c) => c.index));
+      const late = copies.filter((c) => !early.has(c.index) && wrote.has(c.index));
+      if (late.length) {
+        // The shadow missed a DIRTY bit (a kernel ran since): copy those too.
+        await this.copier.read(
+          this.pool,
+          late.map((c) => c.frame),
+          { into: late.map((c) => c.into) },
+        );
+        for (const c of late) copied.add(c.index);
+      }
+      this.counters.bytesDeviceToHost += copied.size * this.pageSize;
+      this.counters.copiesFromDevice += copied.size;
+      this.counters.copyMs += performance.now() - t0;
+      return { changes, copied, pending };
+    } catch (e) {
+      if (ops.length && !this.gpu.lost) {
+        // The copy did not land: put the PTEs back. Unknown old PTEs (the first map failed) come
+        // back DIRTY where writable (the device may have written them: a copy back later is safe).
+        if (changes.length === 0) {
+          if (!olds) {
+            olds = new Uint32Array(ops.length);
+            ops.forEach((o, i) => {
+              if (space.entries.get(o.index)?.perm === 'rw') olds![i] = PTE_DIRTY;
+            });
+          }
+          taken();
+        }
+        await this.restoreLocked(space, changes, pending).catch(() => {});
+      }
+      throw e;
+    }
+  }
+
+  /** A readback head that updates `ops`' PTEs and lands their old values (in `land`) in the same map. */
+  private pteHead(space: DevicePageTable, ops: PteOp[], land: (olds: Uint32Array) => void): ReadHead {
+    return {
+      bytes: ops.length * 4,
+      encode: (enc, dst) => this.updater.encode(enc, space, ops, { dst, offset: 0 }),
+      land: (mapped) => land(new Uint32Array(mapped.slice(0, ops.length * 4).buffer)),
+    };
   }
 
   private copyTimedOut(): never {
@@ -1043,15 +1046,7 @@ export class DeviceMemory implements FaultEngineHost {
       for (let k = 0; k < ops.length; k += per) {
         const part = ops.slice(k, k + per);
         await this.gpu.scoped('device page table update', () =>
-          this.copier.read(this.pool, [], {
-            head: {
-              bytes: part.length * 4,
-              encode: (enc, dst) => this.updater.encode(enc, space, part, { dst, offset: 0 }),
-              land: (mapped) => {
-                olds!.set(new Uint32Array(mapped.slice(0, part.length * 4).buffer), k);
-              },
-            },
-          }),
+          this.copier.read(this.pool, [], { head: this.pteHead(space, part, (o) => olds!.set(o, k)) }),
         );
       }
     } else {
@@ -1088,7 +1083,6 @@ export type { InstalledPte };
  * The grants of `asked` not installed yet, copied: a change takes them back (or narrows them to
  * read-only) and restore() puts them back as they were.
  */
-/** The grants not installed yet of pages `asked`, copied: what restore() can put back. */
 export function pendingOf(space: DevicePageTable, asked: readonly number[]): Map<number, InstalledPte> {
   const out = new Map<number, InstalledPte>();
   for (const i of asked) {

@@ -10,7 +10,7 @@ import { asMapping, type Mapping } from './mapping.ts';
 import {
   HostPage,
   lock_entry,
-  lock_page,
+  lock_index,
   PageDirty,
   PageLocked,
   PageUptodate,
@@ -226,13 +226,9 @@ export async function read_cache_page(
 ): Promise<{ page: Page; major: boolean }> {
   const m = asMapping(mapping);
   for (;;) {
-    const e = m.i_pages.get(index);
+    // Locked and still standing (what was reclaimed or truncated while we waited is looked at again).
+    const e = await lock_index(m, index);
     if (e && e.kind === 'page') {
-      await lock_page(e);
-      if (m.i_pages.get(index) !== e) {
-        unlock_page(e); // reclaimed or truncated while we waited
-        continue;
-      }
       if (!PageUptodate(e) && !PageDirty(e)) {
         await readpage_or_drop(m, e, null);
         return { page: e, major: true };
@@ -241,9 +237,7 @@ export async function read_cache_page(
     }
     if (e) {
       // A device entry: held while its page replaces it and is filled from the device.
-      await lock_entry(m, e);
       try {
-        if (m.i_pages.get(index) !== e) continue;
         const page = await page_cache_alloc(m, index, e);
         if (!page) continue;
         await readpage_or_drop(m, page, e);
@@ -415,7 +409,7 @@ function page_part(
 }
 
 /** The device entries of pages [idx, idx + n) written through the policy's bounce page, if it has one. */
-async function bounce_write(
+export async function bounce_write(
   m: Mapping,
   idx: number,
   n: number,

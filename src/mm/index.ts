@@ -35,7 +35,6 @@ export {
   zap_vma,
 } from './memory.ts';
 export {
-  EntryLocked,
   flagLetters,
   lock_entry,
   lock_page,

@@ -140,10 +140,6 @@ function entryLock(e: DeviceEntry): EntryLock {
   return l;
 }
 
-export function EntryLocked(e: DeviceEntry): boolean {
-  return entryLocks.get(e)?.locked === true;
-}
-
 export function trylock_entry(m: AddressSpace, e: DeviceEntry): boolean {
   const l = entryLock(e);
   if (l.locked) return false;

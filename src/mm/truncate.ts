@@ -7,9 +7,9 @@
  */
 
 import type { InvalidateWhy } from '../policy/policy.ts';
-import { delete_from_page_cache, folio_mark_dirty, read_cache_page_locked } from './filemap.ts';
+import { bounce_write, delete_from_page_cache, folio_mark_dirty, read_cache_page_locked } from './filemap.ts';
 import { asMapping } from './mapping.ts';
-import { lock_entry, lock_index, unlock_entry, unlock_page } from './page.ts';
+import { lock_index, unlock_entry, unlock_page } from './page.ts';
 import { tlb_finish_mmu, tlb_gather_mmu, try_to_unmap } from './rmap.ts';
 import { trace_begin } from './trace.ts';
 import type { AddressSpace, DeviceEntry, Page } from './types.ts';
@@ -88,18 +88,10 @@ export async function zero_page_range(
   const m = asMapping(mapping);
   const e = m.i_pages.get(index);
   if (!e || from >= to) return;
-  if (e.kind === 'device' && m.policy.bounceWrite) {
-    await lock_entry(m, e);
-    let done = false;
-    try {
-      if (m.i_pages.get(index) === e)
-        [done] = await m.policy.bounceWrite(m, [
-          { entry: e, offset: from, bytes: new Uint8Array(to - from) },
-        ]);
-    } finally {
-      unlock_entry(e);
-    }
-    if (done) return;
+  // A device entry the policy can write through its bounce page: the zeros go there.
+  if (e.kind === 'device') {
+    const done = await bounce_write(m, index, 1, index * m.pageSize + from, new Uint8Array(to - from));
+    if (done.has(index)) return;
   }
   const page = await read_cache_page_locked(m, index);
   try {

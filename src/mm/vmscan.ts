@@ -83,7 +83,7 @@ export async function shrink_page(page: Page, why: ShrinkReason): Promise<boolea
  * shadow nodes by the LRU's size (about 8 entries a page), so that they follow memory, not the
  * pages a long run ever evicted. The oldest go first.
  */
-export const SHADOWS_PER_HOST_PAGE = 8;
+const SHADOWS_PER_HOST_PAGE = 8;
 const MIN_SHADOWS = 1024;
 
 function remember_shadow(m: Mapping, index: number): void {
