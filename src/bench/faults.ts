@@ -232,10 +232,7 @@ export function parseFaultBenchArgs(flags: BenchFaultsFlags): FaultBenchArgs {
     policies: flags.policy === undefined ? [...DEVICE_POLICY_NAMES] : parsePolicyList(flags.policy),
     threads: parseCount('--threads', flags.threads, 1),
     iters: parseCount('--iters', flags.iters, DEFAULT_FAULT_ITERS),
-    largeBytes:
-      flags.large === undefined
-        ? DEFAULT_LARGE_BYTES
-        : parseCount('--large', flags.large, DEFAULT_LARGE_BYTES, 0),
+    largeBytes: parseCount('--large', flags.large, DEFAULT_LARGE_BYTES, 0),
   };
 }
 

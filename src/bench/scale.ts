@@ -25,13 +25,10 @@ import type { GpuDevice } from '../gpu/device.ts';
 import { fillPattern } from '../oplog/pattern.ts';
 import type { DevicePolicy } from '../policy/device.ts';
 import { MirrorPolicy } from '../policy/mirror.ts';
-import { machineInfo } from './machine.ts';
 import { firstDifference } from './random.ts';
 import { currentRss, peakRss, resetPeakRss } from './rss.ts';
 import { formatTable } from './table.ts';
 import { formatBytes } from './units.ts';
-
-export { machineInfo };
 
 export const SCALE_OPS = ['write', 'fsync', 'read', 'devread', 'devwrite', 'fsync-device'] as const;
 export type ScaleOp = (typeof SCALE_OPS)[number];

@@ -173,8 +173,7 @@ export function registerReplay(program: Command): void {
       const specs = opts.inject === undefined ? [] : parseInjectSpecs(opts.inject);
       const retries = parseCount('--retries', opts.retries, 1, 0);
       const tracePages = opts.trace === undefined ? null : parsePageSet(opts.trace);
-      const cpuThreads =
-        opts.cpuThreads === undefined ? 0 : parseCount('--cpu-threads', opts.cpuThreads, 0, 1);
+      const cpuThreads = parseCount('--cpu-threads', opts.cpuThreads, 0, 1);
       if (opts.overwrite && opts.dir === undefined) {
         throw new HmmlabError('EINVAL', '--overwrite goes with --dir (the backing file it would replace)');
       }

@@ -139,7 +139,7 @@ export function parseStressArgs(o: StressCliOptions, deviceGiven: boolean): Stre
     statsJson: o.statsJson,
     injectRate: parseRate(o.injectRate),
     trace: o.trace === undefined ? null : parsePageSet(o.trace),
-    cpuThreads: o.cpuThreads === undefined ? 0 : parseCount('--cpu-threads', o.cpuThreads, 0, 1),
+    cpuThreads: parseCount('--cpu-threads', o.cpuThreads, 0, 1),
   };
 }
 

@@ -8,6 +8,7 @@
  * change that does not wait for the CPU shootdown (reclaim freeing the page) shows as the slot's
  * next page under the held translation.
  */
+import { firstDifference } from '../bench/random.ts';
 import type { CpuMm } from './access.ts';
 
 /** How long a watcher's load keeps its translation, comparing. */
@@ -38,12 +39,10 @@ export async function watchRanges(
   for (;;) {
     for (const r of ranges) {
       if (Atomics.load(stop, 0) !== 0) return { loads, mismatch: null };
-      const want = Buffer.from(r.bytes.buffer, r.bytes.byteOffset, r.bytes.byteLength);
       let bad: { off: number; got: number; want: number } | null = null;
       loads += await mm.hold(vmaId, r.off, r.bytes.length, HOLD_MS, (got) => {
-        if (want.equals(got)) return true;
-        let i = 0;
-        while (got[i] === r.bytes[i]) i++;
+        const i = firstDifference(got, r.bytes);
+        if (i < 0) return true;
         bad = { off: r.off + i, got: got[i], want: r.bytes[i] };
         return false;
       });

@@ -1,8 +1,7 @@
 /**
  * A sleeping mutex for async tasks (kernel/locking/mutex.c without the spinning): FIFO hand-off, so
- * waiters get it in the order they asked, as src/fs/mutex.ts's mount mutex does. Every lock and
- * unlock reports to lockdep (checked before the task waits, so an inversion throws instead of
- * hanging). `run(fn)` is the house style: it holds the mutex around fn, in the caller's lockdep task
+ * waiters get it in the order they asked. Every lock and unlock reports to lockdep (checked before
+ * the task waits, so an inversion throws instead of hanging). `run(fn)` is the house style: it holds the mutex around fn, in the caller's lockdep task
  * or a new one.
  */
 import { lockdep as defaultLockdep, type LockClass, type Lockdep } from './lockdep.ts';

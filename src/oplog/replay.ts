@@ -296,14 +296,14 @@ class Target {
   vma: Vma | null = null;
   /** The CPU worker threads the file ops run from (ReplayOptions.cpuThreads), if any. */
   cpus: ReplayCpus | null = null;
+  /** The owner thread's file ops (they follow `f` across remounts). */
+  readonly ownIo: FileIo = this.ownerIo();
   /** The thread the next op's file ops come from (the owner's own by default). */
-  io: FileIo;
+  io: FileIo = this.ownIo;
   constructor(
     readonly fs: HmmFs,
     public f: HmmFile,
-  ) {
-    this.io = this.ownerIo();
-  }
+  ) {}
 
   /** The CPU mapping, made on first use (mapwrite/mapread), as fsx maps per op. */
   mapping(): Vma {
@@ -312,7 +312,7 @@ class Target {
   }
 
   /** The owner thread's file ops: the File's methods and its own mapping. */
-  ownerIo(): FileIo {
+  private ownerIo(): FileIo {
     return {
       read: (off, len) => this.f.read(off, len),
       write: (off, bytes) => this.f.write(off, bytes),
@@ -592,7 +592,7 @@ export async function replayOplog(ops: readonly Op[], options: ReplayOptions = {
       let failed: HmmlabError | null = null; // failed as its `expect` said: the run goes on
       // From the workers: op k from worker k mod N, the others watching pages it leaves alone.
       const worker = cpus ? k % cpus.count : -1;
-      t.io = cpus ? cpus.io(worker) : t.ownerIo();
+      t.io = cpus ? cpus.io(worker) : t.ownIo;
       // Not under fault injection: the watchers' faults would draw from the injector, and which
       // attempt K fails would be the machine's, not the log's.
       const watch = cpus && model && cpus.count > 1 && !options.inject;

@@ -44,6 +44,7 @@ const WATCHED_PAGES = 4;
 export class ReplayCpus {
   private readonly fds = new Map<number, number>();
   private readonly vmas = new Map<number, number>();
+  private readonly ios = new Map<number, FileIo>();
   /** Ops whose file ops a worker made (the owner's device ops, drop_caches and remount not counted). */
   workerOps = 0;
   /** Loads of watched ranges the watchers made and checked. */
@@ -81,8 +82,17 @@ export class ReplayCpus {
     return v;
   }
 
-  /** Worker k's file ops. */
+  /** Worker k's file ops, made once (the descriptor and mapping are looked up at each call). */
   io(k: number): FileIo {
+    let io = this.ios.get(k);
+    if (!io) {
+      io = this.makeIo(k);
+      this.ios.set(k, io);
+    }
+    return io;
+  }
+
+  private makeIo(k: number): FileIo {
     const w = this.threads.worker(k).api;
     const fd = () => this.fd(k);
     return {

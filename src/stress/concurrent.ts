@@ -56,7 +56,7 @@ export interface ConcurrentOptions {
   /** Directory of the backing file (default: a fresh temporary one, removed after). */
   dir?: string;
   /** Called about every 200 ms: time gone, and what ran so far. */
-  onProgress?: (elapsedMs: number, kernels: number, cpuIncrements: number) => void;
+  onProgress?: (elapsedMs: number, kernels: number) => void;
 }
 
 /** Something a check found: where, and the page's state on both sides when it was found. */
@@ -287,7 +287,7 @@ export async function runConcurrentStress(o: ConcurrentOptions): Promise<Concurr
     });
     const progress = (async () => {
       while (!stopped()) {
-        o.onProgress?.(performance.now() - t0, atomicKernels + slotKernels, 0);
+        o.onProgress?.(performance.now() - t0, atomicKernels + slotKernels);
         await sleep(200);
       }
     })();
