@@ -421,6 +421,7 @@ export function registerStress(program: Command): void {
         blocks: a.blocks,
         injectRate: a.injectRate,
         cpuThreads: a.cpuThreads || undefined,
+        maxFileSize: a.maxFileSize,
       };
       const replaySetup = {
         policy: a.policy,

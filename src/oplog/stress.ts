@@ -126,6 +126,8 @@ export type StressReplaySetup = Pick<
   StressOptions,
   'pageSize' | 'hostPages' | 'blocks' | 'policyFor' | 'cpuThreads'
 > & {
+  /** The run's --max-file-size: the replay's mount holds what the run's log writes. */
+  maxFileSize?: number;
   /** --inject-rate, seeded with `seed` (the failing run's): the replay meets faults as the run did. */
   injectRate?: number;
   seed?: number;
@@ -340,6 +342,7 @@ export async function stressReplay(
       hostPages: setup.hostPages,
       blocks: setup.blocks,
       cpuThreads: setup.cpuThreads,
+      mount: { maxFileSize: Math.max(DEFAULT_MAX_FILE_SIZE, setup.maxFileSize ?? DEFAULT_MAX_FILE_SIZE) },
       policy: held?.policy,
       check: true,
       inject,

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { parseOplog } from '../../src/oplog/parse.ts';
-import { serializeOplog } from '../../src/oplog/schema.ts';
+import { type Op, serializeOplog } from '../../src/oplog/schema.ts';
 import { runSeed, stressOplog } from '../../src/oplog/stress.ts';
 import { BIN, hmmlab, ourStderr } from '../helpers/cli.ts';
 
@@ -285,3 +285,16 @@ test.skipIf(!existsSync('/usr/bin/script'))(
     expect(term).not.toMatch(/replay \[/);
   },
 );
+
+test("a shrinking replay mounts with the run's --max-file-size, as the run did", async () => {
+  const { stressReplay } = await import('../../src/oplog/stress.ts');
+  // A short write past the 1 GiB default limit, inside the run's 2 GiB one (the file is sparse).
+  const off = 1.5 * 2 ** 30;
+  const log: Op[] = [
+    { op: 'write', off, len: 4096, tag: 1 },
+    { op: 'read', off, len: 4096 },
+  ];
+  const setup = { pageSize: 4096, hostPages: 8, blocks: undefined };
+  expect(await stressReplay(log, { ...setup, maxFileSize: 2 ** 31 })).toBeNull();
+  expect((await stressReplay(log, setup))?.code).toBe('EFBIG');
+});
