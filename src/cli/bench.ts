@@ -496,13 +496,7 @@ export function registerBenchScale(bench: Command): void {
         };
       });
       const { sizes } = adapter;
-      const bar = new SingleBar({
-        stream: process.stderr,
-        format: 'bench scale [{bar}] {value}/{total} {what}',
-        hideCursor: true,
-        clearOnComplete: true,
-        barsize: 30,
-      });
+      const bar = progressBar('scale');
       bar.start(sizes.length * scale.SCALE_OPS.length, 0, { what: '' });
       const results: ScaleSizeResult[] = [];
       let done = 0;
@@ -529,16 +523,13 @@ export function registerBenchScale(bench: Command): void {
         results,
         growth: scale.costGrowth(results),
       };
-      const outDir = opts.out ?? RESULTS_DIR;
-      mkdirSync(outDir, { recursive: true });
-      const base = join(outDir, `scale-${slug(adapter.name)}`);
-      writeFileSync(`${base}.json`, `${JSON.stringify(report, null, 2)}\n`);
-      const svg = opts.svg ?? `${base}.svg`;
-      writeFileSync(
-        svg,
-        await (await import('../plot/svg.ts')).renderSvg(
-          scale.scaleChartSpec(results, `hmmlab bench scale: ${adapter.name}`),
-        ),
+      const written = await writeReport(
+        opts.out ?? RESULTS_DIR,
+        'scale',
+        adapter.name,
+        report,
+        scale.scaleChartSpec(results, `hmmlab bench scale: ${adapter.name}`),
+        opts.svg,
       );
       if (opts.json) {
         process.stdout.write(`${JSON.stringify(report)}\n`);
@@ -564,6 +555,6 @@ export function registerBenchScale(bench: Command): void {
             `cpu ${list(g.last.cpuUsPerPage)}; peak memory ${g.peakRss.last.toFixed(2)}x\n`,
         );
       }
-      process.stdout.write(`report written to ${base}.json, chart to ${svg}\n`);
+      process.stdout.write(`report written to ${written.json}, chart to ${written.svg}\n`);
     });
 }
